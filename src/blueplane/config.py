@@ -1,0 +1,201 @@
+"""Settings: a YAML file plus environment variables, with the proposal's keys and defaults.
+
+Precedence, highest first: the documented variables (``BLUEPLANE_HOME``,
+``BLUEPLANE_REDIS_URL``, ``BLUEPLANE_CURSOR_DIRS``), nested variables such as
+``BLUEPLANE_CURSOR_DATABASE_MONITOR__POLL_INTERVAL_SECONDS=5``, the config file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_CONFIG_FILE = Path("config/blueplane.yaml")
+STREAM = "telemetry:events"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CursorDatabaseMonitorConfig(_Section):
+    enabled: bool = True
+    poll_interval_seconds: float = Field(30.0, gt=0)
+    sync_window_hours: float = Field(24.0, gt=0)
+    query_timeout_seconds: float = Field(1.5, gt=0)
+    max_retries: int = Field(3, ge=0)
+    retry_backoff_seconds: float = Field(2.0, ge=0)
+    dedup_window_hours: float = Field(24.0, gt=0)
+    max_concurrent_workspaces: int = Field(10, ge=1)
+    # Full prompt/response text in traces (the proposal sends it). False keeps lengths and hashes.
+    capture_content: bool = True
+    # Global-database composers that cannot be tied to a workspace: kept out unless true.
+    include_unattributed: bool = False
+
+
+class RedisConfig(_Section):
+    # None: use redis://localhost:6379/0 if it answers, else start the bundled server.
+    url: str | None = None
+    stream: str = STREAM
+    # Seconds between reconnection attempts while Redis is unreachable (doubles up to 30 s).
+    reconnect_backoff_seconds: float = Field(1.0, gt=0)
+
+
+class FastPathConfig(_Section):
+    enabled: bool = True
+    group: str = "blueplane-fast-path"
+    consumer: str = "fast-path-1"
+    batch_size: int = Field(100, ge=1)
+    block_ms: int = Field(1000, ge=1)
+    # Entries kept on the stream once acknowledged; never trims an unacknowledged entry.
+    max_stream_length: int = Field(100_000, ge=100)
+    dead_letter_stream: str = "telemetry:dead_letter"
+    # Entries redelivered more often than this go to the dead-letter stream.
+    max_deliveries: int = Field(5, ge=1)
+    claim_idle_ms: int = Field(60_000, ge=1000)
+
+
+class SessionMonitorConfig(_Section):
+    # How often the session-file fallback folder is rescanned.
+    session_file_poll_seconds: float = Field(10.0, gt=0)
+
+
+def _default_home() -> Path:
+    return Path("~/.blueplane").expanduser()
+
+
+def _split_dirs(value: Any) -> Any:
+    if isinstance(value, str):
+        return [Path(p).expanduser() for p in value.split(os.pathsep) if p.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BLUEPLANE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    home: Path = Field(default_factory=_default_home)
+    cursor_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    log_level: str = "INFO"
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    cursor_database_monitor: CursorDatabaseMonitorConfig = Field(
+        default_factory=CursorDatabaseMonitorConfig
+    )
+    session_monitor: SessionMonitorConfig = Field(default_factory=SessionMonitorConfig)
+    fast_path: FastPathConfig = Field(default_factory=FastPathConfig)
+
+    _config_file: Path | None = None
+
+    @field_validator("cursor_dirs", mode="before")
+    @classmethod
+    def _dirs(cls, value: Any) -> Any:
+        return _split_dirs(value)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment overrides them.
+        return (env_settings, init_settings)
+
+    # ----------------------------------------------------------------- derived paths
+    @property
+    def redis_url_explicit(self) -> bool:
+        return self.redis.url is not None
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url or DEFAULT_REDIS_URL
+
+    @property
+    def store_path(self) -> Path:
+        return self.home / "telemetry.db"
+
+    @property
+    def session_dir(self) -> Path:
+        return self.home / "cursor-session"
+
+    @property
+    def status_path(self) -> Path:
+        return self.home / "status.json"
+
+    @property
+    def workspace_cache_path(self) -> Path:
+        return self.home / "workspace_db_cache.json"
+
+    @property
+    def bundled_redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    @property
+    def config_file(self) -> Path | None:
+        return self._config_file
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    given = err.get("input")
+    given_text = "" if isinstance(given, dict) else f" (got {given!r})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{source}: key '{key}': {err['msg']}{given_text}{more}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of keys")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings; raise ConfigError (one line naming the key) when they are unusable."""
+    env_file = os.environ.get("BLUEPLANE_CONFIG")
+    path = config_file or (Path(env_file) if env_file else None)
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+    data.update(overrides)
+    redis_env = os.environ.get("BLUEPLANE_REDIS_URL")
+    if redis_env:
+        section = data.get("redis")
+        data["redis"] = {**(section if isinstance(section, dict) else {}), "url": redis_env}
+    source = f"config file {path}" if path else "configuration"
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from exc
+    settings._config_file = path
+    return settings

@@ -1,0 +1,197 @@
+"""Read-only, interruptible, fingerprinted access to a Cursor database.
+
+Cursor waits only 1000 ms on a busy database before failing its own write, so every read
+here is one short transaction on a fresh ``file:…?mode=ro`` connection, interrupted by a
+progress handler the moment it passes its deadline. No statement or PRAGMA that writes is
+ever run: the file, its journal mode and its ``user_version`` stay exactly as Cursor left them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+T = TypeVar("T")
+
+# The progress handler runs every N virtual-machine steps; 1000 keeps its cost invisible
+# while still stopping a runaway query within a fraction of a millisecond of its deadline.
+_PROGRESS_STEPS = 1000
+
+
+class CursorDbError(Exception):
+    """A database could not be read; ``status`` is the health status it maps to."""
+
+    status = "error"
+
+
+class DatabaseMissing(CursorDbError):
+    status = "missing"
+
+
+class NotADatabase(CursorDbError):
+    status = "not_a_database"
+
+
+class DatabaseLocked(CursorDbError):
+    status = "locked"
+
+
+class QueryTimeout(CursorDbError):
+    status = "timeout"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Size and mtime of the database and its ``-wal``: unchanged means nothing to read."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    wal_size: int
+    wal_mtime_ns: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "inode": self.inode,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "wal_size": self.wal_size,
+            "wal_mtime_ns": self.wal_mtime_ns,
+        }
+
+
+class ChangedDuringRead(CursorDbError):
+    """A WAL database was opened by a writer while we read it without its WAL: read again."""
+
+    status = "busy"
+
+
+def ro_uri(path: Path, *, immutable: bool = False) -> str:
+    """The ``file:`` URI that opens ``path`` read-only."""
+    uri = "file:" + quote(str(path.absolute())) + "?mode=ro"
+    return uri + "&immutable=1" if immutable else uri
+
+
+def is_wal_database(path: Path) -> bool:
+    """Bytes 18–19 of the header are 2 for a database in WAL mode."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(20)
+    except OSError:
+        return False
+    return (
+        len(header) == 20 and header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+    )
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise DatabaseMissing(f"database file {path} does not exist") from exc
+    try:
+        wst = Path(str(path) + "-wal").stat()
+        wal_size, wal_mtime = wst.st_size, wst.st_mtime_ns
+    except FileNotFoundError:
+        wal_size, wal_mtime = -1, -1
+    return Fingerprint(st.st_ino, st.st_size, st.st_mtime_ns, wal_size, wal_mtime)
+
+
+def _classify(exc: sqlite3.Error, path: Path, timeout_s: float) -> CursorDbError:
+    text = str(exc)
+    low = text.lower()
+    if "interrupted" in low:
+        return QueryTimeout(f"query interrupted after {timeout_s:g} s (query_timeout_seconds)")
+    if "locked" in low or "busy" in low:
+        return DatabaseLocked(f"database is locked by a writer: {text}")
+    if "not a database" in low or "file is encrypted" in low or "malformed" in low:
+        return NotADatabase(f"not a readable SQLite database: {text}")
+    if "unable to open" in low and not path.exists():
+        return DatabaseMissing(f"database file {path} does not exist")
+    return CursorDbError(f"{type(exc).__name__}: {text}")
+
+
+class ReadOnlyDatabase:
+    """One Cursor database, opened only for the duration of one short read."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+
+    def fingerprint(self) -> Fingerprint:
+        return fingerprint(self.path)
+
+    def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one read transaction that cannot outlive ``timeout_s``."""
+        if not self.path.exists():
+            raise DatabaseMissing(f"database file {self.path} does not exist")
+        # A WAL database that nobody has open has no -wal file; even a read-only open would
+        # create -wal and -shm beside it. With no WAL there is nothing it could hide, so read
+        # it as immutable and check afterwards that no writer appeared meanwhile.
+        wal = Path(str(self.path) + "-wal")
+        quiet_wal = is_wal_database(self.path) and not wal.exists()
+        before = fingerprint(self.path) if quiet_wal else None
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            conn = sqlite3.connect(
+                ro_uri(self.path, immutable=quiet_wal),
+                uri=True,
+                timeout=self.timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise _classify(exc, self.path, self.timeout_s) from exc
+        try:
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_STEPS)
+            conn.execute("BEGIN")
+            try:
+                result = fn(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            if quiet_wal and (wal.exists() or fingerprint(self.path) != before):
+                raise ChangedDuringRead(
+                    "a writer opened the database during the read; reading again"
+                )
+            return result
+        except sqlite3.Error as exc:
+            raise _classify(exc, self.path, self.timeout_s) from exc
+        finally:
+            conn.close()
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``read_sync`` in a worker thread, so the event loop never waits on SQLite."""
+        return await asyncio.to_thread(self.read_sync, fn)
+
+
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def item_value(conn: sqlite3.Connection, key: str, table: str = "ItemTable") -> tuple[int, object]:
+    """``(rowid, value)`` of one exact key, or ``(0, None)``; the key's unique index is used."""
+    row = conn.execute(f'SELECT rowid, value FROM "{table}" WHERE key = ?', (key,)).fetchone()
+    if row is None:
+        return 0, None
+    return int(row[0]), row[1]
+
+
+def item_rowid(conn: sqlite3.Connection, key: str, table: str = "ItemTable") -> int:
+    """Rowid of one key without loading its value: a rewrite gives a new, higher rowid."""
+    row = conn.execute(f'SELECT rowid FROM "{table}" WHERE key = ?', (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

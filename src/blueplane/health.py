@@ -1,0 +1,115 @@
+"""Health of the server and of every monitored workspace, as ``blueplane status`` shows it.
+
+Components write here; the server saves a snapshot to ``BLUEPLANE_HOME/status.json`` after
+each poll so that ``status`` works from another process, even while Redis is away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blueplane.events import iso_now
+
+MAX_PROBLEMS = 5
+
+
+@dataclass
+class WorkspaceHealth:
+    workspace_hash: str
+    workspace_path: str | None = None
+    session_ids: list[str] = field(default_factory=list)
+    database: str | None = None
+    storage_id: str | None = None
+    mapping_strategy: str | None = None
+    status: str = "pending"
+    layout: str | None = None
+    last_check: str | None = None
+    last_success: str | None = None
+    last_change: str | None = None
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: str | None = None
+    items_published: int = 0
+    last_poll_ms: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def ok(self, status: str = "ok") -> None:
+        now = iso_now()
+        self.status = status
+        self.last_check = now
+        self.last_success = now
+
+    def fail(self, status: str, message: str) -> None:
+        now = iso_now()
+        self.status = status
+        self.last_check = now
+        self.errors += 1
+        self.last_error = message
+        self.last_error_at = now
+
+    def note_problems(self, problems: list[str]) -> None:
+        if problems:
+            self.problems = (self.problems + problems)[-MAX_PROBLEMS:]
+            self.last_error = problems[-1]
+            self.last_error_at = iso_now()
+
+
+@dataclass
+class ComponentHealth:
+    status: str = "starting"
+    last_error: str | None = None
+    last_error_at: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def fail(self, status: str, message: str) -> None:
+        self.status = status
+        self.last_error = message
+        self.last_error_at = iso_now()
+
+
+@dataclass
+class Health:
+    workspaces: dict[str, WorkspaceHealth] = field(default_factory=dict)
+    components: dict[str, ComponentHealth] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+
+    def workspace(self, workspace_hash: str) -> WorkspaceHealth:
+        if workspace_hash not in self.workspaces:
+            self.workspaces[workspace_hash] = WorkspaceHealth(workspace_hash)
+        return self.workspaces[workspace_hash]
+
+    def component(self, name: str) -> ComponentHealth:
+        if name not in self.components:
+            self.components[name] = ComponentHealth()
+        return self.components[name]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "written_at": iso_now(),
+            "server": dict(self.server),
+            "components": {k: asdict(v) for k, v in sorted(self.components.items())},
+            "workspaces": {k: asdict(v) for k, v in sorted(self.workspaces.items())},
+        }
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, self.snapshot())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,148 @@
+"""The server: wires the components together, runs them, and stops them cleanly.
+
+It holds no logic of its own beyond start-up order, signals and the status file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+
+from blueplane import __version__
+from blueplane.aio import sleep_or_stop
+from blueplane.broker import BundledRedis, make_client, resolve_server_url, wait_for_redis
+from blueplane.config import Settings
+from blueplane.cursor.database_monitor import CursorDatabaseMonitor
+from blueplane.cursor.paths import resolve_user_dirs
+from blueplane.cursor.session_monitor import SessionMonitor
+from blueplane.cursor.workspace_mapper import WorkspaceMapper
+from blueplane.events import iso_now
+from blueplane.fast_path.consumer import FastPathConsumer
+from blueplane.health import Health
+from blueplane.publisher import Publisher
+from blueplane.store import TraceStore
+
+log = logging.getLogger("blueplane.server")
+
+STATUS_EVERY_S = 2.0
+STOP_GRACE_S = 4.0
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.health = Health()
+        self.stop_event = asyncio.Event()
+        self.bundled: BundledRedis | None = None
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self.stop_event.is_set():
+            log.info("%s: stopping", reason)
+            self.stop_event.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        s.home.mkdir(parents=True, exist_ok=True)
+        url, self.bundled = await resolve_server_url(s)
+        redis = make_client(url)
+        self.health.server.update(
+            pid=os.getpid(), version=__version__, started_at=iso_now(), redis_url=url,
+            bundled_redis=self.bundled is not None, home=str(s.home),
+            config_file=str(s.config_file) if s.config_file else None, state="starting",
+        )  # fmt: skip
+        self._write_status()
+        store = TraceStore(s.store_path)
+        tasks: list[asyncio.Task[None]] = []
+        mapper: WorkspaceMapper | None = None
+        try:
+            if not await wait_for_redis(
+                redis, url, self.stop_event, s.redis.reconnect_backoff_seconds
+            ):
+                return
+            user_dirs = resolve_user_dirs(s.cursor_dirs)
+            self.health.server["cursor_user_dirs"] = [str(d) for d in user_dirs]
+            if not user_dirs:
+                log.warning("no Cursor User folder found; set BLUEPLANE_CURSOR_DIRS")
+            mon = s.cursor_database_monitor
+            sessions = SessionMonitor(
+                redis, s.redis.stream, s.session_dir, self.health,
+                file_poll_s=s.session_monitor.session_file_poll_seconds,
+            )  # fmt: skip
+            mapper = WorkspaceMapper(user_dirs, s.workspace_cache_path, mon.query_timeout_seconds)
+            publisher = Publisher(redis, s.redis.stream, mon.dedup_window_hours * 3600)
+            await sessions.load()
+            tasks.append(asyncio.create_task(sessions.run(self.stop_event), name="sessions"))
+            if mon.enabled:
+                monitor = CursorDatabaseMonitor(mon, sessions, mapper, publisher, self.health)
+                tasks.append(asyncio.create_task(monitor.run(self.stop_event), name="monitor"))
+            if s.fast_path.enabled:
+                consumer = FastPathConsumer(
+                    redis, s.fast_path, s.redis.stream, store,
+                    mon.dedup_window_hours * 3600, self.health,
+                )  # fmt: skip
+                tasks.append(asyncio.create_task(consumer.run(self.stop_event), name="consumer"))
+            self.health.server["state"] = "running"
+            log.info(
+                "Blueplane Monitor %s running: Redis %s, store %s, polling every %g s",
+                __version__, url, s.store_path, mon.poll_interval_seconds,
+            )  # fmt: skip
+            await self._supervise(tasks)
+        finally:
+            await self._shutdown(tasks)
+            if mapper is not None:
+                mapper.flush()
+            store.close()
+            await redis.aclose()
+            if self.bundled is not None:
+                await asyncio.to_thread(self.bundled.stop)
+                log.info("bundled Redis server stopped")
+            self.health.server["state"] = "stopped"
+            self.health.server["stopped_at"] = iso_now()
+            self._write_status()
+
+    async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
+        while not self.stop_event.is_set():
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    log.error("component %s failed: %r; stopping", task.get_name(), exc,
+                              exc_info=exc)  # fmt: skip
+                    self.health.server["last_error"] = f"{task.get_name()}: {exc!r}"
+                    self.stop_event.set()
+            self._write_status()
+            await sleep_or_stop(self.stop_event, STATUS_EVERY_S)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.stop_event.set()
+        if not tasks:
+            return
+        started = time.monotonic()
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        log.info("stopped in %.2f s", time.monotonic() - started)
+
+    def _write_status(self) -> None:
+        try:
+            self.health.write(self.settings.status_path)
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.settings.status_path, exc)
+
+
+def install_signal_handlers(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.request_stop, signal.Signals(sig).name)
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    install_signal_handlers(server)
+    await server.run()
