@@ -78,7 +78,9 @@ def wait_until(
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate} (last={last!r})")
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what or predicate} (last={last!r})"
+    )
 
 
 @dataclass
@@ -105,13 +107,17 @@ class BlueplaneEnv:
         env.update(self.extra)
         return env
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "blueplane.cli", *args],
             env=self.env(), capture_output=True, text=True, timeout=timeout, cwd=self.home,
         )  # fmt: skip
         if check and proc.returncode != 0:
-            raise AssertionError(f"blueplane {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+            raise AssertionError(
+                f"blueplane {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+            )
         return proc
 
     def cli_json(self, *args: str) -> Any:
@@ -194,5 +200,7 @@ def server(bp_env: BlueplaneEnv) -> Iterator[Callable[[], ServerProcess]]:
 def real_fixture() -> Path:
     db = REAL_FIXTURE / "state.vscdb"
     if not db.is_file():
-        pytest.skip(f"real Cursor database not available at {db} (../shared/fixtures/real is absent)")
+        pytest.skip(
+            f"real Cursor database not available at {db} (../shared/fixtures/real is absent)"
+        )
     return db

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -108,9 +108,7 @@ def test_workspace_without_session_produces_nothing(
     assert hashes == {active.workspace_hash}
 
 
-def test_session_end_stops_monitoring(
-    bp_env: BlueplaneEnv, server, tmp_path: Path
-) -> None:
+def test_session_end_stops_monitoring(bp_env: BlueplaneEnv, server, tmp_path: Path) -> None:
     ud = _user_dir(bp_env)
     folder = _project(tmp_path, "p")
     ws = ud.add_workspace(folder)
