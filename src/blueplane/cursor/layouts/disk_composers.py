@@ -1,0 +1,143 @@
+"""``composerData:<composerId>`` in the global ``cursorDiskKV``: one conversation each.
+
+Each value yields a ``composer`` trace (record ``full``). Older builds inline the bubbles in
+``conversation[]``: each yields a ``message`` too (bubbles in ``generatingBubbleIds`` wait for
+a later read). Newer builds list ``fullConversationHeadersOnly`` and keep the bubbles under
+``bubbleId:`` keys (``disk_bubbles``). ``workspaceIdentifier.id`` (Cursor ≥ 3.12) attributes
+the composer to its workspace storage folder. NULL values and empty drafts (no name, no
+message) are skipped without a trace.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.conversation import (
+    bubble_time_ms,
+    build_composer,
+    build_message,
+    composer_time_ms,
+    revisions_of,
+    too_old,
+    workspace_id_of,
+)
+from blueplane.cursor.layouts.disk_kv import (
+    RowScan,
+    has_prefix,
+    next_watermark_rowid,
+    read_keys,
+    scan_new,
+)
+from blueplane.cursor.layouts.jsonvalue import BadValue, as_str, load_json
+
+PREFIX = "composerData:"
+BATCH = 200
+
+
+@dataclass
+class ComposerRaw:
+    scan: RowScan
+    targeted: bool = False
+
+    @property
+    def values_read(self) -> int:
+        return self.scan.values_read
+
+
+class GlobalComposerData:
+    name: ClassVar[str] = "disk_composer_data"
+
+    def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
+        return has_prefix(conn, tables, PREFIX)
+
+    def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> ComposerRaw:
+        return ComposerRaw(scan_new(conn, PREFIX, watermark, BATCH))
+
+    def fetch_composers(self, conn: sqlite3.Connection, composer_ids: Iterable[str]) -> ComposerRaw:
+        rows = read_keys(conn, [f"{PREFIX}{cid}" for cid in composer_ids])
+        return ComposerRaw(RowScan(rows, next_rowid=None), targeted=True)
+
+    def extract(self, raw: ComposerRaw, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
+        revs = revisions_of(watermark)
+        items: list[TraceItem] = []
+        bad: list[str] = []
+        for _rowid, key, value in raw.scan.rows:
+            cid = key[len(PREFIX) :]
+            if not cid or value is None:
+                continue
+            try:
+                data: Any = load_json(key, value)
+            except BadValue as exc:
+                bad.append(str(exc))
+                continue
+            if not isinstance(data, dict):
+                bad.append(f"{key} is a JSON {type(data).__name__}, not an object")
+                continue
+            items.extend(self._composer(cid, data, revs, ctx))
+        problems: list[str] = []
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            problems.append(f"cursorDiskKV composers: {bad[0]}{more}")
+        wm: Watermark = {"rowid": next_watermark_rowid(raw.scan, watermark), "sent": revs.dump()}
+        if not raw.scan.complete:
+            wm["more"] = True
+        if raw.targeted:
+            wm = dict(watermark)
+        return LayoutRead(items=items, watermark=wm, problems=problems)
+
+    def _composer(
+        self, cid: str, data: dict[str, Any], revs: Any, ctx: ReadContext
+    ) -> list[TraceItem]:
+        conversation = data.get("conversation")
+        headers = data.get("fullConversationHeadersOnly")
+        inline = conversation if isinstance(conversation, list) else None
+        count = (
+            len(inline)
+            if inline is not None
+            else len(headers)
+            if isinstance(headers, list)
+            else None
+        )
+        if not count and not as_str(data.get("name")):
+            return []  # an empty draft
+        storage = workspace_id_of(data)
+        payload = build_composer(
+            data,
+            composer_id=cid,
+            record="full",
+            ctx=ctx,
+            source_layout=self.name,
+            message_count=count,
+            workspace_storage_id=storage,
+        )
+        c_time = composer_time_ms(payload)
+        if too_old(c_time, ctx):
+            return []
+        out: list[TraceItem] = []
+        stamped = revs.stamp(f"c:{cid}", payload)
+        if stamped is not None:
+            out.append(TraceItem(stamped, c_time, storage))
+        generating = data.get("generatingBubbleIds")
+        busy = set(generating) if isinstance(generating, list) else set()
+        for pos, bubble in enumerate(inline or []):
+            bid = as_str(bubble.get("bubbleId")) if isinstance(bubble, dict) else None
+            if bid is None or not isinstance(bubble, dict) or bid in busy:
+                continue
+            ts = bubble_time_ms(bubble) or c_time
+            msg = build_message(
+                bubble,
+                bubble_id=bid,
+                composer_id=cid,
+                ctx=ctx,
+                source_layout=self.name,
+                position=pos,
+                settled_by="not_generating",
+            )
+            stamped = revs.stamp(f"m:{bid}", msg)
+            if stamped is not None:
+                out.append(TraceItem(stamped, ts, storage))
+        return out
