@@ -40,7 +40,7 @@ session_app = typer.Typer(no_args_is_help=True, help="Send the session events th
 app.add_typer(session_app, name="session")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Config file (default: $BLUEPLANE_CONFIG).")

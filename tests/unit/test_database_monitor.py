@@ -1,0 +1,195 @@
+"""CursorDatabaseMonitor in-process: real Redis, real SQLite files, injected sleep and clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from blueplane.config import CursorDatabaseMonitorConfig
+from blueplane.cursor.database_monitor import CursorDatabaseMonitor
+from blueplane.cursor.schema_detector import SchemaDetector
+from blueplane.cursor.session_monitor import SessionMonitor
+from blueplane.cursor.workspace_mapper import WorkspaceMapper
+from blueplane.events import SessionEvent
+from blueplane.health import Health
+from blueplane.publisher import Publisher
+from tests.fixtures.cursor_db import UserDir, hold_lock, make_generation, now_ms
+
+STREAM = "telemetry:events"
+
+
+class CountingDetector(SchemaDetector):
+    """The real detector, counting how often a database is actually opened and read."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.calls = 0
+        self.delay_s = delay_s
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def detect(self, conn):  # type: ignore[no-untyped-def]
+        with self._lock:
+            self.calls += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            return super().detect(conn)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, client: aioredis.Redis, **cfg: object) -> None:
+        self.user = UserDir(tmp_path / "User")
+        self.user.workspace_storage.mkdir(parents=True)
+        self.client = client
+        self.health = Health()
+        self.sessions = SessionMonitor(
+            client, STREAM, tmp_path / "sess", self.health, block_ms=None
+        )
+        self.mapper = WorkspaceMapper([self.user.path], tmp_path / "cache.json")
+        self.cfg = CursorDatabaseMonitorConfig(**cfg)  # type: ignore[arg-type]
+        self.sleeps: list[float] = []
+        self.detector = CountingDetector()
+        self.now = time.time()
+
+        async def fake_sleep(s: float) -> None:
+            self.sleeps.append(s)
+
+        self.monitor = CursorDatabaseMonitor(
+            self.cfg, self.sessions, self.mapper,
+            Publisher(client, STREAM, self.cfg.dedup_window_hours * 3600), self.health,
+            self.detector, clock=lambda: self.now, sleep=fake_sleep, jitter=lambda: 0.5,
+        )  # fmt: skip
+
+    def project(self, name: str, **kw: object):
+        folder = self.user.path.parent / "projects" / name
+        folder.mkdir(parents=True)
+        return self.user.add_workspace(str(folder), **kw)  # type: ignore[arg-type]
+
+    async def start(self, ws, sid: str = "s") -> None:
+        await self.client.xadd(
+            STREAM, SessionEvent.build("session_start", ws.folder_path, sid).to_fields()
+        )
+        await self.sessions.read_once()
+
+    async def traces(self) -> list[dict]:
+        import json
+
+        out = []
+        for _i, f in await self.client.xrange(STREAM):
+            if f.get(b"event_type") == b"database_trace":
+                out.append(json.loads(f[b"payload"]))
+        return out
+
+
+@pytest.fixture
+async def client(redis_url: str):
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
+
+
+async def test_unchanged_database_is_not_opened(tmp_path: Path, client) -> None:
+    rig = Rig(tmp_path, client)
+    ws = rig.project("a")
+    ws.db.append_generations(2)
+    await rig.sessions.load()
+    await rig.start(ws)
+    await rig.monitor.poll_once()
+    assert rig.detector.calls == 1 and len(await rig.traces()) == 2
+    for _ in range(5):
+        await rig.monitor.poll_once()
+    assert rig.detector.calls == 1  # fingerprint unchanged: not read at all
+    assert rig.health.workspaces[ws.workspace_hash].status == "idle"
+    ws.db.append_generations(1)
+    await rig.monitor.poll_once()
+    assert rig.detector.calls == 2 and len(await rig.traces()) == 3
+
+
+async def test_sync_window_on_session_start(tmp_path: Path, client) -> None:
+    rig = Rig(tmp_path, client, sync_window_hours=2)
+    ws = rig.project("a")
+    rig.now = now_ms() / 1000
+    old = make_generation(now_ms() - 3 * 3_600_000, text="old")
+    recent = make_generation(now_ms() - 3_600_000, text="recent")
+    ws.db.append_generations([old, recent])
+    await rig.sessions.load()
+    await rig.start(ws)
+    await rig.monitor.poll_once()
+    assert [t["generation_id"] for t in await rig.traces()] == [recent["generationUUID"]]
+
+
+async def test_locked_database_retries_with_backoff_while_others_flow(
+    tmp_path: Path, client
+) -> None:
+    rig = Rig(tmp_path, client, query_timeout_seconds=0.1, max_retries=3, retry_backoff_seconds=2)
+    locked = rig.project("locked")
+    free = rig.project("free")
+    locked.db.append_generations(1)
+    free.db.append_generations(1)
+    locked.db.close()
+    await rig.sessions.load()
+    await rig.start(locked, "s1")
+    await rig.start(free, "s2")
+    with hold_lock(locked.db_path, kind="exclusive"):
+        await rig.monitor.poll_once()
+    # 2 s × 2^attempt × (0.5 + jitter 0.5): exponential backoff, three retries then give up.
+    assert rig.sleeps == [2.0, 4.0, 8.0]
+    h = rig.health.workspaces
+    assert h[locked.workspace_hash].status == "locked"
+    assert "locked" in (h[locked.workspace_hash].last_error or "")
+    assert h[free.workspace_hash].status == "ok"
+    assert len(await rig.traces()) == 1
+    await rig.monitor.poll_once()  # lock released: catches up
+    assert len(await rig.traces()) == 2
+    assert h[locked.workspace_hash].status == "ok"
+
+
+async def test_max_concurrent_workspaces_is_honoured(tmp_path: Path, client) -> None:
+    rig = Rig(tmp_path, client, max_concurrent_workspaces=2)
+    rig.monitor.detector = rig.detector = CountingDetector(delay_s=0.1)
+    spaces = [rig.project(f"p{i}") for i in range(5)]
+    await rig.sessions.load()
+    for i, ws in enumerate(spaces):
+        ws.db.append_generations(1)
+        await rig.start(ws, f"s{i}")
+    await rig.monitor.poll_once()
+    assert rig.detector.calls == 5
+    assert rig.detector.max_active == 2
+    assert len(await rig.traces()) == 5
+
+
+async def test_unmapped_and_vanished_workspaces_are_reported(tmp_path: Path, client) -> None:
+    rig = Rig(tmp_path, client)
+    ws = rig.project("gone")
+    ws.db.append_generations(1)
+    ws.db.close()
+    await rig.sessions.load()
+    await rig.start(ws)
+    nowhere = tmp_path / "not-a-cursor-folder"
+    nowhere.mkdir()
+    await rig.client.xadd(
+        STREAM, SessionEvent.build("session_start", str(nowhere), "s9").to_fields()
+    )
+    await rig.sessions.read_once()
+    await rig.monitor.poll_once()
+    h = rig.health.workspaces
+    assert (
+        h[SessionEvent.build("session_start", str(nowhere), "x").payload.workspace_hash].status
+        == "unmapped"
+    )
+    assert h[ws.workspace_hash].status == "ok"
+    ws.db_path.unlink()
+    await rig.monitor.poll_once()
+    assert h[ws.workspace_hash].status in ("missing", "unmapped")
+    assert h[ws.workspace_hash].errors >= 1
