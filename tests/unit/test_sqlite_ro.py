@@ -1,0 +1,178 @@
+"""ReadOnlyDatabase never makes Cursor's writes wait longer than ``query_timeout_seconds``.
+
+Real SQLite files, a real writer thread with Cursor's 1000 ms-style busy timeout: a slow
+query is interrupted at its deadline and the writer commits right after; no transaction is
+left open after a read; nothing is created beside the database; locks are classified.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from blueplane.cursor.sqlite_ro import (
+    DatabaseLocked,
+    DatabaseMissing,
+    NotADatabase,
+    QueryTimeout,
+    ReadOnlyDatabase,
+)
+from tests.fixtures.cursor_db import CursorDb, hold_lock, snapshot_files
+
+# A query that would run for minutes: counts to 10^9 through a recursive CTE.
+SLOW_SQL = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) "
+    "SELECT count(*) FROM c, ItemTable"
+)
+
+
+def _db(tmp_path: Path, mode: str = "delete") -> CursorDb:
+    db = CursorDb(tmp_path / "state.vscdb", journal_mode=mode, persistent=False)  # type: ignore[arg-type]
+    db.append_generations(3)
+    return db
+
+
+class _Writer(threading.Thread):
+    """Cursor's side: one write transaction with a busy timeout, timed to its commit."""
+
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self.committed_at: float | None = None
+        self.error: BaseException | None = None
+        self.began = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO ItemTable VALUES ('k', 'v')")
+            self.began.set()
+            conn.execute("COMMIT")  # needs EXCLUSIVE: waits for the reader's SHARED lock
+            self.committed_at = time.monotonic()
+        except sqlite3.Error as exc:
+            self.error = exc
+            self.began.set()
+        finally:
+            conn.close()
+
+
+def test_slow_query_is_interrupted_and_the_writer_commits_right_after(tmp_path: Path) -> None:
+    db = _db(tmp_path, "delete")
+    timeout_s = 0.4
+    ro = ReadOnlyDatabase(db.path, timeout_s)
+    writer = _Writer(db.path, busy_timeout_s=5.0)
+    reader_started = threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> object:
+        conn.execute("SELECT count(*) FROM ItemTable").fetchone()  # SHARED lock taken
+        reader_started.set()
+        return conn.execute(SLOW_SQL).fetchone()
+
+    result: dict[str, object] = {}
+
+    def read() -> None:
+        t0 = time.monotonic()
+        try:
+            ro.read_sync(slow)
+        except QueryTimeout as exc:
+            result["error"] = exc
+        result["ended_at"] = time.monotonic()
+        result["took"] = result["ended_at"] - t0  # type: ignore[operator]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert reader_started.wait(5)
+    writer.start()
+    assert writer.began.wait(5)
+    reader.join(10)
+    writer.join(10)
+    assert isinstance(result.get("error"), QueryTimeout), result
+    assert timeout_s <= float(result["took"]) < timeout_s + 0.5  # type: ignore[arg-type]
+    assert writer.error is None, writer.error
+    assert writer.committed_at is not None
+    # The writer was blocked by the reader and committed as soon as the read was interrupted.
+    lag = writer.committed_at - float(result["ended_at"])  # type: ignore[arg-type]
+    assert lag < 0.25, f"writer committed {lag:.3f} s after the interrupt"
+    with sqlite3.connect(db.path) as conn:
+        assert conn.execute("SELECT value FROM ItemTable WHERE key='k'").fetchone() == ("v",)
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_no_transaction_is_left_open_after_a_read(tmp_path: Path, mode: str) -> None:
+    db = _db(tmp_path, mode)
+    ro = ReadOnlyDatabase(db.path, 1.0)
+    for _ in range(3):
+        assert ro.read_sync(lambda c: c.execute("SELECT count(*) FROM ItemTable").fetchone())
+    # A writer with a tiny busy timeout commits at once: no lock of ours remains.
+    conn = sqlite3.connect(db.path, timeout=0.01, isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("INSERT INTO ItemTable VALUES ('after', '1')")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_quiet_wal_database_gets_no_wal_or_shm_files(tmp_path: Path) -> None:
+    db = _db(tmp_path, "wal")  # not persistent: last close checkpointed and removed -wal
+    before = snapshot_files(tmp_path)
+    assert not Path(str(db.path) + "-wal").exists()
+    ro = ReadOnlyDatabase(db.path, 1.0)
+    rows = ro.read_sync(lambda c: c.execute("SELECT key FROM ItemTable").fetchall())
+    assert rows
+    assert snapshot_files(tmp_path) == before
+    assert db.path.read_bytes()[18:20] == b"\x02\x02"
+
+
+def test_wal_database_with_a_live_writer_sees_uncheckpointed_data(tmp_path: Path) -> None:
+    db = CursorDb(tmp_path / "state.vscdb", journal_mode="wal", persistent=True)
+    gens = db.append_generations(2)
+    assert Path(str(db.path) + "-wal").exists()
+    ro = ReadOnlyDatabase(db.path, 1.0)
+    value = ro.read_sync(
+        lambda c: c.execute(
+            "SELECT value FROM ItemTable WHERE key='aiService.generations'"
+        ).fetchone()[0]
+    )
+    assert gens[-1]["generationUUID"] in value
+    db.close()
+
+
+def test_exclusive_lock_longer_than_the_timeout_is_reported_as_locked(tmp_path: Path) -> None:
+    db = _db(tmp_path, "delete")
+    ro = ReadOnlyDatabase(db.path, 0.2)
+    with hold_lock(db.path, 5.0, "exclusive"):
+        t0 = time.monotonic()
+        with pytest.raises(DatabaseLocked):
+            ro.read_sync(lambda c: c.execute("SELECT count(*) FROM ItemTable").fetchone())
+        assert time.monotonic() - t0 < 1.5
+    assert ro.read_sync(lambda c: c.execute("SELECT count(*) FROM ItemTable").fetchone())
+
+
+def test_missing_and_junk_files_are_classified(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseMissing):
+        ReadOnlyDatabase(tmp_path / "nope.vscdb", 0.5).read_sync(lambda c: None)
+    junk = tmp_path / "junk.vscdb"
+    junk.write_bytes(b"not a database" * 200)
+    with pytest.raises(NotADatabase):
+        ReadOnlyDatabase(junk, 0.5).read_sync(
+            lambda c: c.execute("SELECT * FROM sqlite_master").fetchall()
+        )
+    assert not (tmp_path / "nope.vscdb").exists()
+
+
+def test_writes_through_the_connection_are_refused(tmp_path: Path) -> None:
+    db = _db(tmp_path, "delete")
+    before = snapshot_files(tmp_path)
+    ro = ReadOnlyDatabase(db.path, 0.5)
+    with pytest.raises(Exception, match=r"readonly|read-only|attempt to write"):
+        ro.read_sync(lambda c: c.execute("INSERT INTO ItemTable VALUES ('x', 'y')"))
+    with pytest.raises(Exception, match=r"readonly|read-only|attempt to write|cannot change"):
+        ro.read_sync(lambda c: c.execute("PRAGMA user_version = 7"))
+    assert snapshot_files(tmp_path) == before
