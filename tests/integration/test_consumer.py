@@ -1,0 +1,345 @@
+"""FastPathConsumer against a real Redis (DB 13) and a real store: exactly once, never stuck.
+
+Decision on unknown event types: ``telemetry:events`` is shared with the editor extension's
+hook events (``pre_tool_use``, ``after_file_edit``, …), which this server does not interpret
+but must not lose. An entry with a well-formed envelope and an ``event_type`` we do not know is
+therefore *stored* as a generic event (payload and metadata kept), not dead-lettered. Only
+entries that cannot be parsed at all — no ``event_type``, invalid JSON, wrong JSON types, a
+``database_trace`` without its required fields, non-UTF-8 bytes, oversized entries — go to the
+dead-letter stream with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as sync_redis
+import redis.asyncio as aioredis
+
+from blueplane.config import FastPathConfig
+from blueplane.cursor.session_monitor import POSITION_KEY
+from blueplane.events import TraceEvent, TraceMetadata
+from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, FastPathConsumer
+from blueplane.health import Health
+from blueplane.store import TraceStore
+from tests.conftest import BlueplaneEnv
+from tests.integration.reliability_support import (  # noqa: F401 - fixtures
+    DEAD_LETTER,
+    STREAM,
+    client_13,
+    env_13,
+    redis_url_13,
+)
+
+pytestmark = pytest.mark.integration
+GROUP = "blueplane-fast-path"
+
+
+def trace_fields(gen_id: str, session: str = "s-1", **payload: Any) -> dict[str, str]:
+    event = TraceEvent(
+        event_id=TraceEvent.make_event_id("w" * 16, f"generation:{gen_id}:0"),
+        session_id=session,
+        external_session_id=session,
+        timestamp="2026-01-02T03:04:05.000Z",
+        metadata=TraceMetadata(workspace_hash="w" * 16),
+        payload={"trace_type": "generation", "generation_id": gen_id, **payload},
+    )
+    return event.to_fields()
+
+
+@pytest.fixture
+async def aclient(redis_url_13: str) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+    client = aioredis.Redis.from_url(redis_url_13)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TraceStore:
+    s = TraceStore(tmp_path / "telemetry.db")
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def make_consumer(
+    client: aioredis.Redis, store: TraceStore, name: str = "fast-path-1", **cfg: Any
+) -> FastPathConsumer:
+    config = FastPathConfig(consumer=name, **cfg)
+    return FastPathConsumer(client, config, STREAM, store, 24 * 3600, Health())
+
+
+def stored_ids(store: TraceStore) -> list[str]:
+    return [r[0] for r in store.conn.execute("SELECT generation_id FROM events").fetchall()]
+
+
+async def drain(consumer: FastPathConsumer, rounds: int = 10) -> None:
+    for _ in range(rounds):
+        await consumer.step(block_ms=None)
+
+
+async def test_restart_drains_own_pending_entries_first(
+    aclient: aioredis.Redis,
+    client_13: sync_redis.Redis,  # noqa: F811
+    store: TraceStore,
+) -> None:
+    first = make_consumer(aclient, store)
+    await first.ensure_group()
+    for i in range(5):
+        client_13.xadd(STREAM, trace_fields(f"old-{i}"))
+    # The previous process read these and died before storing/acknowledging them.
+    delivered = client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"}, count=5)
+    assert len(delivered[0][1]) == 5
+    for i in range(3):
+        client_13.xadd(STREAM, trace_fields(f"new-{i}"))
+    restarted = make_consumer(aclient, store)
+    handled = await restarted.step(block_ms=None)
+    assert handled == 5
+    assert sorted(stored_ids(store)) == [f"old-{i}" for i in range(5)]
+    await drain(restarted)
+    assert len(stored_ids(store)) == 8
+    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+
+
+async def test_xautoclaim_takes_over_a_dead_consumers_pending_entries(
+    aclient: aioredis.Redis,
+    client_13: sync_redis.Redis,  # noqa: F811
+    store: TraceStore,
+) -> None:
+    consumer = make_consumer(aclient, store, claim_idle_ms=1000)
+    await consumer.ensure_group()
+    for i in range(4):
+        client_13.xadd(STREAM, trace_fields(f"orphan-{i}"))
+    client_13.xreadgroup(GROUP, "dead-consumer", {STREAM: ">"}, count=10)
+    assert client_13.xpending(STREAM, GROUP)["consumers"] == [
+        {"name": "dead-consumer", "pending": 4}
+    ]
+    await drain(consumer, 2)
+    assert stored_ids(store) == []  # not idle long enough yet: not claimed
+    await asyncio.sleep(1.1)
+    consumer._last_claim = 0.0
+    await drain(consumer, 2)
+    assert sorted(stored_ids(store)) == [f"orphan-{i}" for i in range(4)]
+    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+
+
+async def test_the_same_event_delivered_twice_is_stored_once(
+    aclient: aioredis.Redis,
+    client_13: sync_redis.Redis,  # noqa: F811
+    store: TraceStore,
+) -> None:
+    consumer = make_consumer(aclient, store)
+    await consumer.ensure_group()
+    fields = trace_fields("g-1")
+    client_13.xadd(STREAM, fields)
+    await drain(consumer)
+    client_13.xadd(STREAM, fields)  # e.g. republished after a lost acknowledgement
+    await drain(consumer)
+    assert stored_ids(store) == ["g-1"]
+    assert consumer.health.counters.get("duplicates_dropped") == 1
+    # Direct store writes are idempotent on event_id as well.
+    from blueplane.fast_path.consumer import parse_entry
+
+    ev = parse_entry("1-1", {k.encode(): v.encode() for k, v in fields.items()})
+    result = store.write_batch([ev, ev], 3600)
+    assert (result.inserted, result.duplicates) == (0, 2)
+
+
+MALFORMED: list[tuple[str, dict[str, Any], str]] = [
+    ("missing event_type", {"payload": "{}"}, "missing 'event_type'"),
+    ("empty event_type", {"event_type": "", "payload": "{}"}, "missing 'event_type'"),
+    (
+        "invalid JSON payload",
+        {"event_type": "database_trace", "payload": "{nope"},
+        "not valid JSON",
+    ),
+    ("invalid JSON metadata", {"event_type": "x", "metadata": "[1,"}, "not valid JSON"),
+    ("payload is a list", {"event_type": "database_trace", "payload": "[1,2]"}, "not an object"),
+    ("metadata is a string", {"event_type": "hook", "metadata": '"text"'}, "not an object"),
+    (
+        "trace without generation_id",
+        {"event_type": "database_trace", "session_id": "s", "payload": '{"trace_type":"g"}'},
+        "payload.generation_id",
+    ),
+    (
+        "trace without session_id",
+        {"event_type": "database_trace", "payload": '{"trace_type":"g","generation_id":"x"}'},
+        "session_id",
+    ),
+    (
+        "generation_id is a number",
+        {
+            "event_type": "database_trace",
+            "session_id": "s",
+            "payload": '{"trace_type":"g","generation_id":42}',
+        },
+        "payload.generation_id",
+    ),
+    (
+        "revision is a string",
+        {
+            "event_type": "database_trace",
+            "session_id": "s",
+            "payload": '{"trace_type":"g","generation_id":"x","revision":"2"}',
+        },
+        "revision",
+    ),
+    ("not UTF-8", {"event_type": b"\xff\xfe", "payload": "{}"}, "not UTF-8"),
+    (
+        "oversized",
+        {
+            "event_type": "database_trace",
+            "session_id": "s",
+            "payload": json.dumps(
+                {"trace_type": "g", "generation_id": "big", "text": "x" * (MAX_ENTRY_BYTES + 10)}
+            ),
+        },
+        "byte limit",
+    ),
+]
+
+
+async def test_malformed_entries_of_every_kind_go_to_the_dead_letter_stream_once(
+    aclient: aioredis.Redis,
+    client_13: sync_redis.Redis,  # noqa: F811
+    store: TraceStore,
+) -> None:
+    consumer = make_consumer(aclient, store)
+    await consumer.ensure_group()
+    raw = sync_redis.Redis(connection_pool=client_13.connection_pool)
+    ids = {}
+    client_13.xadd(STREAM, trace_fields("good-before"))
+    for name, fields, _reason in MALFORMED:
+        ids[raw.xadd(STREAM, fields)] = name
+    hook = {
+        "event_type": "pre_tool_use",
+        "hook_type": "PreToolUse",
+        "platform": "cursor",
+        "session_id": "ext-1",
+        "timestamp": "2026-01-02T03:04:05Z",
+        "payload": '{"tool":"read_file"}',
+        "metadata": '{"workspace_hash":"abc"}',
+    }
+    client_13.xadd(STREAM, hook)
+    client_13.xadd(STREAM, trace_fields("good-after"))
+    await drain(consumer)
+
+    dead = client_13.xrange(DEAD_LETTER)
+    assert len(dead) == len(MALFORMED)
+    by_name = {ids[d["original_id"]]: d for _id, d in dead}
+    for name, _fields, reason in MALFORMED:
+        assert reason in by_name[name]["reason"], (name, by_name[name]["reason"])
+        assert by_name[name]["original_stream"] == STREAM
+        assert len(by_name[name]["fields"]) < MAX_ENTRY_BYTES  # the copy is capped
+    # Good entries on both sides of the bad ones flowed; the hook event is kept as generic.
+    assert sorted(x for x in stored_ids(store) if x) == ["good-after", "good-before"]
+    types = dict(store.conn.execute("SELECT event_type, hook_type FROM events").fetchall())
+    assert types["pre_tool_use"] == "PreToolUse"
+    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+    # Restart: nothing is redelivered, nothing dead-lettered twice.
+    again = make_consumer(aclient, store)
+    await drain(again)
+    assert client_13.xlen(DEAD_LETTER) == len(MALFORMED)
+
+
+async def test_an_entry_redelivered_too_often_is_dead_lettered_not_looped(
+    aclient: aioredis.Redis,
+    client_13: sync_redis.Redis,  # noqa: F811
+    store: TraceStore,
+) -> None:
+    consumer = make_consumer(aclient, store, max_deliveries=3)
+    await consumer.ensure_group()
+    sid = client_13.xadd(STREAM, trace_fields("poison"))
+    # Four earlier runs each read it and crashed before acknowledging.
+    client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"})
+    for _ in range(3):
+        client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: "0"})
+    await drain(consumer)
+    dead = client_13.xrange(DEAD_LETTER)
+    assert [d["original_id"] for _id, d in dead] == [sid]
+    assert "delivered more than 3 times" in dead[0][1]["reason"]
+    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def _sid(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
+
+
+async def test_trim_never_removes_unacknowledged_or_unread_entries(
+    aclient: aioredis.Redis,
+    client_13: sync_redis.Redis,  # noqa: F811
+    store: TraceStore,
+) -> None:
+    consumer = make_consumer(aclient, store, max_stream_length=100)
+    await consumer.ensure_group()
+    ids = [client_13.xadd(STREAM, trace_fields(f"t-{i}")) for i in range(400)]
+    client_13.set(POSITION_KEY, ids[-1])  # the session monitor has read everything
+    # 300 delivered, only the first 50 acknowledged; the last 100 never delivered.
+    client_13.xreadgroup(GROUP, "other", {STREAM: ">"}, count=300)
+    client_13.xack(STREAM, GROUP, *ids[:50])
+    for _ in range(3):
+        await consumer.trim()
+    # XTRIM MINID ~ removes whole nodes only: maybe fewer than 50, never one more.
+    first = client_13.xrange(STREAM, count=1)[0][0]
+    assert _sid(first) <= _sid(ids[50])
+    kept = [i for i, _ in client_13.xrange(STREAM, min=ids[50], max="+")]
+    assert kept == ids[50:]  # every pending and every undelivered entry is still there
+    assert client_13.xpending(STREAM, GROUP)["pending"] == 250
+    # Everything acknowledged: trimmed towards max_stream_length, never below it.
+    client_13.xack(STREAM, GROUP, *ids[50:300])
+    await drain(consumer, 5)
+    for _ in range(5):
+        await consumer.trim()
+    assert 100 <= client_13.xlen(STREAM) < 400
+    # The session monitor lagging behind also holds trimming back.
+    more = [client_13.xadd(STREAM, trace_fields(f"u-{i}")) for i in range(150)]
+    client_13.set(POSITION_KEY, ids[-1])
+    await drain(consumer, 5)
+    for _ in range(5):
+        await consumer.trim()
+    kept = [i for i, _ in client_13.xrange(STREAM, min=more[0], max="+")]
+    assert kept == more
+
+
+async def test_status_shows_length_lag_pending_and_dead_letters(
+    env_13: BlueplaneEnv,  # noqa: F811
+    client_13: sync_redis.Redis,  # noqa: F811
+) -> None:
+    client_13.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    for i in range(7):
+        client_13.xadd(STREAM, trace_fields(f"s-{i}"))
+    client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"}, count=3)
+    for i in range(2):
+        client_13.xadd(DEAD_LETTER, {"reason": f"r{i}", "original_id": f"{i}-0"})
+    env_13.home.mkdir(parents=True)
+    status = env_13.cli_json("status")
+    st = status["stream"]
+    assert st["reachable"] is True
+    assert st["stream_length"] == 7
+    assert st["pending"] == 3
+    assert st["dead_letter_length"] == 2
+    text = env_13.cli("status").stdout
+    assert "pending 3" in text and "dead-lettered 2" in text
+    if int(str(client_13.info("server")["redis_version"]).split(".")[0]) >= 7:
+        assert st["consumer_lag"] == 4  # XINFO GROUPS reports lag since Redis 7.0
+        assert "consumer lag 4" in text
+
+
+def test_store_is_idempotent_across_processes(tmp_path: Path) -> None:
+    """Two store handles (a restart) writing the same event keep one row."""
+    from blueplane.fast_path.consumer import parse_entry
+
+    fields = {k.encode(): v.encode() for k, v in trace_fields("x").items()}
+    for _ in range(2):
+        s = TraceStore(tmp_path / "telemetry.db")
+        s.write_batch([parse_entry("1-1", fields)], 3600)
+        s.close()
+    conn = sqlite3.connect(tmp_path / "telemetry.db")
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    conn.close()
