@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from blueplane.aio import wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import CursorDatabaseMonitorConfig
+from blueplane.cursor.global_db import GlobalDatabases
 from blueplane.cursor.layouts.base import Layout, LayoutRead, ReadContext, TraceItem, Watermark
 from blueplane.cursor.schema_detector import Detection, SchemaDetector
 from blueplane.cursor.session_monitor import ActiveSession, SessionMonitor
@@ -94,6 +95,7 @@ class CursorDatabaseMonitor:
         self._logged: dict[str, str] = {}  # last error line logged per workspace
         self._component = health.component("database_monitor")
         self.polls = 0
+        self.global_dbs = GlobalDatabases(self)  # issue 3: globalStorage/state.vscdb
 
     # ----------------------------------------------------------------- loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -133,6 +135,7 @@ class CursorDatabaseMonitor:
                 # A bug in one workspace's handling must not stop the others.
                 log.error("unexpected failure while polling: %r", result, exc_info=result)
                 self._component.fail("error", repr(result))
+        await self.global_dbs.poll()
 
     # ----------------------------------------------------------------- one workspace
     async def poll_workspace(self, workspace_hash: str, sessions: list[ActiveSession]) -> None:

@@ -34,8 +34,6 @@ SENT_CAP = 10_000
 # (used for the targeted re-read of a workspace whose session just started).
 REPLAY = "replay"
 
-TERMINAL_TOOL_STATUS = frozenset({"completed", "error", "cancelled", "rejected", "aborted"})
-
 
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -207,10 +205,7 @@ def assistant_settled(bubble: Mapping[str, Any]) -> bool:
     ):
         return True
     _, _, reported = _tokens(bubble.get("tokenCount"))
-    if reported:
-        return True
-    tool = bubble.get("toolFormerData")
-    return isinstance(tool, dict) and tool.get("status") in TERMINAL_TOOL_STATUS
+    return bool(reported)
 
 
 def build_message(

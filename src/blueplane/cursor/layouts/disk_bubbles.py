@@ -5,8 +5,8 @@ Streaming rule. Cursor rewrites an assistant bubble many times while it streams 
 
 - a user bubble, or any bubble that is not an assistant's: at once (``settled_by: "user"``);
 - an assistant bubble carrying Cursor's end markers — ``timingInfo.clientEndTime`` or
-  ``clientSettleTime``, a non-zero ``tokenCount``, or a tool call with a final status
-  (``"end_marker"``);
+  ``clientSettleTime``, or a non-zero ``tokenCount`` (``"end_marker"``). A tool call's
+  ``status`` is not one: Cursor may write "completed" while the bubble's text still streams;
 - an assistant bubble after which a *new* bubble of the same composer was written
   (``"later_bubble"``): the turn moved on;
 - an assistant bubble unchanged for ``SETTLE_QUIET_MS`` across polls (``"quiet"``).

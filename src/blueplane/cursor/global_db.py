@@ -1,0 +1,338 @@
+"""The global databases (``User/globalStorage/state.vscdb``): conversations of every workspace.
+
+Cursor keeps its rich conversation data (``composerData:*``, ``bubbleId:*``, ``composerHeaders``,
+``agentKv:blob:*``) in one database per profile, shared by all workspaces. Each poll, while at
+least one session is active, every global database is read with the monitor's own
+``poll_database`` (fingerprint, short read-only transactions, retries, atomic publication), and
+each item is routed to the active session of the workspace its composer belongs to.
+
+Attribution of a composer to a workspace storage id, first that applies:
+
+1. ``composerData.workspaceIdentifier.id`` (Cursor ≥ 3.12) — carried by the item itself;
+2. ``composerHeaders.workspaceId`` (3.x) — carried by the header's item;
+3. membership in the workspace's own ``composer.composerData`` (any era), read here for each
+   active workspace (cached by the file's fingerprint);
+4. what was learned earlier (1, 2) about the composer, kept in Redis
+   (``blueplane:attribution:<database key>``) so a bubble is routed even when its composer was
+   read in an earlier poll or before a restart.
+
+A composer attributed to a workspace with no active session is not lost: when that workspace's
+session starts, its composers are re-read by exact key and key range (``fetch_composers``) and
+published; dedup keys stop anything already sent. Composers that cannot be attributed are
+counted (``status``: ``unattributed_composers``) and kept out of the stream unless
+``include_unattributed`` is true, in which case they go to workspace ``unattributed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blueplane.broker import REDIS_DOWN
+from blueplane.cursor.layouts import ALL_LAYOUTS, COMPOSER_SCOPED, Layout
+from blueplane.cursor.layouts.base import ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.composer_data import COMPOSER_DATA_KEY, membership_ids
+from blueplane.cursor.layouts.conversation import REPLAY
+from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
+from blueplane.cursor.sqlite_ro import (
+    CursorDbError,
+    Fingerprint,
+    ReadOnlyDatabase,
+    item_value,
+    table_names,
+)
+from blueplane.publisher import KEY_PREFIX, Destination, database_key
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from blueplane.cursor.database_monitor import CursorDatabaseMonitor, DatabaseState
+    from blueplane.cursor.session_monitor import ActiveSession
+
+log = logging.getLogger("blueplane.global_db")
+
+UNATTRIBUTED = "unattributed"
+# Rounds of one poll while a layout says it has more rows to read (catch-up of a big file).
+MAX_ROUNDS = 50
+
+
+def attribution_key(db_path: str) -> str:
+    return f"{KEY_PREFIX}attribution:{database_key(db_path)}"
+
+
+@dataclass
+class _GlobalState:
+    db: DatabaseState
+    attribution: dict[str, str] | None = None  # composer id -> workspace storage id
+    learned: dict[str, str] = field(default_factory=dict)  # not yet saved to Redis
+
+
+@dataclass
+class _Targets:
+    """Where each workspace storage id's items go, for this poll."""
+
+    by_storage: dict[str, Destination] = field(default_factory=dict)
+    membership: dict[str, str] = field(default_factory=dict)  # composer id -> storage id
+
+
+class GlobalDatabases:
+    """Polls the global databases on behalf of a ``CursorDatabaseMonitor``."""
+
+    def __init__(self, monitor: CursorDatabaseMonitor) -> None:
+        self.m = monitor
+        self._states: dict[Path, _GlobalState] = {}
+        self._replayed: set[tuple[str, str]] = set()  # (workspace hash, session id)
+        self._membership: dict[Path, tuple[Fingerprint, set[str]]] = {}
+        self.unattributed: set[str] = set()
+        self.waiting: set[str] = set()  # composers of workspaces without an active session
+        self._health = monitor.health.component("global_database")
+
+    # ----------------------------------------------------------------- entry point
+    async def poll(self) -> None:
+        """One pass over every global database; nothing is read when no session is active."""
+        try:
+            await self._poll()
+        except REDIS_DOWN:
+            raise
+        except Exception as exc:  # a bug here must not stop the workspace databases
+            log.error("global database poll failed: %r", exc, exc_info=exc)
+            self._health.fail("error", repr(exc))
+
+    async def _poll(self) -> None:
+        active = self.m.sessions.active_workspaces()
+        finder = getattr(self.m.mapper, "global_databases", None)
+        if not active or finder is None:
+            return
+        paths: list[Path] = list(finder())
+        for path in paths:
+            targets = await self._targets(active, path)
+            await self._poll_one(path, targets, active)
+        self._health.status = "ok" if paths else "no_global_database"
+        self._health.counters["global_databases"] = len(paths)
+        self._health.counters["unattributed_composers"] = len(self.unattributed)
+        self._health.counters["waiting_composers"] = len(self.waiting)
+
+    # ----------------------------------------------------------------- one database
+    async def _poll_one(
+        self, path: Path, targets: _Targets, active: dict[str, list[ActiveSession]]
+    ) -> None:
+        from blueplane.cursor.database_monitor import DatabaseState
+
+        gs = self._states.get(path)
+        if gs is None:
+            gs = self._states[path] = _GlobalState(DatabaseState(path))
+        if gs.attribution is None:
+            gs.attribution = await self._load_attribution(path)
+        wh = self.m.health.workspace(f"global:{database_key(str(path))}")
+        wh.database = str(path)
+        wh.mapping_strategy = "global_database"
+        started = time.perf_counter()
+        route = self._router(gs, targets, path)
+        for _ in range(MAX_ROUNDS):
+            if self._must_reread(gs.db):
+                gs.db.fingerprint = None  # pending bubbles or an unfinished catch-up
+            published = await self.m.poll_database(gs.db, wh, route)
+            if published:
+                wh.items_published += published
+            if published is None or not self._has_more(gs.db):
+                break
+        await self._replay_new_sessions(gs, targets, active, wh)
+        await self._save_attribution(path, gs)
+        wh.last_poll_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    @staticmethod
+    def _has_more(state: DatabaseState) -> bool:
+        return any(wm.get("more") for wm in (state.watermarks or {}).values())
+
+    def _must_reread(self, state: DatabaseState) -> bool:
+        if self._has_more(state):
+            return True
+        wms = state.watermarks or {}
+        return any(bool(wm.get("pending")) for wm in wms.values())
+
+    # ----------------------------------------------------------------- routing
+    def _router(self, gs: _GlobalState, targets: _Targets, path: Path) -> Any:
+        attribution = gs.attribution if gs.attribution is not None else {}
+        include = self.m.cfg.include_unattributed
+        fallback = Destination(
+            workspace_hash=UNATTRIBUTED, session_id=UNATTRIBUTED, database_path=str(path)
+        )
+
+        def route(item: TraceItem) -> Destination | None:
+            cid = getattr(item.payload, "composer_id", None)
+            sid = item.workspace_storage_id
+            if sid and cid and attribution.get(cid) != sid:
+                attribution[cid] = sid
+                gs.learned[cid] = sid
+            if sid is None and cid:
+                sid = attribution.get(cid) or targets.membership.get(cid)
+            if sid is not None:
+                dest = targets.by_storage.get(sid)
+                if dest is None:
+                    self.waiting.add(cid or item.payload.item_key())
+                    return None
+                self.unattributed.discard(cid or "")
+                self.waiting.discard(cid or "")
+                return dest
+            self.unattributed.add(cid or item.payload.item_key())
+            return fallback if include else None
+
+        return route
+
+    async def _targets(self, active: dict[str, list[ActiveSession]], path: Path) -> _Targets:
+        out = _Targets()
+        ids_for = getattr(self.m.mapper, "storage_ids_for", None)
+        for h, sessions in active.items():
+            newest = sessions[-1]
+            wh = self.m.health.workspaces.get(h)
+            sids: set[str] = set(ids_for(h)) if ids_for is not None else set()
+            if wh is not None and wh.storage_id:
+                sids.add(wh.storage_id)
+            for sid in sids:
+                out.by_storage[sid] = Destination(
+                    workspace_hash=h,
+                    session_id=newest.session_id,
+                    workspace_path=newest.workspace_path or None,
+                    database_path=str(path),
+                    storage_id=sid,
+                )
+            if wh is not None and wh.database and wh.storage_id:
+                members = await asyncio.to_thread(self._workspace_members, Path(wh.database))
+                for cid in members:
+                    out.membership.setdefault(cid, wh.storage_id)
+        return out
+
+    def _workspace_members(self, db_path: Path) -> set[str]:
+        """Composer ids in a workspace's ``composer.composerData``; re-read when it changes."""
+        db = ReadOnlyDatabase(db_path, self.m.cfg.query_timeout_seconds)
+        try:
+            fp = db.fingerprint()
+            cached = self._membership.get(db_path)
+            if cached is not None and cached[0] == fp:
+                return cached[1]
+            _rowid, value = db.read_sync(
+                lambda conn: (
+                    item_value(conn, COMPOSER_DATA_KEY)
+                    if "ItemTable" in table_names(conn)
+                    else (0, None)
+                )
+            )
+        except CursorDbError as exc:
+            log.debug("membership of %s not read: %s", db_path, exc)
+            return self._membership.get(db_path, (None, set()))[1]
+        ids: set[str] = set()
+        if value is not None:
+            try:
+                ids = membership_ids(load_json(COMPOSER_DATA_KEY, value))
+            except BadValue:
+                ids = set()  # the workspace layout reports it in that workspace's health
+        self._membership[db_path] = (fp, ids)
+        return ids
+
+    # ----------------------------------------------------------------- session start
+    async def _replay_new_sessions(
+        self,
+        gs: _GlobalState,
+        targets: _Targets,
+        active: dict[str, list[ActiveSession]],
+        wh: Any,
+    ) -> None:
+        """Re-read the composers of workspaces whose session started since the last poll."""
+        live = {(h, s[-1].session_id) for h, s in active.items()}
+        self._replayed &= live
+        for h, sessions in active.items():
+            key = (h, sessions[-1].session_id)
+            if key in self._replayed:
+                continue
+            sids = {sid for sid, d in targets.by_storage.items() if d.workspace_hash == h}
+            if not sids:
+                continue  # not mapped yet: the next poll tries again
+            members = {cid for cid, sid in targets.membership.items() if sid in sids}
+            known = {cid for cid, sid in (gs.attribution or {}).items() if sid in sids}
+            sent = await self._replay(gs, members | known, sids, targets, wh)
+            self._replayed.add(key)
+            self._health.count("session_replays")
+            if sent:
+                log.info("workspace %s: %d trace(s) from the global database on session start",
+                         h, sent)  # fmt: skip
+
+    async def _replay(
+        self,
+        gs: _GlobalState,
+        composer_ids: set[str],
+        storage_ids: set[str],
+        targets: _Targets,
+        wh: Any,
+    ) -> int:
+        layouts = [lay for lay in ALL_LAYOUTS if lay.name in COMPOSER_SCOPED]
+        db = ReadOnlyDatabase(gs.db.path, self.m.cfg.query_timeout_seconds)
+
+        def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
+            tables = table_names(conn)
+            ids = set(composer_ids)
+            if "composerHeaders" in tables and storage_ids:
+                marks = ",".join("?" * len(storage_ids))
+                ids |= {
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT composerId FROM composerHeaders WHERE workspaceId IN ({marks})",
+                        sorted(storage_ids),
+                    )
+                    if isinstance(r[0], str)
+                }
+            raw: dict[str, Any] = {}
+            for layout in layouts:
+                if ids and layout.detect(conn, tables):
+                    raw[layout.name] = layout.fetch_composers(conn, sorted(ids))  # type: ignore[attr-defined]
+            return raw
+
+        try:
+            raw = await db.read(fetch)
+        except CursorDbError as exc:
+            log.warning("session-start re-read of %s failed: %s", gs.db.path, exc)
+            return 0
+        if gs.db.watermarks is None:
+            gs.db.watermarks = await self.m.publisher.load_watermarks(str(gs.db.path))
+        ctx = self._context()
+        route = self._router(gs, targets, gs.db.path)
+        total = 0
+        layout: Layout
+        for layout in layouts:
+            if layout.name not in raw:
+                continue
+            current: Watermark = gs.db.watermarks.get(layout.name, {})
+            result = layout.extract(raw[layout.name], {**current, REPLAY: True}, ctx)
+            routed = [(d, i) for i in result.items if (d := route(i)) is not None]
+            if routed:
+                total += await self.m.publisher.publish(
+                    routed, str(gs.db.path), layout.name, current
+                )
+        wh.items_published += total
+        return total
+
+    def _context(self) -> ReadContext:
+        now_ms = int(self.m.clock() * 1000)
+        return ReadContext(
+            now_ms=now_ms,
+            sync_cutoff_ms=now_ms - int(self.m.cfg.sync_window_hours * 3_600_000),
+            capture_content=self.m.cfg.capture_content,
+            database_kind="global",
+        )
+
+    # ----------------------------------------------------------------- durable attribution
+    async def _load_attribution(self, path: Path) -> dict[str, str]:
+        raw = await self.m.publisher.redis.hgetall(attribution_key(str(path)))
+        out: dict[str, str] = {}
+        for k, v in raw.items():
+            key = k.decode() if isinstance(k, bytes) else str(k)
+            out[key] = v.decode() if isinstance(v, bytes) else str(v)
+        return out
+
+    async def _save_attribution(self, path: Path, gs: _GlobalState) -> None:
+        if gs.learned:
+            await self.m.publisher.redis.hset(attribution_key(str(path)), mapping=gs.learned)
+            gs.learned = {}
