@@ -108,3 +108,8 @@ def test_cli_exits_2_with_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "max_retries" in lines[0], proc.stderr
+
+
+def test_example_config_is_valid_and_holds_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "blueplane.example.yaml"
+    assert load_settings(example).model_dump() == load_settings().model_dump()
