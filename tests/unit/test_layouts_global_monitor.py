@@ -1,0 +1,193 @@
+"""The global database through CursorDatabaseMonitor: attribution, session start, no repeats.
+
+Real Redis (DB 14, flushed at the start of each test) and real SQLite files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from blueplane.config import CursorDatabaseMonitorConfig
+from blueplane.cursor.database_monitor import CursorDatabaseMonitor
+from blueplane.cursor.session_monitor import SessionMonitor
+from blueplane.cursor.workspace_mapper import WorkspaceMapper
+from blueplane.events import SessionEvent
+from blueplane.health import Health
+from blueplane.publisher import Publisher
+from tests.fixtures.cursor_db import (
+    WorkspaceStorage,
+    make_assistant_bubble,
+    make_composer_2024,
+    make_composer_data_3x,
+    make_composer_data_2024,
+    make_composer_data_2025,
+    make_composer_head,
+    make_composer_header,
+    make_inline_bubble,
+    make_user_bubble,
+    make_user_dir,
+    make_workspace_identifier,
+    new_uuid,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+STREAM = "telemetry:events"
+
+
+@pytest.fixture
+async def client():
+    c = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await c.ping()
+    except OSError as exc:  # pragma: no cover - environment without Redis
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    await c.flushdb()
+    yield c
+    await c.aclose()
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, client: aioredis.Redis, **cfg: Any) -> None:
+        self.user = make_user_dir(tmp_path)
+        self.glob = self.user.global_db("wal", composer_headers=True)
+        self.client = client
+        self.health = Health()
+        self.sessions = SessionMonitor(client, STREAM, tmp_path / "sess", self.health)
+        self.mapper = WorkspaceMapper([self.user.path], tmp_path / "cache.json")
+        self.cfg = CursorDatabaseMonitorConfig(**cfg)
+        self.monitor = CursorDatabaseMonitor(
+            self.cfg,
+            self.sessions,
+            self.mapper,
+            Publisher(client, STREAM, 3600),
+            self.health,
+            clock=time.time,
+        )
+
+    def project(self, name: str) -> WorkspaceStorage:
+        folder = self.user.path.parent / "projects" / name
+        folder.mkdir(parents=True)
+        return self.user.add_workspace(str(folder))
+
+    async def start(self, ws: WorkspaceStorage, sid: str) -> None:
+        assert ws.folder_path is not None
+        event = SessionEvent.build("session_start", ws.folder_path, sid)
+        await self.client.xadd(STREAM, event.to_fields())
+        await self.sessions.read_once()
+
+    async def traces(self) -> list[dict[str, Any]]:
+        out = []
+        for _id, f in await self.client.xrange(STREAM):
+            if f.get(b"event_type") == b"database_trace":
+                out.append(
+                    {
+                        "session": f[b"session_id"].decode(),
+                        "ws": json.loads(f[b"metadata"])["workspace_hash"],
+                        **json.loads(f[b"payload"]),
+                    }
+                )
+        return out
+
+
+def composer_ids(traces: list[dict[str, Any]]) -> set[str]:
+    return {t["composer_id"] for t in traces if t.get("composer_id")}
+
+
+async def test_attribution_session_start_and_no_repeats(tmp_path: Path, client) -> None:
+    rig = Rig(tmp_path, client)
+    a, b = rig.project("a"), rig.project("b")
+    member = new_uuid()
+    a.db.set_composer_data(make_composer_data_3x([member]))
+    by_ident = rig.glob.put_conversation(
+        [make_user_bubble("q1"), make_assistant_bubble("a1")],
+        workspaceIdentifier=make_workspace_identifier(a.id, a.folder_path or ""),
+    )["composerId"]
+    by_header = rig.glob.put_conversation([make_user_bubble("q2")])["composerId"]
+    rig.glob.put_composer_header(make_composer_header(by_header, workspaceId=a.id))
+    rig.glob.put_conversation([make_user_bubble("q3")], composerId=member)
+    for_b = rig.glob.put_conversation(
+        [make_user_bubble("qb"), make_assistant_bubble("ab")],
+        workspaceIdentifier=make_workspace_identifier(b.id, b.folder_path or ""),
+    )["composerId"]
+    nobody = rig.glob.put_conversation([make_user_bubble("lost")])["composerId"]
+
+    await rig.sessions.load()
+    await rig.start(a, "sa")
+    await rig.monitor.poll_once()
+    got = await rig.traces()
+    assert composer_ids(got) == {by_ident, by_header, member}
+    assert {t["session"] for t in got} == {"sa"}
+    messages = [t for t in got if t["trace_type"] == "message"]
+    assert len(messages) == 4 and {m["role"] for m in messages} == {"user", "assistant"}
+    counters = rig.health.components["global_database"].counters
+    assert counters["unattributed_composers"] == 1  # `nobody`
+    assert nobody not in composer_ids(got)
+
+    # Nothing new: nothing sent again, even after a restart of the monitor's memory.
+    await rig.monitor.poll_once()
+    assert len(await rig.traces()) == len(got)
+
+    # b's session starts: its composer, read earlier while b had no session, arrives now.
+    await rig.start(b, "sb")
+    await rig.monitor.poll_once()
+    after = await rig.traces()
+    new = after[len(got) :]
+    assert composer_ids(new) == {for_b} and {t["session"] for t in new} == {"sb"}
+    assert Counter(t["trace_type"] for t in new) == {"composer": 1, "message": 2}
+    await rig.monitor.poll_once()
+    assert len(await rig.traces()) == len(after)
+    keys = [(t["ws"], t["trace_type"], t.get("item_id"), t.get("revision")) for t in after]
+    assert len(keys) == len(set(keys))
+
+
+async def test_include_unattributed(tmp_path: Path, client) -> None:
+    rig = Rig(tmp_path, client, include_unattributed=True)
+    a = rig.project("a")
+    nobody = rig.glob.put_conversation([make_user_bubble("lost")])["composerId"]
+    blob = rig.glob.put_agent_blob("user", "agent turn")
+    await rig.sessions.load()
+    await rig.start(a, "sa")
+    await rig.monitor.poll_once()
+    got = await rig.traces()
+    assert {t["ws"] for t in got} == {"unattributed"}
+    assert nobody in composer_ids(got)
+    assert any(t.get("item_id") == blob.split(":")[-1] for t in got)
+
+
+async def test_three_eras_user_folder(tmp_path: Path, client) -> None:
+    """A User folder with a 2024, a 2025 and a 3.x workspace: every conversation arrives."""
+    rig = Rig(tmp_path, client)
+    w24, w25, w3 = rig.project("old"), rig.project("mid"), rig.project("new")
+    inline = make_composer_2024([make_inline_bubble(1, "q"), make_inline_bubble(2, "a")])
+    w24.db.set_composer_data(make_composer_data_2024([inline]))
+    head = make_composer_head()
+    w25.db.set_composer_data(make_composer_data_2025([head]))
+    rig.glob.put_conversation(
+        [make_user_bubble("mid q"), make_assistant_bubble("mid a")], composerId=head["composerId"]
+    )
+    c3 = rig.glob.put_conversation(
+        [make_user_bubble("new q"), make_assistant_bubble("new a")],
+        workspaceIdentifier=make_workspace_identifier(w3.id, w3.folder_path or ""),
+    )
+    w3.db.set_composer_data(make_composer_data_3x([c3["composerId"]]))
+    await rig.sessions.load()
+    for i, ws in enumerate((w24, w25, w3)):
+        await rig.start(ws, f"s{i}")
+    await rig.monitor.poll_once()
+    got = await rig.traces()
+    by_ws = Counter((t["ws"], t["trace_type"]) for t in got)
+    assert by_ws[(w24.workspace_hash, "message")] == 2
+    assert by_ws[(w25.workspace_hash, "message")] == 2
+    assert by_ws[(w25.workspace_hash, "composer")] == 2  # the head and the full record
+    assert by_ws[(w3.workspace_hash, "message")] == 2
+    answers = [t for t in got if t["trace_type"] == "message" and t["role"] == "assistant"]
+    assert all(t["output_tokens"] == 85 for t in answers if t["source_layout"] == "disk_bubbles")
+    await rig.monitor.poll_once()
+    assert len(await rig.traces()) == len(got)
