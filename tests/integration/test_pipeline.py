@@ -223,3 +223,23 @@ def test_real_2024_database_is_read_and_reported(
     assert "composer.composerData" in str(w["layout"])
     assert "aiService.prompts" in str(w["layout"])
     assert snapshot_files(real_fixture.parent) == before
+
+
+def test_session_file_fallback_starts_and_ends_monitoring(
+    bp_env: BlueplaneEnv, server, tmp_path: Path
+) -> None:
+    # A slow rescan period: the file must be noticed through the folder watcher.
+    bp_env.extra["BLUEPLANE_SESSION_MONITOR__SESSION_FILE_POLL_SECONDS"] = "60"
+    ud = _user_dir(bp_env)
+    folder = _project(tmp_path, "by-file")
+    ws = ud.add_workspace(folder)
+    ws.db.append_generations(1)
+    sessions = bp_env.home / "cursor-session"
+    sessions.mkdir(parents=True)
+    sp = server()
+    session_file = sessions / f"{ws.workspace_hash}.json"
+    session_file.write_text(json.dumps({"CURSOR_SESSION_ID": "file-s", "workspace_path": folder}))
+    traces = wait_until(bp_env.traces, timeout=10, what="a trace from the file-started session")
+    assert [t["session_id"] for t in traces] == ["file-s"]
+    session_file.unlink()
+    wait_until(lambda: "monitoring stopped" in sp.log(), timeout=10, what="monitoring to stop")

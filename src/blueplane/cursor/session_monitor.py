@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from watchfiles import awatch
 
 from blueplane.aio import sleep_or_stop
 from blueplane.broker import REDIS_DOWN
@@ -175,10 +176,25 @@ class SessionMonitor:
 
     # ----------------------------------------------------------------- session files
     async def _run_files(self, stop: asyncio.Event) -> None:
+        """Rescan on every change in the folder (watchfiles), and every ``file_poll_s`` anyway."""
         while not stop.is_set():
             if self.scan_session_files():
                 self.changed.set()
-            await sleep_or_stop(stop, self.file_poll_s)
+            if not self.session_dir.is_dir():
+                await sleep_or_stop(stop, self.file_poll_s)
+                continue
+            try:
+                async for _changes in awatch(
+                    self.session_dir, stop_event=stop, debounce=100, recursive=False,
+                    rust_timeout=int(self.file_poll_s * 1000), yield_on_timeout=True,
+                ):  # fmt: skip
+                    if self.scan_session_files():
+                        self.changed.set()
+                    if not self.session_dir.is_dir():
+                        break
+            except (OSError, RuntimeError) as exc:  # folder removed under the watcher
+                log.warning("watching %s stopped (%s); polling instead", self.session_dir, exc)
+                await sleep_or_stop(stop, self.file_poll_s)
 
     def scan_session_files(self) -> bool:
         """Refresh sessions from the fallback files; True when the set changed."""
