@@ -12,6 +12,8 @@ import os
 import signal
 import time
 
+from redis.asyncio import Redis
+
 from blueplane import __version__
 from blueplane.aio import sleep_or_stop
 from blueplane.broker import BundledRedis, make_client, resolve_server_url, wait_for_redis
@@ -59,9 +61,7 @@ class Server:
         tasks: list[asyncio.Task[None]] = []
         mapper: WorkspaceMapper | None = None
         try:
-            if not await wait_for_redis(
-                redis, url, self.stop_event, s.redis.reconnect_backoff_seconds
-            ):
+            if not await self._wait_for_redis(redis, url):
                 return
             user_dirs = resolve_user_dirs(s.cursor_dirs)
             self.health.server["cursor_user_dirs"] = [str(d) for d in user_dirs]
@@ -103,6 +103,24 @@ class Server:
             self.health.server["state"] = "stopped"
             self.health.server["stopped_at"] = iso_now()
             self._write_status()
+
+    async def _wait_for_redis(self, redis: Redis, url: str) -> bool:
+        """Wait for Redis at start, showing the outage in ``status`` while it lasts."""
+        comp = self.health.component("redis")
+        waiter = asyncio.create_task(
+            wait_for_redis(
+                redis, url, self.stop_event, self.settings.redis.reconnect_backoff_seconds
+            )
+        )
+        while not waiter.done():
+            await asyncio.wait({waiter}, timeout=STATUS_EVERY_S)
+            if not waiter.done():
+                comp.fail("unavailable", f"Redis at {url} does not answer; retrying")
+                self._write_status()
+        ok = waiter.result()
+        if ok:
+            comp.status, comp.last_error = "ok", None
+        return ok
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
         while not self.stop_event.is_set():

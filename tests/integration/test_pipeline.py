@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
+from blueplane.broker import BundledRedis
 from tests.conftest import BlueplaneEnv, ServerProcess, wait_until
 from tests.fixtures.cursor_db import (
     GENERATIONS_KEY,
@@ -243,3 +247,47 @@ def test_session_file_fallback_starts_and_ends_monitoring(
     assert [t["session_id"] for t in traces] == ["file-s"]
     session_file.unlink()
     wait_until(lambda: "monitoring stopped" in sp.log(), timeout=10, what="monitoring to stop")
+
+
+def test_named_redis_down_at_start_is_reported_then_caught_up(
+    bp_env: BlueplaneEnv, tmp_path: Path
+) -> None:
+    port = _free_port()
+    bp_env.redis_url = f"redis://127.0.0.1:{port}/0"
+    ud = _user_dir(bp_env)
+    folder = _project(tmp_path, "late-redis")
+    ws = ud.add_workspace(folder)
+    ws.db.append_generations(2)
+    sp = ServerProcess(bp_env)
+    sp.env.home.mkdir(parents=True, exist_ok=True)
+    log = sp.log_path.open("ab")
+    sp.proc = subprocess.Popen(
+        [sys.executable, "-m", "blueplane.cli", "run"], env=bp_env.env(), stdout=log,
+        stderr=subprocess.STDOUT, cwd=bp_env.home,
+    )  # fmt: skip
+    log.close()
+    redis_server = BundledRedis(tmp_path / "late-redis-data", port=port)
+    try:
+        wait_until(lambda: f"Redis at redis://127.0.0.1:{port}/0 does not answer" in sp.log(),
+                   what="one log line naming the URL")  # fmt: skip
+
+        def unavailable() -> bool:
+            comps = bp_env.cli_json("status")["components"]
+            return comps.get("redis", {}).get("status") == "unavailable"
+
+        wait_until(unavailable, what="status to show Redis unavailable")
+        assert sp.proc.poll() is None  # still running, retrying
+        assert sp.log().count("does not answer") == 1  # one line, not one per retry
+        redis_server.start()
+        wait_until(sp._running, timeout=40, what="the server to run once Redis answers")
+        bp_env.cli("session", "start", "--workspace", folder)
+        wait_until(lambda: len(bp_env.traces()) == 2, what="the workspace to be captured")
+    finally:
+        sp.stop()
+        redis_server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
