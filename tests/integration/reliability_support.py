@@ -132,8 +132,13 @@ def project(tmp: Path, name: str) -> str:
     return str(folder)
 
 
-def stream_generation_ids(client: sync_redis.Redis) -> Counter[str]:
-    """How many times each generation id is on the stream as a ``database_trace``."""
+def stream_generation_ids(
+    client: sync_redis.Redis, trace_type: str | None = "generation"
+) -> Counter[str]:
+    """How many times each generation id is on the stream as a ``database_trace``.
+
+    ``trace_type=None`` counts every trace by ``event_id`` instead (prompts included).
+    """
     out: Counter[str] = Counter()
     last = "-"
     while True:
@@ -143,13 +148,21 @@ def stream_generation_ids(client: sync_redis.Redis) -> Counter[str]:
         if not batch:
             return out
         for _id, fields in batch:
-            if fields.get("event_type") == "database_trace":
-                out[json.loads(fields["payload"])["generation_id"]] += 1
+            if fields.get("event_type") != "database_trace":
+                continue
+            payload = json.loads(fields["payload"])
+            if trace_type is None:
+                out[fields["event_id"]] += 1
+            elif payload.get("trace_type") == trace_type:
+                out[payload["generation_id"]] += 1
         last = batch[-1][0]
 
 
-def store_generation_ids(home: Path) -> Counter[str]:
-    """How many times each generation id is in the store (read-only, while the server runs)."""
+def store_generation_ids(home: Path, trace_type: str | None = "generation") -> Counter[str]:
+    """How many times each generation id is in the store (read-only, while the server runs).
+
+    ``trace_type=None`` counts every trace by ``event_id``.
+    """
     import sqlite3
 
     db = home / "telemetry.db"
@@ -157,9 +170,15 @@ def store_generation_ids(home: Path) -> Counter[str]:
         return Counter()
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        rows = conn.execute(
-            "SELECT generation_id FROM events WHERE event_type='database_trace'"
-        ).fetchall()
+        if trace_type is None:
+            sql = "SELECT event_id FROM events WHERE event_type='database_trace'"
+            rows = conn.execute(sql).fetchall()
+        else:
+            sql = (
+                "SELECT generation_id FROM events"
+                " WHERE event_type='database_trace' AND trace_type=?"
+            )
+            rows = conn.execute(sql, (trace_type,)).fetchall()
     except sqlite3.OperationalError:
         return Counter()
     finally:
