@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from blueplane.aio import wait_any
+from blueplane.aio import sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import CursorDatabaseMonitorConfig
 from blueplane.cursor.global_db import GlobalDatabases
@@ -42,6 +42,10 @@ from blueplane.publisher import Destination, Publisher
 log = logging.getLogger("blueplane.database_monitor")
 
 RETRYABLE = (DatabaseLocked, QueryTimeout, ChangedDuringRead)
+# While Redis is away the monitor retries after 0.5 s, doubling up to 10 s (Cursor is not read
+# meanwhile: nothing could be published, and the watermarks say where to resume).
+REDIS_RETRY_MIN_S = 0.5
+REDIS_RETRY_MAX_S = 10.0
 
 
 class MapperLike(Protocol):
@@ -100,14 +104,29 @@ class CursorDatabaseMonitor:
     # ----------------------------------------------------------------- loop
     async def run(self, stop: asyncio.Event) -> None:
         self._component.status = "ok"
+        down_since: float | None = None
+        redis_delay = REDIS_RETRY_MIN_S
         while not stop.is_set():
             self.sessions.changed.clear()
             try:
                 await self.poll_once()
                 self._component.status = "ok"
             except REDIS_DOWN as exc:
+                # Back off (doubling, capped) and log once per outage, not once per poll.
                 self._component.fail("redis_unavailable", f"Redis unavailable: {exc}")
-                log.warning("database monitor: Redis unavailable (%s); will catch up", exc)
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("database monitor: Redis unavailable (%s); will catch up", exc)
+                else:
+                    redis_delay = min(redis_delay * 2, REDIS_RETRY_MAX_S)
+                await sleep_or_stop(stop, redis_delay)
+                continue
+            if down_since is not None:
+                log.info(
+                    "database monitor: Redis answers again after %.1f s; caught up",
+                    time.monotonic() - down_since,
+                )
+                down_since, redis_delay = None, REDIS_RETRY_MIN_S
             await wait_any([stop, self.sessions.changed], self.cfg.poll_interval_seconds)
 
     async def poll_once(self) -> None:
