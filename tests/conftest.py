@@ -124,8 +124,10 @@ class BlueplaneEnv:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
-    def traces(self, *args: str) -> list[dict[str, Any]]:
-        return self.cli_json("traces", "--limit", "100000", *args)
+    def traces(self, *args: str, trace_type: str | None = "generation") -> list[dict[str, Any]]:
+        """Stored traces, by default only ``generation`` ones (what most tests count)."""
+        extra = ("--type", trace_type) if trace_type else ()
+        return self.cli_json("traces", "--limit", "100000", *extra, *args)
 
 
 class ServerProcess:

@@ -42,12 +42,14 @@ def _project(tmp: Path, name: str) -> str:
     return str(folder)
 
 
-def _stream_traces(client: sync_redis.Redis) -> list[dict[str, object]]:
+def _stream_traces(client: sync_redis.Redis, trace_type: str = "generation") -> list[dict]:
     out = []
     for _id, fields in client.xrange("telemetry:events"):
-        if fields.get("event_type") == "database_trace":
-            out.append({**fields, "payload": json.loads(fields["payload"]),
-                        "metadata": json.loads(fields["metadata"])})  # fmt: skip
+        if fields.get("event_type") != "database_trace":
+            continue
+        payload = json.loads(fields["payload"])
+        if payload.get("trace_type") == trace_type:
+            out.append({**fields, "payload": payload, "metadata": json.loads(fields["metadata"])})
     return out
 
 
