@@ -11,6 +11,7 @@ at the next poll, without holding up other workspaces.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -37,7 +38,7 @@ from blueplane.cursor.sqlite_ro import (
 )
 from blueplane.events import iso_now
 from blueplane.health import Health, WorkspaceHealth
-from blueplane.publisher import Destination, Publisher
+from blueplane.publisher import Destination, Publisher, watermark_key
 
 log = logging.getLogger("blueplane.database_monitor")
 
@@ -46,6 +47,8 @@ RETRYABLE = (DatabaseLocked, QueryTimeout, ChangedDuringRead)
 # meanwhile: nothing could be published, and the watermarks say where to resume).
 REDIS_RETRY_MIN_S = 0.5
 REDIS_RETRY_MAX_S = 10.0
+# Field of the watermark hash naming the file (inode) its watermarks belong to.
+FILE_FIELD = "_file"
 
 
 class MapperLike(Protocol):
@@ -61,6 +64,8 @@ class DatabaseState:
     fingerprint: Fingerprint | None = None
     watermarks: dict[str, Watermark] | None = None
     problems_logged: set[str] = field(default_factory=set)
+    # Inode of the file the watermarks were read from (persisted beside them as ``_file``).
+    inode: int | None = None
 
 
 @dataclass
@@ -202,6 +207,9 @@ class CursorDatabaseMonitor:
         except DatabaseMissing as exc:
             self._report(wh, exc.status, str(exc))
             self._forget(wh.workspace_hash)
+            # Whatever appears here next is a new file: its rowids mean nothing to our
+            # watermarks. It is read from the start; the dedup keys skip what was sent.
+            await self.publisher.redis.delete(watermark_key(str(state.path)))
             return None
         if fp == state.fingerprint:
             # Nothing changed on disk: not opened. A standing error stays reported as it is.
@@ -211,6 +219,17 @@ class CursorDatabaseMonitor:
             return 0
         if state.watermarks is None:
             state.watermarks = await self.publisher.load_watermarks(str(state.path))
+            known = state.watermarks.pop(FILE_FIELD, {})
+            state.inode = known.get("inode") if isinstance(known.get("inode"), int) else None
+        if state.inode is not None and state.inode != fp.inode:
+            # Replaced by another file (restored, copied over): a key's rowid may equal the old
+            # watermark by chance while its value differs, so read it from the start.
+            log.warning(
+                "workspace %s: %s was replaced by a new file; reading it again from the start",
+                wh.workspace_hash, state.path,
+            )  # fmt: skip
+            await self.publisher.redis.delete(watermark_key(str(state.path)))
+            state.watermarks, state.inode = {}, None
         watermarks = state.watermarks
         try:
             fetched = await self._read_with_retries(db, watermarks, wh.workspace_hash)
@@ -242,6 +261,10 @@ class CursorDatabaseMonitor:
                     routed, str(state.path), layout.name, result.watermark
                 )
                 watermarks[layout.name] = result.watermark
+        if state.inode != fp.inode:
+            ident = json.dumps({"inode": fp.inode})
+            await self.publisher.redis.hset(watermark_key(str(state.path)), FILE_FIELD, ident)
+            state.inode = fp.inode
         state.fingerprint = fp
         if problems:
             new = [p for p in problems if p not in state.problems_logged]
