@@ -320,19 +320,32 @@ def traces(
         out.print_json(json.dumps(rows))
         return
     table = Table(title=f"Traces ({len(rows)})")
-    for col in ("time", "type", "workspace", "session", "id", "details"):
+    for col in (
+        "time",
+        "type",
+        "workspace",
+        "session",
+        "id",
+        "role / kind",
+        "model",
+        "tokens",
+        "text",
+    ):
         table.add_column(col, overflow="fold")
     for r in rows:
         p = r["payload"]
-        details = " ".join(
-            str(x) for x in (
-                p.get("generation_type") or p.get("role"), p.get("model"),
-                p.get("description") or p.get("text") or p.get("name"),
-            ) if x
-        )  # fmt: skip
+        kind = p.get("role") or p.get("generation_type") or p.get("record") or ""
+        tokens = ""
+        if p.get("input_tokens") is not None or p.get("output_tokens") is not None:
+            tokens = f"{p.get('input_tokens', '-')} in / {p.get('output_tokens', '-')} out"
+        text = p.get("text") or p.get("description") or p.get("name") or p.get("prompt_text") or ""
+        if not text and p.get("text_length"):
+            text = f"({p['text_length']} chars, content not captured)"
+        rev = f" r{r['revision']}" if r.get("revision") else ""
         table.add_row(
-            r["timestamp"] or "", r["trace_type"] or "", r["workspace_hash"] or "",
-            r["session_id"] or "", r["generation_id"] or "", details[:160],
+            r["timestamp"] or "", (r["trace_type"] or "") + rev, r["workspace_hash"] or "",
+            r["session_id"] or "", r["generation_id"] or "", str(kind),
+            p.get("model") or p.get("model_name") or "", tokens, " ".join(str(text).split())[:120],
         )  # fmt: skip
     out.print(table)
 
