@@ -104,6 +104,7 @@ class BlueplaneEnv:
             BLUEPLANE_SESSION_MONITOR__SESSION_FILE_POLL_SECONDS="0.2",
             BLUEPLANE_FAST_PATH__BLOCK_MS="100",
             PYTHONUNBUFFERED="1",
+            COLUMNS="200",  # human tables unfolded when captured
         )
         env.update(self.extra)
         return env

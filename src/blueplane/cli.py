@@ -26,7 +26,15 @@ from rich.table import Table
 from blueplane.broker import REDIS_DOWN, make_client, resolve_client_url
 from blueplane.config import ConfigError, Settings, load_settings
 from blueplane.cursor.paths import resolve_user_dirs
+from blueplane.cursor.schema_detector import SchemaDetector
 from blueplane.cursor.session_monitor import SESSIONS_KEY
+from blueplane.cursor.sqlite_ro import (
+    CursorDbError,
+    DatabaseMissing,
+    Fingerprint,
+    ReadOnlyDatabase,
+    fingerprint,
+)
 from blueplane.cursor.workspace_mapper import WorkspaceMapper
 from blueplane.events import SessionEvent, iso_from_ms, normalise_workspace_path, workspace_hash
 from blueplane.store import TraceStore
@@ -201,24 +209,15 @@ def workspaces(json_out: JsonOpt = False) -> None:
     mapper = WorkspaceMapper(user_dirs, settings.workspace_cache_path)
     folders = mapper.discover()
     active = _active_hashes(settings)
-    monitored = {}
-    if settings.status_path.is_file():
-        try:
-            monitored = json.loads(settings.status_path.read_text(encoding="utf-8")).get(
-                "workspaces", {}
-            )
-        except (OSError, json.JSONDecodeError):
-            monitored = {}
     rows = []
     for f in folders:
-        db_size = f.database.stat().st_size if f.database.is_file() else None
-        mtime = f.database.stat().st_mtime if f.database.is_file() else None
+        fp = _fingerprint_or_none(f.database)
         rows.append({
             "storage_id": f.storage_id, "user_dir": str(f.user_dir), "kind": f.kind, "uri": f.uri,
             "path": f.local_path, "workspace_hash": f.workspace_hash, "database": str(f.database),
-            "database_bytes": db_size,
-            "last_activity": iso_from_ms(mtime * 1000) if mtime else None,
-            "layout": (monitored.get(f.workspace_hash or "", {}) or {}).get("layout"),
+            "database_bytes": fp.size if fp else None,
+            "last_activity": iso_from_ms(max(fp.mtime_ns, fp.wal_mtime_ns) / 1e6) if fp else None,
+            "layout": _layout_of(f.database) if fp else None,
             "session_active": bool(f.workspace_hash and f.workspace_hash in active),
             "problem": f.problem,
         })  # fmt: skip
@@ -234,6 +233,7 @@ def workspaces(json_out: JsonOpt = False) -> None:
         "workspace_hash",
         "db size",
         "last activity",
+        "layout",
         "active",
         "problem",
     ):
@@ -242,9 +242,24 @@ def workspaces(json_out: JsonOpt = False) -> None:
         table.add_row(
             r["storage_id"], r["path"] or r["uri"] or f"({r['kind']})",
             r["workspace_hash"] or "", _size(r["database_bytes"]), r["last_activity"] or "",
-            "yes" if r["session_active"] else "", r["problem"] or "",
+            r["layout"] or "", "yes" if r["session_active"] else "", r["problem"] or "",
         )  # fmt: skip
     out.print(table)
+
+
+def _fingerprint_or_none(path: Path) -> Fingerprint | None:
+    try:
+        return fingerprint(path)
+    except DatabaseMissing:
+        return None
+
+
+def _layout_of(path: Path) -> str:
+    """What the SchemaDetector finds, read as the monitor reads (read-only, short, bounded)."""
+    try:
+        return ReadOnlyDatabase(path, 1.0).read_sync(SchemaDetector().detect).describe()
+    except CursorDbError as exc:
+        return f"{exc.status}: {exc}"
 
 
 def _size(n: int | None) -> str:
