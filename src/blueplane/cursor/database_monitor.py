@@ -105,17 +105,25 @@ class CursorDatabaseMonitor:
         self._component = health.component("database_monitor")
         self.polls = 0
         self.global_dbs = GlobalDatabases(self)  # issue 3: globalStorage/state.vscdb
+        # run(): one poll task per workspace, so one retrying a lock never delays the others.
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._sem = asyncio.Semaphore(config.max_concurrent_workspaces)
 
     # ----------------------------------------------------------------- loop
     async def run(self, stop: asyncio.Event) -> None:
         self._component.status = "ok"
+        try:
+            await self._loop(stop)
+        finally:
+            await self._finish_inflight()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         down_since: float | None = None
         redis_delay = REDIS_RETRY_MIN_S
         while not stop.is_set():
             self.sessions.changed.clear()
             try:
-                await self.poll_once()
-                self._component.status = "ok"
+                healthy = await self._poll_round()
             except REDIS_DOWN as exc:
                 # Back off (doubling, capped) and log once per outage, not once per poll.
                 self._component.fail("redis_unavailable", f"Redis unavailable: {exc}")
@@ -126,7 +134,9 @@ class CursorDatabaseMonitor:
                     redis_delay = min(redis_delay * 2, REDIS_RETRY_MAX_S)
                 await sleep_or_stop(stop, redis_delay)
                 continue
-            if down_since is not None:
+            if down_since is None or healthy:
+                self._component.status = "ok"
+            if down_since is not None and healthy:
                 log.info(
                     "database monitor: Redis answers again after %.1f s; caught up",
                     time.monotonic() - down_since,
@@ -134,14 +144,64 @@ class CursorDatabaseMonitor:
                 down_since, redis_delay = None, REDIS_RETRY_MIN_S
             await wait_any([stop, self.sessions.changed], self.cfg.poll_interval_seconds)
 
-    async def poll_once(self) -> None:
-        """One pass over every active workspace, at most ``max_concurrent_workspaces`` at once."""
+    async def _poll_round(self) -> bool:
+        """Start a poll of each active workspace whose previous poll has finished.
+
+        Unlike ``poll_once`` this does not wait for the workspace polls: a locked database
+        retrying with backoff (seconds) keeps its own task while the others are polled at
+        their normal interval. Results are collected on the next round; True when one of them
+        succeeded or no workspace is active (so an outage is known to be over).
+        """
+        succeeded = 0
         active = self.sessions.active_workspaces()
+        self._drop_inactive(active)
+        for h, task in list(self._inflight.items()):
+            if not task.done():
+                continue
+            del self._inflight[h]
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, REDIS_DOWN):
+                raise exc
+            if exc is not None:
+                log.error("unexpected failure while polling: %r", exc, exc_info=exc)
+                self._component.fail("error", repr(exc))
+            elif not task.cancelled():
+                succeeded += 1
+        for h, sessions in active.items():
+            if h not in self._inflight:
+                self._inflight[h] = asyncio.create_task(self._guarded_poll(h, sessions))
+        self.polls += 1
+        await self.global_dbs.poll()
+        return succeeded > 0 or not active
+
+    async def _guarded_poll(self, workspace_hash: str, sessions: list[ActiveSession]) -> None:
+        async with self._sem:
+            await self.poll_workspace(workspace_hash, sessions)
+
+    async def _finish_inflight(self, grace_s: float = 2.0) -> None:
+        """On stop: let polls that are publishing finish; cancel those waiting on a lock."""
+        tasks = list(self._inflight.values())
+        self._inflight.clear()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _drop_inactive(self, active: dict[str, list[ActiveSession]]) -> None:
         for gone in set(self._states) - set(active):
             log.info("workspace %s has no active session: monitoring stopped", gone)
             del self._states[gone]
             self._logged.pop(gone, None)
             self.health.workspaces.pop(gone, None)
+        for gone in set(self._inflight) - set(active):
+            self._inflight.pop(gone).cancel()
+
+    async def poll_once(self) -> None:
+        """One pass over every active workspace, at most ``max_concurrent_workspaces`` at once."""
+        active = self.sessions.active_workspaces()
+        self._drop_inactive(active)
         sem = asyncio.Semaphore(self.cfg.max_concurrent_workspaces)
 
         async def guarded(h: str, s: list[ActiveSession]) -> None:
