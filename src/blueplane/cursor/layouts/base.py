@@ -11,6 +11,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from blueplane.cursor.sqlite_ro import item_rowid
 from blueplane.events import TracePayload
 
 # A layout's watermark: small JSON-serialisable state, stored durably in Redis and advanced
@@ -71,3 +72,37 @@ class Layout(Protocol):
     def extract(self, raw: Any, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
         """Pure Python, after the transaction: new items and the advanced watermark."""
         ...
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One ``ItemTable`` row as fetched: its rowid (the change marker) and its raw value."""
+
+    rowid: int
+    value: object
+
+
+def changed_key(conn: sqlite3.Connection, key: str, watermark: Watermark) -> KeyValue | None:
+    """The key's row if Cursor rewrote it since ``watermark["rowid"]``, else None.
+
+    ``ON CONFLICT REPLACE`` gives a rewritten key a new, higher rowid, so comparing rowids
+    (one index lookup) tells whether the value must be loaded at all.
+    """
+    rowid = item_rowid(conn, key)
+    if rowid == 0 or rowid == watermark.get("rowid"):
+        return None
+    row = conn.execute("SELECT rowid, value FROM ItemTable WHERE key = ?", (key,)).fetchone()
+    return KeyValue(int(row[0]), row[1]) if row else None
+
+
+class ItemTableKeyLayout:
+    """Base of the layouts that read one ``ItemTable`` key holding a JSON value."""
+
+    name: ClassVar[str]
+    key: ClassVar[str]
+
+    def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
+        return "ItemTable" in tables and item_rowid(conn, self.key) > 0
+
+    def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> KeyValue | None:
+        return changed_key(conn, self.key, watermark)

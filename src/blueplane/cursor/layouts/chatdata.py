@@ -8,11 +8,16 @@ marker: a bubble is sent as read, and a later change becomes a new revision.
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.base import (
+    ItemTableKeyLayout,
+    KeyValue,
+    LayoutRead,
+    ReadContext,
+    TraceItem,
+    Watermark,
+)
 from blueplane.cursor.layouts.conversation import (
     build_composer,
     build_message,
@@ -21,33 +26,15 @@ from blueplane.cursor.layouts.conversation import (
     too_old,
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, as_str, load_json
-from blueplane.cursor.sqlite_ro import item_rowid
 
 CHATDATA_KEY = "workbench.panel.aichat.view.aichat.chatdata"
 
 
-@dataclass(frozen=True)
-class _Raw:
-    rowid: int
-    value: object
-
-
-class LegacyChatData:
+class LegacyChatData(ItemTableKeyLayout):
     name: ClassVar[str] = "legacy_chatdata"
+    key: ClassVar[str] = CHATDATA_KEY
 
-    def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
-        return "ItemTable" in tables and item_rowid(conn, CHATDATA_KEY) > 0
-
-    def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> _Raw | None:
-        rowid = item_rowid(conn, CHATDATA_KEY)
-        if rowid == 0 or rowid == watermark.get("rowid"):
-            return None
-        row = conn.execute(
-            "SELECT rowid, value FROM ItemTable WHERE key = ?", (CHATDATA_KEY,)
-        ).fetchone()
-        return _Raw(int(row[0]), row[1]) if row else None
-
-    def extract(self, raw: _Raw | None, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
+    def extract(self, raw: KeyValue | None, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
         if raw is None:
             return LayoutRead(watermark=watermark)
         try:

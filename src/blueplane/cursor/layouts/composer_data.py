@@ -13,11 +13,16 @@ written and is left for a later read; every other bubble is final.
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.base import (
+    ItemTableKeyLayout,
+    KeyValue,
+    LayoutRead,
+    ReadContext,
+    TraceItem,
+    Watermark,
+)
 from blueplane.cursor.layouts.conversation import (
     bubble_time_ms,
     build_composer,
@@ -27,15 +32,8 @@ from blueplane.cursor.layouts.conversation import (
     too_old,
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, as_str, load_json
-from blueplane.cursor.sqlite_ro import item_rowid
 
 COMPOSER_DATA_KEY = "composer.composerData"
-
-
-@dataclass(frozen=True)
-class _Raw:
-    rowid: int
-    value: object
 
 
 def membership_ids(data: object) -> set[str]:
@@ -67,22 +65,11 @@ def era_of(data: dict[str, Any]) -> str:
     return "3x_selected_ids"
 
 
-class WorkspaceComposerData:
+class WorkspaceComposerData(ItemTableKeyLayout):
     name: ClassVar[str] = "workspace_composer_data"
+    key: ClassVar[str] = COMPOSER_DATA_KEY
 
-    def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
-        return "ItemTable" in tables and item_rowid(conn, COMPOSER_DATA_KEY) > 0
-
-    def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> _Raw | None:
-        rowid = item_rowid(conn, COMPOSER_DATA_KEY)
-        if rowid == 0 or rowid == watermark.get("rowid"):
-            return None
-        row = conn.execute(
-            "SELECT rowid, value FROM ItemTable WHERE key = ?", (COMPOSER_DATA_KEY,)
-        ).fetchone()
-        return _Raw(int(row[0]), row[1]) if row else None
-
-    def extract(self, raw: _Raw | None, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
+    def extract(self, raw: KeyValue | None, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
         if raw is None:
             return LayoutRead(watermark=watermark)
         revs = revisions_of(watermark)

@@ -16,9 +16,17 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.base import (
+    ItemTableKeyLayout,
+    KeyValue,
+    LayoutRead,
+    ReadContext,
+    TraceItem,
+    Watermark,
+    changed_key,
+)
 from blueplane.cursor.layouts.jsonvalue import BadValue, as_int, as_str, load_json
-from blueplane.cursor.sqlite_ro import item_rowid
+from blueplane.cursor.sqlite_ro import item_value
 from blueplane.events import GenerationPayload
 
 GENERATIONS_KEY = "aiService.generations"
@@ -29,40 +37,26 @@ PROMPTED_TYPES = frozenset({"composer", "cmdk", "chat"})
 
 @dataclass(frozen=True)
 class _Raw:
-    rowid: int
-    value: object
-    prompts_rowid: int
+    generations: KeyValue
     prompts_value: object | None
 
 
-class ItemTableGenerations:
+class ItemTableGenerations(ItemTableKeyLayout):
     name: ClassVar[str] = "itemtable_generations"
-
-    def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
-        return "ItemTable" in tables and item_rowid(conn, GENERATIONS_KEY) > 0
+    key: ClassVar[str] = GENERATIONS_KEY
 
     def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> _Raw | None:
-        rowid = item_rowid(conn, GENERATIONS_KEY)
-        if rowid == 0 or rowid == watermark.get("rowid"):
+        generations = changed_key(conn, GENERATIONS_KEY, watermark)
+        if generations is None:
             return None  # key not rewritten since the last read: nothing new, value not loaded
-        row = conn.execute(
-            "SELECT rowid, value FROM ItemTable WHERE key = ?", (GENERATIONS_KEY,)
-        ).fetchone()
-        prompts = conn.execute(
-            "SELECT rowid, value FROM ItemTable WHERE key = ?", (PROMPTS_KEY,)
-        ).fetchone()
-        return _Raw(
-            rowid=int(row[0]),
-            value=row[1],
-            prompts_rowid=int(prompts[0]) if prompts else 0,
-            prompts_value=prompts[1] if prompts else None,
-        )
+        _rowid, prompts = item_value(conn, PROMPTS_KEY)
+        return _Raw(generations, prompts)
 
     def extract(self, raw: _Raw | None, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
         if raw is None:
             return LayoutRead(watermark=watermark)
         try:
-            array = load_json(GENERATIONS_KEY, raw.value)
+            array = load_json(GENERATIONS_KEY, raw.generations.value)
         except BadValue as exc:
             # Keep the old watermark: the next rewrite by Cursor is read again from scratch.
             return LayoutRead(watermark=watermark, problems=[str(exc)])
@@ -95,7 +89,7 @@ class ItemTableGenerations:
             )
         return LayoutRead(
             items=items,
-            watermark={"rowid": raw.rowid, "ids": ids},
+            watermark={"rowid": raw.generations.rowid, "ids": ids},
             problems=problems,
         )
 

@@ -14,25 +14,23 @@ and re-reading never gives a new id to an old one.
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.base import (
+    ItemTableKeyLayout,
+    KeyValue,
+    LayoutRead,
+    ReadContext,
+    TraceItem,
+    Watermark,
+)
 from blueplane.cursor.layouts.conversation import sha256_hex, text_parts
 from blueplane.cursor.layouts.jsonvalue import BadValue, as_int, load_json
-from blueplane.cursor.sqlite_ro import item_rowid
 from blueplane.events import PromptPayload
 
 PROMPTS_KEY = "aiService.prompts"
 TAIL = 20
 COUNTS_CAP = 5_000
-
-
-@dataclass(frozen=True)
-class _Raw:
-    rowid: int
-    value: object
 
 
 def new_start(old_tail: list[str], hashes: list[str]) -> int:
@@ -51,22 +49,11 @@ def new_start(old_tail: list[str], hashes: list[str]) -> int:
     return 0
 
 
-class ItemTablePrompts:
+class ItemTablePrompts(ItemTableKeyLayout):
     name: ClassVar[str] = "itemtable_prompts"
+    key: ClassVar[str] = PROMPTS_KEY
 
-    def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
-        return "ItemTable" in tables and item_rowid(conn, PROMPTS_KEY) > 0
-
-    def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> _Raw | None:
-        rowid = item_rowid(conn, PROMPTS_KEY)
-        if rowid == 0 or rowid == watermark.get("rowid"):
-            return None
-        row = conn.execute(
-            "SELECT rowid, value FROM ItemTable WHERE key = ?", (PROMPTS_KEY,)
-        ).fetchone()
-        return _Raw(int(row[0]), row[1]) if row else None
-
-    def extract(self, raw: _Raw | None, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
+    def extract(self, raw: KeyValue | None, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
         if raw is None:
             return LayoutRead(watermark=watermark)
         try:
