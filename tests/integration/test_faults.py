@@ -49,6 +49,8 @@ from tests.integration.reliability_support import (  # noqa: F401 - fixtures
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 WRITER = ROOT / "bench" / "cursor_writer.py"
+# How long the outage test keeps Redis down (BLUEPLANE_OUTAGE_SECONDS=120 for the long run).
+OUTAGE_S = float(os.environ.get("BLUEPLANE_OUTAGE_SECONDS", "6"))
 
 
 def _fast(env: BlueplaneEnv, **extra: str) -> BlueplaneEnv:
@@ -110,11 +112,11 @@ def test_redis_outage_waits_with_backoff_says_so_and_catches_up(
     text = env.cli("status").stdout
     assert "unreachable" in text and "redis_unavailable" in text
     during += _ids(ws.db.append_generations(3))
-    time.sleep(max(0.0, 6.0 - (time.monotonic() - down_at)))  # down for 6 s in all
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
     outage_log = sp.log()[log_mark:]
-    # Backoff: a handful of warnings over 6 s, not one per 50 ms poll.
+    # Backoff: a handful of warnings per component, not one per 50 ms poll.
     warnings = len(re.findall(r"Redis unavailable", outage_log))
-    assert warnings <= 12, f"{warnings} 'Redis unavailable' lines in 6 s:\n{outage_log[-3000:]}"
+    assert warnings <= 12 + OUTAGE_S / 2, f"{warnings} warnings:\n{outage_log[-3000:]}"
 
     own_redis.start()
     up_at = time.monotonic()
@@ -126,7 +128,7 @@ def test_redis_outage_waits_with_backoff_says_so_and_catches_up(
     wait_until(lambda: _stored(env) == 12, what="new generations after recovery")
     time.sleep(0.5)
     assert sp.stop() == 0
-    print(f"redis outage: down 6.0 s, caught up {recovery_s:.2f} s after Redis came back")
+    print(f"redis outage: down {OUTAGE_S:g} s, caught up {recovery_s:.2f} s after it came back")
     _assert_exactly_once(own_redis.client(), env, before + during + after)
 
 
