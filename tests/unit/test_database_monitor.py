@@ -193,3 +193,20 @@ async def test_unmapped_and_vanished_workspaces_are_reported(tmp_path: Path, cli
     await rig.monitor.poll_once()
     assert h[ws.workspace_hash].status in ("missing", "unmapped")
     assert h[ws.workspace_hash].errors >= 1
+
+
+async def test_ending_a_session_forgets_even_an_unmapped_workspace(tmp_path: Path, client) -> None:
+    rig = Rig(tmp_path, client)
+    nowhere = tmp_path / "not-cursor"
+    nowhere.mkdir()
+    await rig.sessions.load()
+    start = SessionEvent.build("session_start", str(nowhere), "s1")
+    await client.xadd(STREAM, start.to_fields())
+    await rig.sessions.read_once()
+    await rig.monitor.poll_once()
+    h = start.payload.workspace_hash
+    assert rig.health.workspaces[h].status == "unmapped"
+    await client.xadd(STREAM, SessionEvent.build("session_end", str(nowhere), "s1").to_fields())
+    await rig.sessions.read_once()
+    await rig.monitor.poll_once()
+    assert h not in rig.health.workspaces

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from blueplane.aio import sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import CursorDatabaseMonitorConfig
-from blueplane.cursor.global_db import GlobalDatabases
+from blueplane.cursor.global_db import GLOBAL_HEALTH_PREFIX, GlobalDatabases
 from blueplane.cursor.layouts.base import Layout, LayoutRead, ReadContext, TraceItem, Watermark
 from blueplane.cursor.schema_detector import Detection, SchemaDetector
 from blueplane.cursor.session_monitor import ActiveSession, SessionMonitor
@@ -190,13 +190,18 @@ class CursorDatabaseMonitor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _drop_inactive(self, active: dict[str, list[ActiveSession]]) -> None:
-        for gone in set(self._states) - set(active):
+        """Forget every workspace whose sessions all ended (mapped or not, polling or not)."""
+        known = set(self._states) | set(self._inflight) | set(self.health.workspaces)
+        for gone in known - set(active):
+            if gone.startswith(GLOBAL_HEALTH_PREFIX):
+                continue  # the global databases' entries: GlobalDatabases manages them
             log.info("workspace %s has no active session: monitoring stopped", gone)
-            del self._states[gone]
+            self._states.pop(gone, None)
             self._logged.pop(gone, None)
             self.health.workspaces.pop(gone, None)
-        for gone in set(self._inflight) - set(active):
-            self._inflight.pop(gone).cancel()
+            task = self._inflight.pop(gone, None)
+            if task is not None:
+                task.cancel()
 
     async def poll_once(self) -> None:
         """One pass over every active workspace, at most ``max_concurrent_workspaces`` at once."""

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from blueplane.cursor.database_monitor import CursorDatabaseMonitor, DatabaseState
     from blueplane.cursor.session_monitor import ActiveSession
 
+GLOBAL_HEALTH_PREFIX = "global:"  # health entries of the global databases
+
 log = logging.getLogger("blueplane.global_db")
 
 UNATTRIBUTED = "unattributed"
@@ -127,7 +129,7 @@ class GlobalDatabases:
             gs = self._states[path] = _GlobalState(DatabaseState(path))
         if gs.attribution is None:
             gs.attribution = await self._load_attribution(path)
-        wh = self.m.health.workspace(f"global:{database_key(str(path))}")
+        wh = self.m.health.workspace(f"{GLOBAL_HEALTH_PREFIX}{database_key(str(path))}")
         wh.database = str(path)
         wh.mapping_strategy = "global_database"
         started = time.perf_counter()
