@@ -68,6 +68,12 @@ class Server:
             if not user_dirs:
                 log.warning("no Cursor User folder found; set BLUEPLANE_CURSOR_DIRS")
             mon = s.cursor_database_monitor
+            if mon.sync_window_hours > mon.dedup_window_hours:
+                log.warning(
+                    "sync_window_hours (%g) > dedup_window_hours (%g): a database replaced while "
+                    "the server was stopped may be re-sent in part; keep sync ≤ dedup",
+                    mon.sync_window_hours, mon.dedup_window_hours,
+                )  # fmt: skip
             sessions = SessionMonitor(
                 redis, s.redis.stream, s.session_dir, self.health,
                 file_poll_s=s.session_monitor.session_file_poll_seconds,

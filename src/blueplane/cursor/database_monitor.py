@@ -107,6 +107,7 @@ class CursorDatabaseMonitor:
         self.global_dbs = GlobalDatabases(self)  # issue 3: globalStorage/state.vscdb
         # run(): one poll task per workspace, so one retrying a lock never delays the others.
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._global_task: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(config.max_concurrent_workspaces)
 
     # ----------------------------------------------------------------- loop
@@ -170,9 +171,21 @@ class CursorDatabaseMonitor:
         for h, sessions in active.items():
             if h not in self._inflight:
                 self._inflight[h] = asyncio.create_task(self._guarded_poll(h, sessions))
+        # The global databases get their own task too: a locked one must not delay the rest.
+        if self._global_task is None or self._global_task.done():
+            self._collect_global()
+            self._global_task = asyncio.create_task(self.global_dbs.poll())
         self.polls += 1
-        await self.global_dbs.poll()
         return succeeded > 0 or not active
+
+    def _collect_global(self) -> None:
+        task, self._global_task = self._global_task, None
+        exc = None if task is None or task.cancelled() else task.exception()
+        if isinstance(exc, REDIS_DOWN):
+            raise exc
+        if exc is not None:
+            log.error("unexpected failure polling the global databases: %r", exc, exc_info=exc)
+            self._component.fail("error", repr(exc))
 
     async def _guarded_poll(self, workspace_hash: str, sessions: list[ActiveSession]) -> None:
         async with self._sem:
@@ -181,6 +194,9 @@ class CursorDatabaseMonitor:
     async def _finish_inflight(self, grace_s: float = 2.0) -> None:
         """On stop: let polls that are publishing finish; cancel those waiting on a lock."""
         tasks = list(self._inflight.values())
+        if self._global_task is not None:
+            tasks.append(self._global_task)
+            self._global_task = None
         self._inflight.clear()
         if not tasks:
             return

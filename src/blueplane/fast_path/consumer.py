@@ -32,6 +32,7 @@ log = logging.getLogger("blueplane.fast_path")
 
 MAX_ENTRY_BYTES = 1_048_576  # an entry larger than this is dead-lettered, not stored
 TRIM_EVERY_S = 10.0
+MAX_BACKOFF_S = 10.0  # while Redis is away: the store trails the stream by at most this
 MAX_TRIM_STEP = 10_000
 
 
@@ -173,7 +174,7 @@ class FastPathConsumer:
                 log.warning("fast path: Redis unavailable (%s); retrying in %.0f s", exc, backoff)
                 self._drained = False  # re-drain our pending entries after reconnecting
                 await sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # stream or group deleted under us: recreate
                     self._drained = False
