@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from blueplane.cursor.layouts.base import (
-    ItemTableKeyLayout,
     KeyValue,
     LayoutRead,
     ReadContext,
@@ -26,7 +25,7 @@ from blueplane.cursor.layouts.base import (
     changed_key,
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, as_int, as_str, load_json
-from blueplane.cursor.sqlite_ro import item_value
+from blueplane.cursor.sqlite_ro import item_rowid, item_value
 from blueplane.events import GenerationPayload
 
 GENERATIONS_KEY = "aiService.generations"
@@ -41,9 +40,11 @@ class _Raw:
     prompts_value: object | None
 
 
-class ItemTableGenerations(ItemTableKeyLayout):
+class ItemTableGenerations:
     name: ClassVar[str] = "itemtable_generations"
-    key: ClassVar[str] = GENERATIONS_KEY
+
+    def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
+        return "ItemTable" in tables and item_rowid(conn, GENERATIONS_KEY) > 0
 
     def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> _Raw | None:
         generations = changed_key(conn, GENERATIONS_KEY, watermark)
