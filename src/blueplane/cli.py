@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.logging import RichHandler
@@ -130,6 +131,8 @@ async def _stream_stats(settings: Settings) -> dict[str, Any]:
             if name == fp.group:
                 stats["pending"] = int(g["pending"])
                 lag = g.get("lag")
+                if lag is None:  # Redis < 7 does not report it (the bundled 6.2): count it
+                    lag = await _count_after(client, stream, g["last-delivered-id"])
                 stats["consumer_lag"] = int(lag) if lag is not None else None
         stats["active_sessions"] = int(await client.hlen(SESSIONS_KEY))
     except (*REDIS_DOWN, RedisError) as exc:
@@ -137,6 +140,16 @@ async def _stream_stats(settings: Settings) -> dict[str, Any]:
     finally:
         await client.aclose()
     return stats
+
+
+LAG_COUNT_CAP = 100_000
+
+
+async def _count_after(client: Redis, stream: str, last_id: bytes | str) -> int | None:
+    """Entries after ``last_id`` (capped), for servers that do not report a group's lag."""
+    start = "(" + (last_id.decode() if isinstance(last_id, bytes) else str(last_id))
+    entries = await client.xrange(stream, min=start, max="+", count=LAG_COUNT_CAP)
+    return len(entries)
 
 
 @app.command()

@@ -54,3 +54,16 @@ async def test_named_url_is_used_even_if_down(
     monkeypatch.setenv("BLUEPLANE_REDIS_URL", "redis://127.0.0.1:1/0")
     settings = load_settings(home=tmp_path)
     assert await broker.resolve_server_url(settings) == ("redis://127.0.0.1:1/0", None)
+
+
+async def test_consumer_lag_is_counted_where_redis_does_not_report_it(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from blueplane.cli import _count_after
+
+    client = aioredis.Redis.from_url(redis_url)
+    ids = [await client.xadd("s", {"n": str(i)}) for i in range(5)]
+    assert await _count_after(client, "s", ids[1]) == 3
+    assert await _count_after(client, "s", "0-0") == 5
+    assert await _count_after(client, "s", ids[-1]) == 0
+    await client.aclose()
