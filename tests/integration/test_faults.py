@@ -33,14 +33,10 @@ from tests.fixtures.cursor_db import (
     make_generation,
     snapshot_files,
 )
-from tests.integration.reliability_support import (  # noqa: F401 - fixtures
+from tests.integration.reliability_support import (
     OwnRedis,
-    client_13,
-    env_13,
     own_env,
-    own_redis,
     project,
-    redis_url_13,
     status_json,
     store_generation_ids,
     stream_generation_ids,
@@ -86,7 +82,7 @@ def _assert_exactly_once(client: sync_redis.Redis, env: BlueplaneEnv, ids: list[
 @pytest.mark.slow
 def test_redis_outage_waits_with_backoff_says_so_and_catches_up(
     tmp_path: Path,
-    own_redis: OwnRedis,  # noqa: F811
+    own_redis: OwnRedis,
 ) -> None:
     env = _fast(own_env(tmp_path, own_redis.url))
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
@@ -135,7 +131,7 @@ def test_redis_outage_waits_with_backoff_says_so_and_catches_up(
 @pytest.mark.slow
 def test_redis_restarts_under_a_live_writer_lose_and_duplicate_nothing(
     tmp_path: Path,
-    own_redis: OwnRedis,  # noqa: F811
+    own_redis: OwnRedis,
 ) -> None:
     env = _fast(own_env(tmp_path, own_redis.url))
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
@@ -170,7 +166,7 @@ def test_redis_restarts_under_a_live_writer_lose_and_duplicate_nothing(
 
 def test_lock_held_longer_than_the_timeout_is_retried_with_backoff_and_jitter(
     tmp_path: Path,
-    redis_url_13: str,  # noqa: F811
+    redis_url: str,
 ) -> None:
     """The retry delays are ``backoff × 2^attempt × (0.5 + jitter)``, on a real locked file."""
     db = CursorDb(tmp_path / "state.vscdb", persistent=False)
@@ -209,12 +205,12 @@ class _Health:
 
 
 def test_locked_workspace_does_not_hold_up_the_others_and_catches_up(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
     tmp_path: Path,
 ) -> None:
     env = _fast(
-        env_13,
+        bp_env,
         BLUEPLANE_CURSOR_DATABASE_MONITOR__QUERY_TIMEOUT_SECONDS="0.3",
         BLUEPLANE_CURSOR_DATABASE_MONITOR__RETRY_BACKOFF_SECONDS="0.5",
         BLUEPLANE_CURSOR_DATABASE_MONITOR__MAX_RETRIES="3",
@@ -250,7 +246,7 @@ def test_locked_workspace_does_not_hold_up_the_others_and_catches_up(
         lock.release()
     wait_until(lambda: _stored(env) == 5, what="the locked workspace to catch up")
     assert sp.stop() == 0
-    _assert_exactly_once(client_13, env, locked_ids + free_ids)
+    _assert_exactly_once(redis_client, env, locked_ids + free_ids)
 
 
 # --------------------------------------------------------------------------- files
@@ -262,12 +258,12 @@ def _fresh_db(path: Path, mode: str = "delete") -> CursorDb:
 
 @pytest.mark.parametrize("how", ["deleted", "replaced", "vacuumed"])
 def test_database_deleted_replaced_or_vacuumed_is_reread_from_the_right_place(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
     tmp_path: Path,
     how: str,
 ) -> None:
-    env = _fast(env_13)
+    env = _fast(bp_env)
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"), with_db=False)
     db = _fresh_db(ws.db_path)
     # A few other keys so VACUUM has rowids to renumber.
@@ -308,7 +304,7 @@ def test_database_deleted_replaced_or_vacuumed_is_reread_from_the_right_place(
     wait_until(lambda: _stored(env) == len(expected), what=f"new generations after {how}")
     time.sleep(0.5)
     assert sp.stop() == 0
-    _assert_exactly_once(client_13, env, expected)
+    _assert_exactly_once(redis_client, env, expected)
 
 
 def _new_gens(n: int) -> list[dict[str, object]]:
@@ -319,11 +315,11 @@ def _new_gens(n: int) -> list[dict[str, object]]:
 
 
 def test_sigterm_stops_within_5_s_with_everything_read_committed(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
     tmp_path: Path,
 ) -> None:
-    env = _fast(env_13)
+    env = _fast(bp_env)
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
     sp = ServerProcess(env).start()
     env.cli("session", "start", "--workspace", str(ws.folder_path), "--session-id", "s-1")
@@ -338,15 +334,15 @@ def test_sigterm_stops_within_5_s_with_everything_read_committed(
     assert status_json(env.home)["server"]["state"] == "stopped"
     # Nothing delivered to the consumer is left unacknowledged, and what is stored is on the
     # stream; whatever was published but not yet consumed is still on the stream.
-    assert client_13.xpending("telemetry:events", "blueplane-fast-path")["pending"] == 0
+    assert redis_client.xpending("telemetry:events", "blueplane-fast-path")["pending"] == 0
     stored = store_generation_ids(env.home)
-    on_stream = stream_generation_ids(client_13)
+    on_stream = stream_generation_ids(redis_client)
     assert set(stored) <= set(on_stream)
     # After a restart everything written is there exactly once.
     sp = ServerProcess(env).start()
     wait_until(lambda: _stored(env) == len(ids), what="all generations after restart")
     assert sp.stop() == 0
-    _assert_exactly_once(client_13, env, ids)
+    _assert_exactly_once(redis_client, env, ids)
 
 
 # --------------------------------------------------------------------------- zero impact
@@ -354,13 +350,13 @@ def test_sigterm_stops_within_5_s_with_everything_read_committed(
 
 @pytest.mark.parametrize("mode", ["delete", "wal"])
 def test_live_writer_sees_no_busy_error_and_the_file_keeps_its_mode(
-    env_13: BlueplaneEnv,  # noqa: F811
-    client_13: sync_redis.Redis,  # noqa: F811
+    bp_env: BlueplaneEnv,
+    redis_client: sync_redis.Redis,
     tmp_path: Path,
     mode: str,
 ) -> None:
     """A short zero-impact run (the full one is bench/zero_impact.py)."""
-    env = _fast(env_13)
+    env = _fast(bp_env)
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"), journal_mode=mode)  # type: ignore[arg-type]
     ws.db.close()
     head = ws.db_path.read_bytes()[:100]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from tests.fixtures.cursor_db import (
     make_prompt,
     snapshot_files,
 )
+from tests.integration.reliability_support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -256,7 +256,7 @@ def test_session_file_fallback_starts_and_ends_monitoring(
 def test_named_redis_down_at_start_is_reported_then_caught_up(
     bp_env: BlueplaneEnv, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     bp_env.redis_url = f"redis://127.0.0.1:{port}/0"
     ud = _user_dir(bp_env)
     folder = _project(tmp_path, "late-redis")
@@ -289,9 +289,3 @@ def test_named_redis_down_at_start_is_reported_then_caught_up(
     finally:
         sp.stop()
         redis_server.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
