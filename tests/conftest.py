@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as sync_redis
+import redis.asyncio as aioredis
 
 from blueplane.broker import BundledRedis
 
@@ -66,6 +67,14 @@ def redis_client(redis_url: str) -> Iterator[sync_redis.Redis]:
     client = sync_redis.Redis.from_url(url=redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client (bytes responses, as the server's) on the test's Redis database."""
+    c = aioredis.Redis.from_url(redis_url)
+    yield c
+    await c.aclose()
 
 
 def wait_until(

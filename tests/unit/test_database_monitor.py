@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from blueplane.config import CursorDatabaseMonitorConfig
@@ -90,13 +89,6 @@ class Rig:
             if f.get(b"event_type") == b"database_trace":
                 out.append(json.loads(f[b"payload"]))
         return out
-
-
-@pytest.fixture
-async def client(redis_url: str):
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 async def test_unchanged_database_is_not_opened(tmp_path: Path, client) -> None:

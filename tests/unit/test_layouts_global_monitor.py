@@ -1,6 +1,7 @@
 """The global database through CursorDatabaseMonitor: attribution, session start, no repeats.
 
-Real Redis (DB 14, flushed at the start of each test) and real SQLite files.
+A real Redis (the test session's private server, a flushed database per test) and real
+SQLite files.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 
 from blueplane.config import CursorDatabaseMonitorConfig
@@ -37,20 +37,7 @@ from tests.fixtures.cursor_db import (
     new_uuid,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
 STREAM = "telemetry:events"
-
-
-@pytest.fixture
-async def client():
-    c = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await c.ping()
-    except OSError as exc:  # pragma: no cover - environment without Redis
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    await c.flushdb()
-    yield c
-    await c.aclose()
 
 
 class Rig:

@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis.asyncio as aioredis
 
 from blueplane.cursor.layouts.base import TraceItem
 from blueplane.events import GenerationPayload
 from blueplane.publisher import Destination, Publisher, dedup_key, watermark_key
 
 STREAM = "telemetry:events"
-
-
-@pytest.fixture
-async def client(redis_url: str):
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 def item(gid: str, rev: int | None = None) -> TraceItem:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from blueplane.cursor.session_monitor import POSITION_KEY, SESSIONS_KEY, SessionMonitor
@@ -13,13 +12,6 @@ from blueplane.events import SessionEvent
 from blueplane.health import Health
 
 STREAM = "telemetry:events"
-
-
-@pytest.fixture
-async def client(redis_url: str):
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
 
 
 def monitor(client: aioredis.Redis, tmp_path: Path, health: Health | None = None) -> SessionMonitor:
