@@ -13,12 +13,19 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
 from blueplane.cursor.layouts.conversation import revisions_of, text_parts
-from blueplane.cursor.layouts.disk_kv import RowScan, has_prefix, next_watermark_rowid, scan_new
-from blueplane.cursor.layouts.jsonvalue import BadValue, as_str, load_json
+from blueplane.cursor.layouts.disk_kv import (
+    RowScan,
+    has_prefix,
+    json_objects,
+    next_watermark_rowid,
+    scan_new,
+    summarise,
+)
+from blueplane.cursor.layouts.jsonvalue import as_str
 from blueplane.events import MessagePayload
 
 PREFIX = "agentKv:blob:"
@@ -65,16 +72,8 @@ class AgentKvBlobs:
         revs = revisions_of(watermark)
         items: list[TraceItem] = []
         bad: list[str] = []
-        for _rowid, key, value in raw.scan.rows:
-            blob_id = key[len(PREFIX) :]
-            if not blob_id or value is None:
-                continue
-            try:
-                data: Any = load_json(key, value)
-            except BadValue as exc:
-                bad.append(str(exc))
-                continue
-            if not isinstance(data, dict) or as_str(data.get("role")) is None:
+        for blob_id, data in json_objects(raw.scan.rows, PREFIX, bad):
+            if as_str(data.get("role")) is None:
                 continue
             role = str(data["role"])
             text, length, digest = text_parts(
@@ -95,10 +94,7 @@ class AgentKvBlobs:
             stamped = revs.stamp(f"b:{blob_id}", payload)
             if stamped is not None:
                 items.append(TraceItem(stamped))
-        problems: list[str] = []
-        if bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            problems.append(f"cursorDiskKV agentKv: {bad[0]}{more}")
+        problems = summarise("agentKv", bad)
         wm: Watermark = {"rowid": next_watermark_rowid(raw.scan, watermark), "sent": revs.dump()}
         if not raw.scan.complete:
             wm["more"] = True

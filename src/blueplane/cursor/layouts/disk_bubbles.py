@@ -45,6 +45,7 @@ from blueplane.cursor.layouts.disk_kv import (
     read_keys,
     read_prefixes,
     scan_new,
+    summarise,
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
 from blueplane.events import MessagePayload
@@ -130,9 +131,7 @@ class GlobalBubbles:
                 bad.append(f"{key} is a JSON {type(bubble).__name__}, not an object")
                 continue
             parsed.append(_Parsed(rowid, key, ids[0], ids[1], bubble, bubble_time_ms(bubble)))
-        if bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            problems.append(f"cursorDiskKV bubbles: {bad[0]}{more}")
+        problems.extend(summarise("bubbles", bad))
         # Latest time per composer (for untimed bubbles) and new bubbles (for "later_bubble").
         composer_ts: dict[str, int] = {}
         newest_new: dict[str, list[tuple[int, str]]] = {}

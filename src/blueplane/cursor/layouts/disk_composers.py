@@ -28,11 +28,13 @@ from blueplane.cursor.layouts.conversation import (
 from blueplane.cursor.layouts.disk_kv import (
     RowScan,
     has_prefix,
+    json_objects,
     next_watermark_rowid,
     read_keys,
     scan_new,
+    summarise,
 )
-from blueplane.cursor.layouts.jsonvalue import BadValue, as_str, load_json
+from blueplane.cursor.layouts.jsonvalue import as_str
 
 PREFIX = "composerData:"
 BATCH = 200
@@ -65,23 +67,9 @@ class GlobalComposerData:
         revs = revisions_of(watermark)
         items: list[TraceItem] = []
         bad: list[str] = []
-        for _rowid, key, value in raw.scan.rows:
-            cid = key[len(PREFIX) :]
-            if not cid or value is None:
-                continue
-            try:
-                data: Any = load_json(key, value)
-            except BadValue as exc:
-                bad.append(str(exc))
-                continue
-            if not isinstance(data, dict):
-                bad.append(f"{key} is a JSON {type(data).__name__}, not an object")
-                continue
+        for cid, data in json_objects(raw.scan.rows, PREFIX, bad):
             items.extend(self._composer(cid, data, revs, ctx))
-        problems: list[str] = []
-        if bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            problems.append(f"cursorDiskKV composers: {bad[0]}{more}")
+        problems = summarise("composers", bad)
         wm: Watermark = {"rowid": next_watermark_rowid(raw.scan, watermark), "sent": revs.dump()}
         if not raw.scan.complete:
             wm["more"] = True

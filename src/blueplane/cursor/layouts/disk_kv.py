@@ -16,10 +16,12 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from blueplane.cursor.layouts.base import Watermark
+from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
 
 TABLE = "cursorDiskKV"
 Row = tuple[int, str, object]  # rowid, key, value
@@ -109,3 +111,30 @@ def next_watermark_rowid(scan: RowScan, watermark: Watermark) -> int:
         old = watermark.get("rowid", 0)
         return old if isinstance(old, int) else 0
     return scan.next_rowid
+
+
+def json_objects(
+    rows: Iterable[Row], prefix: str, bad: list[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(id after the prefix, JSON object)`` of each row: NULL rows skipped, bad ones noted."""
+    for _rowid, key, value in rows:
+        item_id = key[len(prefix) :]
+        if not item_id or value is None:
+            continue
+        try:
+            data = load_json(key, value)
+        except BadValue as exc:
+            bad.append(str(exc))
+            continue
+        if not isinstance(data, dict):
+            bad.append(f"{key} is a JSON {type(data).__name__}, not an object")
+            continue
+        yield item_id, data
+
+
+def summarise(what: str, bad: list[str]) -> list[str]:
+    """One problem line for many bad rows: the first one, and how many more."""
+    if not bad:
+        return []
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return [f"cursorDiskKV {what}: {bad[0]}{more}"]
