@@ -24,10 +24,9 @@ from blueplane.cursor.layouts.base import (
     Watermark,
 )
 from blueplane.cursor.layouts.conversation import (
-    bubble_time_ms,
     build_composer,
-    build_message,
     composer_time_ms,
+    inline_messages,
     revisions_of,
     too_old,
 )
@@ -109,33 +108,10 @@ class WorkspaceComposerData(ItemTableKeyLayout):
             stamped = revs.stamp(f"c:{payload.item_key()}", payload)
             if stamped is not None:
                 items.append(TraceItem(payload=stamped, timestamp_ms=c_time))
-            if not isinstance(conversation, list):
-                continue
-            generating = comp.get("generatingBubbleIds")
-            busy = set(generating) if isinstance(generating, list) else set()
-            for pos, bubble in enumerate(conversation):
-                bid = as_str(bubble.get("bubbleId")) if isinstance(bubble, dict) else None
-                if bid is None or not isinstance(bubble, dict):
-                    problems.append(f"composer {cid}: conversation[{pos}] has no bubbleId")
-                    continue
-                if bid in busy:
-                    pending += 1
-                    continue
-                msg = build_message(
-                    bubble,
-                    bubble_id=bid,
-                    composer_id=cid,
-                    ctx=ctx,
-                    source_layout=self.name,
-                    position=pos,
-                    settled_by="not_generating",
-                )
-                ts = bubble_time_ms(bubble) or c_time
-                if too_old(ts, ctx):
-                    continue
-                stamped = revs.stamp(f"m:{bid}", msg)
-                if stamped is not None:
-                    items.append(TraceItem(payload=stamped, timestamp_ms=ts))
+            found = inline_messages(comp, cid, c_time, revs, ctx, self.name)
+            items.extend(found.items)
+            pending += found.pending
+            problems.extend(found.problems)
         # A bubble still generating is read again when Cursor rewrites the key to end it.
         wm: Watermark = {"rowid": raw.rowid, "era": era_of(data), "sent": revs.dump()}
         if pending:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from blueplane.cursor.layouts.base import ReadContext, Watermark
+from blueplane.cursor.layouts.base import ReadContext, TraceItem, Watermark
 from blueplane.cursor.layouts.jsonvalue import as_int, as_str
 from blueplane.events import (
     CodeBlocks,
@@ -325,3 +326,58 @@ def composer_time_ms(p: ComposerPayload) -> int | None:
 def too_old(ts: int | None, ctx: ReadContext) -> bool:
     """Outside ``sync_window_hours``; an item without a time is never judged too old."""
     return ts is not None and ts < ctx.sync_cutoff_ms
+
+
+@dataclass
+class InlineMessages:
+    """What a composer's inline ``conversation[]`` yields on one read."""
+
+    items: list[TraceItem] = field(default_factory=list)
+    pending: int = 0  # bubbles still listed in ``generatingBubbleIds``: read again later
+    problems: list[str] = field(default_factory=list)
+
+
+def inline_messages(
+    composer: Mapping[str, Any],
+    composer_id: str,
+    composer_time: int | None,
+    revs: Revisions,
+    ctx: ReadContext,
+    source_layout: str,
+    storage_id: str | None = None,
+) -> InlineMessages:
+    """The ``message`` traces of an inline conversation (2024 workspace, older global rows).
+
+    A bubble Cursor still lists in ``generatingBubbleIds`` waits for the rewrite that ends it;
+    every other is final. A bubble without its own time takes the composer's.
+    """
+    out = InlineMessages()
+    conversation = composer.get("conversation")
+    if not isinstance(conversation, list):
+        return out
+    generating = composer.get("generatingBubbleIds")
+    busy = set(generating) if isinstance(generating, list) else set()
+    for pos, bubble in enumerate(conversation):
+        bid = as_str(bubble.get("bubbleId")) if isinstance(bubble, dict) else None
+        if bid is None or not isinstance(bubble, dict):
+            out.problems.append(f"composer {composer_id}: conversation[{pos}] has no bubbleId")
+            continue
+        if bid in busy:
+            out.pending += 1
+            continue
+        ts = bubble_time_ms(bubble) or composer_time
+        if too_old(ts, ctx):
+            continue
+        msg = build_message(
+            bubble,
+            bubble_id=bid,
+            composer_id=composer_id,
+            ctx=ctx,
+            source_layout=source_layout,
+            position=pos,
+            settled_by="not_generating",
+        )
+        stamped = revs.stamp(f"m:{bid}", msg)
+        if stamped is not None:
+            out.items.append(TraceItem(stamped, ts, storage_id))
+    return out

@@ -17,10 +17,9 @@ from typing import Any, ClassVar
 
 from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
 from blueplane.cursor.layouts.conversation import (
-    bubble_time_ms,
     build_composer,
-    build_message,
     composer_time_ms,
+    inline_messages,
     revisions_of,
     too_old,
     workspace_id_of,
@@ -68,7 +67,7 @@ class GlobalComposerData:
         items: list[TraceItem] = []
         bad: list[str] = []
         for cid, data in json_objects(raw.scan.rows, PREFIX, bad):
-            items.extend(self._composer(cid, data, revs, ctx))
+            items.extend(self._composer(cid, data, revs, ctx, bad))
         problems = summarise("composers", bad)
         wm: Watermark = {"rowid": next_watermark_rowid(raw.scan, watermark), "sent": revs.dump()}
         if not raw.scan.complete:
@@ -78,7 +77,7 @@ class GlobalComposerData:
         return LayoutRead(items=items, watermark=wm, problems=problems)
 
     def _composer(
-        self, cid: str, data: dict[str, Any], revs: Any, ctx: ReadContext
+        self, cid: str, data: dict[str, Any], revs: Any, ctx: ReadContext, bad: list[str]
     ) -> list[TraceItem]:
         conversation = data.get("conversation")
         headers = data.get("fullConversationHeadersOnly")
@@ -109,23 +108,7 @@ class GlobalComposerData:
         stamped = revs.stamp(f"c:{cid}", payload)
         if stamped is not None:
             out.append(TraceItem(stamped, c_time, storage))
-        generating = data.get("generatingBubbleIds")
-        busy = set(generating) if isinstance(generating, list) else set()
-        for pos, bubble in enumerate(inline or []):
-            bid = as_str(bubble.get("bubbleId")) if isinstance(bubble, dict) else None
-            if bid is None or not isinstance(bubble, dict) or bid in busy:
-                continue
-            ts = bubble_time_ms(bubble) or c_time
-            msg = build_message(
-                bubble,
-                bubble_id=bid,
-                composer_id=cid,
-                ctx=ctx,
-                source_layout=self.name,
-                position=pos,
-                settled_by="not_generating",
-            )
-            stamped = revs.stamp(f"m:{bid}", msg)
-            if stamped is not None:
-                out.append(TraceItem(stamped, ts, storage))
+        found = inline_messages(data, cid, c_time, revs, ctx, self.name, storage)
+        out.extend(found.items)
+        bad.extend(found.problems)
         return out
