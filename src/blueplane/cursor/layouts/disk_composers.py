@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Watermark
 from blueplane.cursor.layouts.conversation import (
+    Revisions,
     build_composer,
     composer_time_ms,
     inline_messages,
@@ -77,7 +78,7 @@ class GlobalComposerData:
         return LayoutRead(items=items, watermark=wm, problems=problems)
 
     def _composer(
-        self, cid: str, data: dict[str, Any], revs: Any, ctx: ReadContext, bad: list[str]
+        self, cid: str, data: dict[str, Any], revs: Revisions, ctx: ReadContext, bad: list[str]
     ) -> list[TraceItem]:
         conversation = data.get("conversation")
         headers = data.get("fullConversationHeadersOnly")
