@@ -37,6 +37,13 @@ class CursorDatabaseMonitorConfig(_Section):
     retry_backoff_seconds: float = Field(2.0, ge=0)
     dedup_window_hours: float = Field(24.0, gt=0)
     max_concurrent_workspaces: int = Field(10, ge=1)
+    # Change detection: file events (watchfiles) on each database's folder drive reads at once;
+    # the timed poll above is only the safety net for missed events. False: poll only.
+    watch_files: bool = True
+    # A burst of writes within this window costs one read, not one per write.
+    watch_debounce_ms: int = Field(30, ge=1, le=1000)
+    # Poll interval for databases whose folder cannot be watched (watch limit, network mounts).
+    fallback_poll_seconds: float = Field(1.0, gt=0)
     # Full prompt/response text in traces (the proposal sends it). False keeps lengths and hashes.
     capture_content: bool = True
     # Global-database composers that cannot be tied to a workspace: kept out unless true.
