@@ -1,7 +1,9 @@
 """Health of the server and of every monitored workspace, as ``blueplane status`` shows it.
 
-Components write here; the server saves a snapshot to ``BLUEPLANE_HOME/status.json`` after
-each poll so that ``status`` works from another process, even while Redis is away.
+Components write here; the server saves a snapshot to ``BLUEPLANE_HOME/status.json`` when
+something changed, so that ``status`` works from another process, even while Redis is away.
+Every change to a health record bumps one generation counter: an idle server serialises and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -18,8 +20,18 @@ from blueplane.events import iso_now
 MAX_PROBLEMS = 5
 
 
+class _Tracked:
+    """Bumps the shared generation on every attribute write."""
+
+    generation: int = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        _Tracked.generation += 1
+
+
 @dataclass
-class WorkspaceHealth:
+class WorkspaceHealth(_Tracked):
     workspace_hash: str
     workspace_path: str | None = None
     session_ids: list[str] = field(default_factory=list)
@@ -37,6 +49,13 @@ class WorkspaceHealth:
     items_published: int = 0
     last_poll_ms: float | None = None
     problems: list[str] = field(default_factory=list)
+    # "events" (file events drive reads) or "poll" (timed polls only), and why it polls.
+    change_detection: str | None = None
+    change_detection_reason: str | None = None
+    # Why this workspace is monitored (its session, last activity, expiry).
+    active_reason: str | None = None
+    # A big database's first sync: rows done / total.
+    catch_up: dict[str, Any] | None = None
 
     def ok(self, status: str = "ok") -> None:
         now = iso_now()
@@ -60,7 +79,7 @@ class WorkspaceHealth:
 
 
 @dataclass
-class ComponentHealth:
+class ComponentHealth(_Tracked):
     status: str = "starting"
     last_error: str | None = None
     last_error_at: str | None = None
@@ -68,6 +87,12 @@ class ComponentHealth:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+        _Tracked.generation += 1
+
+    def set_counter(self, name: str, value: int) -> None:
+        if self.counters.get(name) != value:
+            self.counters[name] = value
+            _Tracked.generation += 1
 
     def fail(self, status: str, message: str) -> None:
         self.status = status
@@ -85,6 +110,11 @@ class Health:
         if workspace_hash not in self.workspaces:
             self.workspaces[workspace_hash] = WorkspaceHealth(workspace_hash)
         return self.workspaces[workspace_hash]
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever any record changed (compare to skip writing an unchanged status)."""
+        return _Tracked.generation + len(self.workspaces) + len(self.components)
 
     def component(self, name: str) -> ComponentHealth:
         if name not in self.components:

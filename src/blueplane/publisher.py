@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -91,8 +91,13 @@ class Publisher:
         db_path: str,
         layout: str,
         watermark: Watermark,
+        *,
+        extra: Mapping[str, str] | None = None,
     ) -> int:
-        """Publish what is new among ``routed`` and store ``watermark``; returns events sent."""
+        """Publish what is new among ``routed`` and store ``watermark``; returns events sent.
+
+        ``extra`` fields are written into the watermark hash in the same transaction.
+        """
         keys = [dedup_key(d.workspace_hash, i.dedup_id) for d, i in routed]
         seen: list[int] = []
         for start in range(0, len(keys), CHUNK):
@@ -104,8 +109,9 @@ class Publisher:
             unique.setdefault(k, (d, i))
         entries = list(unique.items())
         wm_json = json.dumps(watermark, separators=(",", ":"))
+        fields = {layout: wm_json, **(extra or {})}
         if not entries:
-            await self.redis.hset(watermark_key(db_path), layout, wm_json)
+            await self.redis.hset(watermark_key(db_path), mapping=fields)
             return 0
         for start in range(0, len(entries), CHUNK):
             chunk = entries[start : start + CHUNK]
@@ -114,9 +120,16 @@ class Publisher:
                     pipe.xadd(self.stream, self.build_event(dest, item).to_fields())
                     pipe.set(key, b"1", ex=self.dedup_ttl_s)
                 if start + CHUNK >= len(entries):
-                    pipe.hset(watermark_key(db_path), layout, wm_json)
+                    pipe.hset(watermark_key(db_path), mapping=fields)
                 await pipe.execute()
         return len(entries)
+
+    async def set_watermark_fields(self, db_path: str, fields: Mapping[str, str]) -> None:
+        await self.redis.hset(watermark_key(db_path), mapping=dict(fields))
+
+    async def reset_watermarks(self, db_path: str) -> None:
+        """Forget where a database was read up to (a new file): it is read from the start."""
+        await self.redis.delete(watermark_key(db_path))
 
     async def _exists_each(self, keys: list[str]) -> list[int]:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -129,6 +129,7 @@ class Server:
         return ok
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
+        written: tuple[int, int] | None = None
         while not self.stop_event.is_set():
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
@@ -137,7 +138,11 @@ class Server:
                               exc_info=exc)  # fmt: skip
                     self.health.server["last_error"] = f"{task.get_name()}: {exc!r}"
                     self.stop_event.set()
-            self._write_status()
+            # Idle means nothing serialised: the file is rewritten only when something changed.
+            now = (self.health.generation, hash(repr(sorted(self.health.server.items()))))
+            if now != written:
+                self._write_status()
+                written = now
             await sleep_or_stop(self.stop_event, STATUS_EVERY_S)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:

@@ -23,7 +23,7 @@ import pytest
 import redis as sync_redis
 
 from blueplane.config import CursorDatabaseMonitorConfig
-from blueplane.cursor.database_monitor import CursorDatabaseMonitor
+from blueplane.cursor.db_poller import DatabasePoller
 from blueplane.cursor.sqlite_ro import DatabaseLocked, ReadOnlyDatabase
 from tests.conftest import BlueplaneEnv, ServerProcess, wait_until
 from tests.fixtures.cursor_db import (
@@ -180,28 +180,16 @@ def test_lock_held_longer_than_the_timeout_is_retried_with_backoff_and_jitter(
     cfg = CursorDatabaseMonitorConfig(
         query_timeout_seconds=0.1, max_retries=3, retry_backoff_seconds=0.5
     )
-    mon = CursorDatabaseMonitor(
+    poller = DatabasePoller(
         cfg,
-        None,
-        None,
-        None,
-        _Health(),
+        None,  # type: ignore[arg-type]  # nothing is published: the read never succeeds
         sleep=sleep,
-        jitter=lambda: next(jitters),  # type: ignore[arg-type]
+        jitter=lambda: next(jitters),
     )
     ro = ReadOnlyDatabase(db.path, cfg.query_timeout_seconds)
     with hold_lock(db.path, 10.0, "exclusive"), pytest.raises(DatabaseLocked):
-        asyncio.run(mon._read_with_retries(ro, {}, "w"))
+        asyncio.run(poller._read_with_retries(ro, {}, "w"))
     assert slept == pytest.approx([0.25, 1.4, 1.6])
-
-
-class _Health:
-    """Just enough of Health for the monitor's constructor."""
-
-    def component(self, name: str) -> object:
-        from blueplane.health import ComponentHealth
-
-        return ComponentHealth()
 
 
 def test_locked_workspace_does_not_hold_up_the_others_and_catches_up(

@@ -1,80 +1,59 @@
-"""CursorDatabaseMonitor: polls the databases of active workspaces and publishes what is new.
+"""CursorDatabaseMonitor: reads the databases of active workspaces when they change, and publishes.
 
-Per poll and database: compare the fingerprint (size and mtime of the file and its ``-wal``)
-with the last one read; if unchanged, nothing is opened. Otherwise one short read-only
-transaction detects the layouts and fetches raw rows, JSON is parsed after it ends, and each
-layout's new items are published atomically with its watermark. Locks and timeouts are retried
-with exponential backoff and jitter; every other failure is recorded in health and retried
-at the next poll, without holding up other workspaces.
+Change detection is event-driven: the ``ChangeWatcher`` reports writes to a database's files
+and that database is read at once (a burst of writes costs one read; a write during a read
+costs one more read after it). A timed poll every ``poll_interval_seconds`` is only the safety
+net for missed events; a folder that cannot be watched is polled every
+``fallback_poll_seconds`` instead. While nothing changes, nothing is opened, read or sent.
+
+Each workspace, and the global databases together, is one *target* with its own task, so a
+database retrying a lock (seconds of backoff) never delays another one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from blueplane.aio import sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import CursorDatabaseMonitorConfig
-from blueplane.cursor.global_db import GLOBAL_HEALTH_PREFIX, GlobalDatabases
-from blueplane.cursor.layouts.base import Layout, LayoutRead, ReadContext, TraceItem, Watermark
-from blueplane.cursor.schema_detector import Detection, SchemaDetector
+from blueplane.cursor.change_watcher import ChangeWatcher
+from blueplane.cursor.db_poller import DatabasePoller, DatabaseState
+from blueplane.cursor.global_db import GLOBAL_HEALTH_PREFIX, GlobalDatabases, GlobalMapper
+from blueplane.cursor.schema_detector import SchemaDetector
 from blueplane.cursor.session_monitor import ActiveSession, SessionMonitor
-from blueplane.cursor.sqlite_ro import (
-    ChangedDuringRead,
-    CursorDbError,
-    DatabaseLocked,
-    DatabaseMissing,
-    Fingerprint,
-    QueryTimeout,
-    ReadOnlyDatabase,
-)
-from blueplane.events import iso_now
-from blueplane.health import Health, WorkspaceHealth
-from blueplane.publisher import Destination, Publisher, watermark_key
+from blueplane.health import Health
+from blueplane.publisher import Destination, Publisher
 
 log = logging.getLogger("blueplane.database_monitor")
 
-RETRYABLE = (DatabaseLocked, QueryTimeout, ChangedDuringRead)
 # While Redis is away the monitor retries after 0.5 s, doubling up to 10 s (Cursor is not read
 # meanwhile: nothing could be published, and the watermarks say where to resume).
 REDIS_RETRY_MIN_S = 0.5
 REDIS_RETRY_MAX_S = 10.0
-# Field of the watermark hash naming the file (inode) its watermarks belong to.
-FILE_FIELD = "_file"
+GLOBAL = "global"  # the target that reads every global database
 
 
-class MapperLike(Protocol):
+class MapperLike(GlobalMapper, Protocol):
     async def find_database(self, workspace_hash: str, workspace_path: str | None) -> Any: ...
     def invalidate(self, workspace_hash: str) -> None: ...
 
 
 @dataclass
-class DatabaseState:
-    """What the monitor remembers of one database between polls (in memory only)."""
+class _Target:
+    """One thing read on its own schedule: a workspace's database, or the global databases."""
 
-    path: Path
-    fingerprint: Fingerprint | None = None
-    watermarks: dict[str, Watermark] | None = None
-    problems_logged: set[str] = field(default_factory=set)
-    # Inode of the file the watermarks were read from (persisted beside them as ``_file``).
-    inode: int | None = None
-
-
-@dataclass
-class Fetched:
-    detection: Detection
-    raw: dict[str, Any]
-
-
-Router = Callable[[TraceItem], Destination | None]
+    dirty: bool = True  # a change was seen (or never read): read as soon as possible
+    due: float = 0.0  # monotonic time of the next timed poll
+    task: asyncio.Task[None] | None = None
+    folders: tuple[Path, ...] = ()  # where its database files live (what is watched)
 
 
 class CursorDatabaseMonitor:
@@ -90,32 +69,56 @@ class CursorDatabaseMonitor:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        watcher: ChangeWatcher | None = None,
     ) -> None:
         self.cfg = config
         self.sessions = sessions
         self.mapper = mapper
-        self.publisher = publisher
         self.health = health
-        self.detector = detector or SchemaDetector()
-        self.clock = clock
-        self.sleep = sleep
-        self.jitter = jitter
+        self.poller = DatabasePoller(
+            config, publisher, detector, clock=clock, sleep=sleep, jitter=jitter
+        )
+        self.global_dbs = GlobalDatabases(config, sessions, mapper, self.poller, health)
+        if watcher is None and config.watch_files:
+            watcher = ChangeWatcher(config.watch_debounce_ms)
+        self.watcher = watcher
         self._states: dict[str, DatabaseState] = {}
-        self._logged: dict[str, str] = {}  # last error line logged per workspace
         self._component = health.component("database_monitor")
-        self.polls = 0
-        self.global_dbs = GlobalDatabases(self)  # issue 3: globalStorage/state.vscdb
-        # run(): one poll task per workspace, so one retrying a lock never delays the others.
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._global_task: asyncio.Task[None] | None = None
+        self._targets: dict[str, _Target] = {}
+        self._by_folder: dict[Path, set[str]] = {}
+        self._wake = asyncio.Event()  # a target's read finished: reschedule
         self._sem = asyncio.Semaphore(config.max_concurrent_workspaces)
+        self._active_seen: frozenset[tuple[str, str]] = frozenset()
+        self.polls = 0  # scheduling rounds run (tests wait on it)
+
+    @property
+    def detector(self) -> SchemaDetector:
+        return self.poller.detector
+
+    @detector.setter
+    def detector(self, detector: SchemaDetector) -> None:
+        self.poller.detector = detector
+
+    # ----------------------------------------------------------------- counters
+    @property
+    def reads(self) -> int:
+        """Databases actually opened and read (an unchanged fingerprint does not count)."""
+        return self.poller.reads
 
     # ----------------------------------------------------------------- loop
     async def run(self, stop: asyncio.Event) -> None:
         self._component.status = "ok"
+        watch_task = (
+            asyncio.create_task(self.watcher.run(stop), name="change-watcher")
+            if self.watcher is not None
+            else None
+        )
         try:
             await self._loop(stop)
         finally:
+            if watch_task is not None:
+                watch_task.cancel()
+                await asyncio.gather(watch_task, return_exceptions=True)
             await self._finish_inflight()
 
     async def _loop(self, stop: asyncio.Event) -> None:
@@ -123,16 +126,21 @@ class CursorDatabaseMonitor:
         redis_delay = REDIS_RETRY_MIN_S
         while not stop.is_set():
             self.sessions.changed.clear()
+            self._wake.clear()
             try:
-                healthy = await self._poll_round()
+                if down_since is not None:
+                    await self.poller.publisher.redis.ping()  # a read alone may not touch Redis
+                healthy = self._schedule()
             except REDIS_DOWN as exc:
-                # Back off (doubling, capped) and log once per outage, not once per poll.
+                # Back off (doubling, capped) and log once per outage, not once per round.
                 self._component.fail("redis_unavailable", f"Redis unavailable: {exc}")
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("database monitor: Redis unavailable (%s); will catch up", exc)
                 else:
                     redis_delay = min(redis_delay * 2, REDIS_RETRY_MAX_S)
+                for target in self._targets.values():
+                    target.dirty = True  # read everything again once Redis answers
                 await sleep_or_stop(stop, redis_delay)
                 continue
             if down_since is None or healthy:
@@ -143,61 +151,132 @@ class CursorDatabaseMonitor:
                     time.monotonic() - down_since,
                 )
                 down_since, redis_delay = None, REDIS_RETRY_MIN_S
-            await wait_any([stop, self.sessions.changed], self.cfg.poll_interval_seconds)
+            waits = [stop, self.sessions.changed, self._wake]
+            if self.watcher is not None:
+                waits.append(self.watcher.wake)
+            await wait_any(waits, self._next_due() - time.monotonic())
 
-    async def _poll_round(self) -> bool:
-        """Start a poll of each active workspace whose previous poll has finished.
+    def _schedule(self) -> bool:
+        """Collect finished reads, then start a read of each target that changed or is due.
 
-        Unlike ``poll_once`` this does not wait for the workspace polls: a locked database
-        retrying with backoff (seconds) keeps its own task while the others are polled at
-        their normal interval. Results are collected on the next round; True when one of them
-        succeeded or no workspace is active (so an outage is known to be over).
+        True when a read succeeded since the last call, or nothing is active (so an outage is
+        known to be over).
         """
-        succeeded = 0
+        now = time.monotonic()
         active = self.sessions.active_workspaces()
         self._drop_inactive(active)
-        for h, task in list(self._inflight.items()):
-            if not task.done():
+        succeeded = self._collect(now)
+        if self.watcher is not None:
+            for folder in self.watcher.take():
+                for key in self._by_folder.get(folder, ()):
+                    if key in self._targets:
+                        self._targets[key].dirty = True
+        for h in active:
+            self._targets.setdefault(h, _Target())
+        seen = frozenset((h, s[-1].session_id) for h, s in active.items())
+        if active:
+            glob = self._targets.setdefault(GLOBAL, _Target())
+            if seen != self._active_seen:
+                glob.dirty = True  # a new session: its composers are re-read at once
+        self._active_seen = seen
+        for key, target in self._targets.items():
+            if target.task is None and (target.dirty or now >= target.due):
+                target.dirty = False
+                target.task = asyncio.create_task(self._read_target(key, active))
+                target.task.add_done_callback(lambda _t: self._wake.set())
+        self._sync_watch()
+        self.polls += 1
+        return succeeded or not active
+
+    def _collect(self, now: float) -> bool:
+        succeeded = False
+        for key, target in self._targets.items():
+            task = target.task
+            if task is None or not task.done():
                 continue
-            del self._inflight[h]
+            target.task = None
+            target.due = now + self._interval(key, target)
             exc = None if task.cancelled() else task.exception()
             if isinstance(exc, REDIS_DOWN):
                 raise exc
             if exc is not None:
-                log.error("unexpected failure while polling: %r", exc, exc_info=exc)
+                log.error("unexpected failure while reading %s: %r", key, exc, exc_info=exc)
                 self._component.fail("error", repr(exc))
             elif not task.cancelled():
-                succeeded += 1
-        for h, sessions in active.items():
-            if h not in self._inflight:
-                self._inflight[h] = asyncio.create_task(self._guarded_poll(h, sessions))
-        # The global databases get their own task too: a locked one must not delay the rest.
-        if self._global_task is None or self._global_task.done():
-            self._collect_global()
-            self._global_task = asyncio.create_task(self.global_dbs.poll())
-        self.polls += 1
-        return succeeded > 0 or not active
+                succeeded = True
+        glob = self._targets.get(GLOBAL)
+        if glob is not None and glob.task is None:
+            if any(s.has_more() for s in self.global_dbs.states()):
+                glob.dirty = True  # a catch-up goes on at once, not at the next poll
+            settle_ms = self.global_dbs.next_settle_ms()
+            if settle_ms is not None:
+                wait_s = max(0.0, settle_ms / 1000 - self.poller.clock()) + 0.05
+                glob.due = min(glob.due, now + wait_s)
+        return succeeded
 
-    def _collect_global(self) -> None:
-        task, self._global_task = self._global_task, None
-        exc = None if task is None or task.cancelled() else task.exception()
-        if isinstance(exc, REDIS_DOWN):
-            raise exc
-        if exc is not None:
-            log.error("unexpected failure polling the global databases: %r", exc, exc_info=exc)
-            self._component.fail("error", repr(exc))
+    def _interval(self, key: str, target: _Target) -> float:
+        """The safety-net poll for watched folders; a fast poll where events cannot work."""
+        if self.watcher is None or not target.folders:
+            return self.cfg.poll_interval_seconds
+        if all(self.watcher.mode(f) == "events" for f in target.folders):
+            return self.cfg.poll_interval_seconds
+        return min(self.cfg.fallback_poll_seconds, self.cfg.poll_interval_seconds)
 
-    async def _guarded_poll(self, workspace_hash: str, sessions: list[ActiveSession]) -> None:
-        async with self._sem:
-            await self.poll_workspace(workspace_hash, sessions)
+    def _next_due(self) -> float:
+        dues = [t.due for t in self._targets.values() if t.task is None]
+        return min(dues) if dues else time.monotonic() + self.cfg.poll_interval_seconds
+
+    def _sync_watch(self) -> None:
+        """Watch the folders of every mapped target; show each workspace's detection mode."""
+        by_folder: dict[Path, set[str]] = {}
+        for key, target in self._targets.items():
+            if key == GLOBAL:
+                target.folders = tuple(sorted({p.parent for p in self.global_dbs.paths()}))
+            else:
+                state = self._states.get(key)
+                target.folders = (state.path.parent,) if state is not None else ()
+            for folder in target.folders:
+                by_folder.setdefault(folder, set()).add(key)
+        self._by_folder = by_folder
+        if self.watcher is not None:
+            self.watcher.set_dirs(set(by_folder))
+        for key, wh in self.health.workspaces.items():
+            target = self._targets.get(GLOBAL if key.startswith(GLOBAL_HEALTH_PREFIX) else key)
+            if target is None:
+                continue
+            mode, reason = self._detection(target)
+            if wh.change_detection != mode or wh.change_detection_reason != reason:
+                wh.change_detection, wh.change_detection_reason = mode, reason
+        describe = getattr(self.sessions, "active_reason", None)
+        for h in self.sessions.active_workspaces():
+            if describe is not None and h in self.health.workspaces:
+                reason = describe(h)
+                if self.health.workspaces[h].active_reason != reason:
+                    self.health.workspaces[h].active_reason = reason
+
+    def _detection(self, target: _Target) -> tuple[str, str | None]:
+        if self.watcher is None:
+            return "poll", "watch_files is false"
+        if not target.folders:
+            return "poll", "database not mapped yet"
+        for folder in target.folders:
+            if self.watcher.mode(folder) != "events":
+                return "poll", self.watcher.reason(folder)
+        return "events", None
+
+    async def _read_target(self, key: str, active: dict[str, list[ActiveSession]]) -> None:
+        if key == GLOBAL:
+            await self.global_dbs.poll()
+            return
+        sessions = active.get(key)
+        if sessions:
+            async with self._sem:
+                await self.poll_workspace(key, sessions)
 
     async def _finish_inflight(self, grace_s: float = 2.0) -> None:
-        """On stop: let polls that are publishing finish; cancel those waiting on a lock."""
-        tasks = list(self._inflight.values())
-        if self._global_task is not None:
-            tasks.append(self._global_task)
-            self._global_task = None
-        self._inflight.clear()
+        """On stop: let reads that are publishing finish; cancel those waiting on a lock."""
+        tasks = [t.task for t in self._targets.values() if t.task is not None]
+        self._targets.clear()
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace_s)
@@ -206,27 +285,33 @@ class CursorDatabaseMonitor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _drop_inactive(self, active: dict[str, list[ActiveSession]]) -> None:
-        """Forget every workspace whose sessions all ended (mapped or not, polling or not)."""
-        known = set(self._states) | set(self._inflight) | set(self.health.workspaces)
+        """Forget every workspace whose sessions all ended (mapped or not, reading or not)."""
+        known = set(self._states) | set(self._targets) | set(self.health.workspaces)
         for gone in known - set(active):
+            if gone == GLOBAL:
+                if not active:
+                    self._cancel(gone)
+                continue
             if gone.startswith(GLOBAL_HEALTH_PREFIX):
                 continue  # the global databases' entries: GlobalDatabases manages them
             log.info("workspace %s has no active session: monitoring stopped", gone)
             self._states.pop(gone, None)
-            self._logged.pop(gone, None)
+            self.poller.forget(gone)
             self.health.workspaces.pop(gone, None)
-            task = self._inflight.pop(gone, None)
-            if task is not None:
-                task.cancel()
+            self._cancel(gone)
+
+    def _cancel(self, key: str) -> None:
+        target = self._targets.pop(key, None)
+        if target is not None and target.task is not None:
+            target.task.cancel()
 
     async def poll_once(self) -> None:
-        """One pass over every active workspace, at most ``max_concurrent_workspaces`` at once."""
+        """Read every active workspace and the global databases once, and wait for all."""
         active = self.sessions.active_workspaces()
         self._drop_inactive(active)
-        sem = asyncio.Semaphore(self.cfg.max_concurrent_workspaces)
 
         async def guarded(h: str, s: list[ActiveSession]) -> None:
-            async with sem:
+            async with self._sem:
                 await self.poll_workspace(h, s)
 
         results = await asyncio.gather(
@@ -247,14 +332,17 @@ class CursorDatabaseMonitor:
         newest = sessions[-1]
         wh = self.health.workspace(workspace_hash)
         wh.workspace_path = newest.workspace_path or wh.workspace_path
-        wh.session_ids = [s.session_id for s in sessions]
+        ids = [s.session_id for s in sessions]
+        if wh.session_ids != ids:
+            wh.session_ids = ids
         started = time.perf_counter()
         state = self._states.get(workspace_hash)
         if state is None or not state.path.exists():
             mapping = await self.mapper.find_database(workspace_hash, newest.workspace_path or None)
             if mapping is None:
                 where = newest.workspace_path or "(no path)"
-                self._report(wh, "unmapped", f"no Cursor workspace database found for {where}")
+                msg = f"no Cursor workspace database found for {where}"
+                self.poller.report(wh, "unmapped", msg)
                 self._states.pop(workspace_hash, None)
                 return
             state = DatabaseState(Path(mapping.database))
@@ -273,140 +361,13 @@ class CursorDatabaseMonitor:
             database_path=str(state.path),
             storage_id=wh.storage_id,
         )
-        published = await self.poll_database(state, wh, lambda _item: dest)
-        if published is not None:
-            wh.items_published += published
-        wh.last_poll_ms = round((time.perf_counter() - started) * 1000, 3)
-
-    async def poll_database(
-        self, state: DatabaseState, wh: WorkspaceHealth, route: Router
-    ) -> int | None:
-        """Read one database if it changed and publish; None when it could not be read."""
-        db = ReadOnlyDatabase(state.path, self.cfg.query_timeout_seconds)
-        try:
-            fp = db.fingerprint()
-        except DatabaseMissing as exc:
-            self._report(wh, exc.status, str(exc))
-            self._forget(wh.workspace_hash)
-            # Whatever appears here next is a new file: its rowids mean nothing to our
-            # watermarks. It is read from the start; the dedup keys skip what was sent.
-            await self.publisher.redis.delete(watermark_key(str(state.path)))
-            return None
-        if fp == state.fingerprint:
-            # Nothing changed on disk: not opened. A standing error stays reported as it is.
-            wh.last_check = iso_now()
-            if wh.status == "ok":
-                wh.status = "idle"
-            return 0
-        if state.watermarks is None:
-            state.watermarks = await self.publisher.load_watermarks(str(state.path))
-            known = state.watermarks.pop(FILE_FIELD, {})
-            state.inode = known.get("inode") if isinstance(known.get("inode"), int) else None
-        if state.inode is not None and state.inode != fp.inode:
-            # Replaced by another file (restored, copied over): a key's rowid may equal the old
-            # watermark by chance while its value differs, so read it from the start.
-            log.warning(
-                "workspace %s: %s was replaced by a new file; reading it again from the start",
-                wh.workspace_hash, state.path,
-            )  # fmt: skip
-            await self.publisher.redis.delete(watermark_key(str(state.path)))
-            state.watermarks, state.inode = {}, None
-        watermarks = state.watermarks
-        try:
-            fetched = await self._read_with_retries(db, watermarks, wh.workspace_hash)
-        except CursorDbError as exc:
-            self._report(wh, exc.status, str(exc))
-            if not isinstance(exc, RETRYABLE):
-                state.fingerprint = fp  # nothing will change until the file does
-            if isinstance(exc, DatabaseMissing):
-                self._forget(wh.workspace_hash)
-            return None
-        detection = fetched.detection
-        wh.layout = detection.describe()
-        if not detection.supported:
-            self._report(wh, "unsupported_schema", detection.describe())
-            state.fingerprint = fp
-            return None
-        ctx = self._context()
-        total = 0
-        problems: list[str] = []
-        for layout in detection.layouts:
-            wm = watermarks.get(layout.name, {})
-            result: LayoutRead = await asyncio.to_thread(
-                layout.extract, fetched.raw[layout.name], wm, ctx
-            )
-            problems.extend(result.problems)
-            routed = [(d, item) for item in result.items if (d := route(item)) is not None]
-            if routed or result.watermark != wm:
-                total += await self.publisher.publish(
-                    routed, str(state.path), layout.name, result.watermark
-                )
-                watermarks[layout.name] = result.watermark
-        if state.inode != fp.inode:
-            ident = json.dumps({"inode": fp.inode})
-            await self.publisher.redis.hset(watermark_key(str(state.path)), FILE_FIELD, ident)
-            state.inode = fp.inode
-        state.fingerprint = fp
-        if problems:
-            new = [p for p in problems if p not in state.problems_logged]
-            for p in new:
-                log.error("workspace %s (%s): %s", wh.workspace_hash, state.path, p)
-            state.problems_logged = set(problems)
-            wh.note_problems(new)
-            wh.ok("data_error")
-        else:
-            state.problems_logged.clear()
-            wh.ok("ok")
-        if self._logged.pop(wh.workspace_hash, None):
-            log.info("workspace %s: %s is readable again", wh.workspace_hash, state.path)
-        if total:
-            wh.last_change = wh.last_check
-            log.info("workspace %s: published %d new trace(s)", wh.workspace_hash, total)
-        return total
-
-    # ----------------------------------------------------------------- helpers
-    def _context(self) -> ReadContext:
-        now_ms = int(self.clock() * 1000)
-        return ReadContext(
-            now_ms=now_ms,
-            sync_cutoff_ms=now_ms - int(self.cfg.sync_window_hours * 3_600_000),
-            capture_content=self.cfg.capture_content,
-        )
-
-    async def _read_with_retries(
-        self, db: ReadOnlyDatabase, watermarks: dict[str, Watermark], workspace_hash: str
-    ) -> Fetched:
-        attempt = 0
-        while True:
-            try:
-                return await db.read(lambda conn: self._fetch(conn, watermarks))
-            except RETRYABLE as exc:
-                if attempt >= self.cfg.max_retries:
-                    raise
-                delay = self.cfg.retry_backoff_seconds * (2**attempt) * (0.5 + self.jitter())
-                log.debug(
-                    "workspace %s: %s; retry %d/%d in %.2f s",
-                    workspace_hash, exc, attempt + 1, self.cfg.max_retries, delay,
-                )  # fmt: skip
-                attempt += 1
-                await self.sleep(delay)
-
-    def _fetch(self, conn: Any, watermarks: dict[str, Watermark]) -> Fetched:
-        detection = self.detector.detect(conn)
-        raw: dict[str, Any] = {}
-        layout: Layout
-        for layout in detection.layouts:
-            raw[layout.name] = layout.fetch(conn, watermarks.get(layout.name, {}))
-        return Fetched(detection, raw)
-
-    def _report(self, wh: WorkspaceHealth, status: str, msg: str) -> None:
-        """Record a failure; log it once per distinct cause, not once per poll."""
-        wh.fail(status, msg)
-        line = f"{status}: {msg}"
-        if self._logged.get(wh.workspace_hash) != line:
-            log.error("workspace %s (%s): %s", wh.workspace_hash, wh.workspace_path or "?", line)
-            self._logged[wh.workspace_hash] = line
-
-    def _forget(self, workspace_hash: str) -> None:
-        self._states.pop(workspace_hash, None)
-        self.mapper.invalidate(workspace_hash)
+        before = state.fingerprint
+        published = await self.poller.poll(state, wh, lambda _item: dest)
+        if state.missing:
+            self._states.pop(workspace_hash, None)
+            self.mapper.invalidate(workspace_hash)
+        if published is not None and state.fingerprint != before:
+            wh.last_poll_ms = round((time.perf_counter() - started) * 1000, 3)
+            touch = getattr(self.sessions, "touch", None)
+            if touch is not None:
+                touch(workspace_hash)  # the workspace is in use: its session stays alive

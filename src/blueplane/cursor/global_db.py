@@ -1,10 +1,10 @@
 """The global databases (``User/globalStorage/state.vscdb``): conversations of every workspace.
 
 Cursor keeps its rich conversation data (``composerData:*``, ``bubbleId:*``, ``composerHeaders``,
-``agentKv:blob:*``) in one database per profile, shared by all workspaces. Each poll, while at
-least one session is active, every global database is read with the monitor's own
-``poll_database`` (fingerprint, short read-only transactions, retries, atomic publication), and
-each item is routed to the active session of the workspace its composer belongs to.
+``agentKv:blob:*``) in one database per profile, shared by all workspaces. Each cycle, while at
+least one session is active, every global database is read with the shared ``DatabasePoller``
+(fingerprint, short read-only transactions, retries, atomic publication), and each item is
+routed to the active session of the workspace its composer belongs to.
 
 Attribution of a composer to a workspace storage id, first that applies:
 
@@ -18,9 +18,11 @@ Attribution of a composer to a workspace storage id, first that applies:
 
 A composer attributed to a workspace with no active session is not lost: when that workspace's
 session starts, its composers are re-read by exact key and key range (``fetch_composers``) and
-published; dedup keys stop anything already sent. Composers that cannot be attributed are
-counted (``status``: ``unattributed_composers``) and kept out of the stream unless
-``include_unattributed`` is true, in which case they go to workspace ``unattributed``.
+published; dedup keys stop anything already sent. Composers that cannot be attributed (yet)
+are *parked* (``blueplane:parked:<database key>`` in Redis, counted in ``status`` as
+``unattributed_composers``) and re-read by key as soon as their workspace becomes known, for
+example when their ``composerData`` arrives after their first bubbles; they go to workspace
+``unattributed`` instead only when ``include_unattributed`` is true.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blueplane.broker import REDIS_DOWN
+from blueplane.config import CursorDatabaseMonitorConfig
+from blueplane.cursor.db_poller import DatabasePoller, DatabaseState
 from blueplane.cursor.layouts import ALL_LAYOUTS, COMPOSER_SCOPED, Layout
-from blueplane.cursor.layouts.base import ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.base import TraceItem, Watermark
 from blueplane.cursor.layouts.composer_data import COMPOSER_DATA_KEY, membership_ids
 from blueplane.cursor.layouts.conversation import REPLAY
+from blueplane.cursor.layouts.disk_bubbles import SETTLE_QUIET_MS
 from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
 from blueplane.cursor.sqlite_ro import (
     CursorDbError,
@@ -45,13 +50,13 @@ from blueplane.cursor.sqlite_ro import (
     item_value,
     table_names,
 )
+from blueplane.health import Health
 from blueplane.publisher import KEY_PREFIX, Destination, database_key
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from blueplane.cursor.database_monitor import CursorDatabaseMonitor, DatabaseState
-    from blueplane.cursor.session_monitor import ActiveSession
+    from blueplane.cursor.session_monitor import ActiveSession, SessionMonitor
 
 GLOBAL_HEALTH_PREFIX = "global:"  # health entries of the global databases
 
@@ -66,11 +71,24 @@ def attribution_key(db_path: str) -> str:
     return f"{KEY_PREFIX}attribution:{database_key(db_path)}"
 
 
+def parked_key(db_path: str) -> str:
+    return f"{KEY_PREFIX}parked:{database_key(db_path)}"
+
+
+class GlobalMapper(Protocol):
+    """What the global databases need of the WorkspaceMapper."""
+
+    def global_databases(self) -> list[Path]: ...
+    def storage_ids_for(self, workspace_hash: str) -> set[str]: ...
+
+
 @dataclass
 class _GlobalState:
     db: DatabaseState
     attribution: dict[str, str] | None = None  # composer id -> workspace storage id
     learned: dict[str, str] = field(default_factory=dict)  # not yet saved to Redis
+    parked: set[str] | None = None  # composers read before they could be attributed
+    newly_parked: set[str] = field(default_factory=set)  # not yet saved to Redis
 
 
 @dataclass
@@ -82,16 +100,47 @@ class _Targets:
 
 
 class GlobalDatabases:
-    """Polls the global databases on behalf of a ``CursorDatabaseMonitor``."""
+    """Reads the global databases and routes their items to the workspaces' sessions."""
 
-    def __init__(self, monitor: CursorDatabaseMonitor) -> None:
-        self.m = monitor
+    def __init__(
+        self,
+        config: CursorDatabaseMonitorConfig,
+        sessions: SessionMonitor,
+        mapper: GlobalMapper,
+        poller: DatabasePoller,
+        health: Health,
+    ) -> None:
+        self.cfg = config
+        self.sessions = sessions
+        self.mapper = mapper
+        self.poller = poller
+        self.health = health
         self._states: dict[Path, _GlobalState] = {}
         self._replayed: set[tuple[str, str]] = set()  # (workspace hash, session id)
         self._membership: dict[Path, tuple[Fingerprint, set[str]]] = {}
         self.unattributed: set[str] = set()
         self.waiting: set[str] = set()  # composers of workspaces without an active session
-        self._health = monitor.health.component("global_database")
+        self._health = health.component("global_database")
+
+    def paths(self) -> list[Path]:
+        return list(self.mapper.global_databases())
+
+    def states(self) -> list[DatabaseState]:
+        return [gs.db for gs in self._states.values()]
+
+    def next_settle_ms(self) -> int | None:
+        """Earliest time a pending (streaming) bubble may settle by quiet: re-read then."""
+        first: int | None = None
+        for gs in self._states.values():
+            for wm in (gs.db.watermarks or {}).values():
+                pending = wm.get("pending")
+                if not isinstance(pending, dict):
+                    continue
+                for entry in pending.values():
+                    if isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[1], int):
+                        at = entry[1] + SETTLE_QUIET_MS
+                        first = at if first is None else min(first, at)
+        return first
 
     # ----------------------------------------------------------------- entry point
     async def poll(self) -> None:
@@ -105,31 +154,30 @@ class GlobalDatabases:
             self._health.fail("error", repr(exc))
 
     async def _poll(self) -> None:
-        active = self.m.sessions.active_workspaces()
-        finder = getattr(self.m.mapper, "global_databases", None)
-        if not active or finder is None:
+        active = self.sessions.active_workspaces()
+        if not active:
             return
-        paths: list[Path] = list(finder())
+        paths = self.paths()
         for path in paths:
             targets = await self._targets(active, path)
             await self._poll_one(path, targets, active)
         self._health.status = "ok" if paths else "no_global_database"
-        self._health.counters["global_databases"] = len(paths)
-        self._health.counters["unattributed_composers"] = len(self.unattributed)
-        self._health.counters["waiting_composers"] = len(self.waiting)
+        self._health.set_counter("global_databases", len(paths))
+        self._health.set_counter("unattributed_composers", len(self.unattributed))
+        self._health.set_counter("waiting_composers", len(self.waiting))
 
     # ----------------------------------------------------------------- one database
     async def _poll_one(
         self, path: Path, targets: _Targets, active: dict[str, list[ActiveSession]]
     ) -> None:
-        from blueplane.cursor.database_monitor import DatabaseState
-
         gs = self._states.get(path)
         if gs is None:
             gs = self._states[path] = _GlobalState(DatabaseState(path))
         if gs.attribution is None:
             gs.attribution = await self._load_attribution(path)
-        wh = self.m.health.workspace(f"{GLOBAL_HEALTH_PREFIX}{database_key(str(path))}")
+        if gs.parked is None:
+            gs.parked = await self._load_parked(path)
+        wh = self.health.workspace(f"{GLOBAL_HEALTH_PREFIX}{database_key(str(path))}")
         wh.database = str(path)
         wh.mapping_strategy = "global_database"
         started = time.perf_counter()
@@ -137,29 +185,44 @@ class GlobalDatabases:
         for _ in range(MAX_ROUNDS):
             if self._must_reread(gs.db):
                 gs.db.fingerprint = None  # pending bubbles or an unfinished catch-up
-            published = await self.m.poll_database(gs.db, wh, route)
-            if published:
-                wh.items_published += published
-            if published is None or not self._has_more(gs.db):
+            published = await self.poller.poll(gs.db, wh, route, "global")
+            if published is None or not gs.db.has_more():
                 break
+        self._note_progress(gs.db, wh)
         await self._replay_new_sessions(gs, targets, active, wh)
+        await self._unpark(gs, targets, wh)
         await self._save_attribution(path, gs)
         wh.last_poll_ms = round((time.perf_counter() - started) * 1000, 3)
 
-    @staticmethod
-    def _has_more(state: DatabaseState) -> bool:
-        return any(wm.get("more") for wm in (state.watermarks or {}).values())
-
     def _must_reread(self, state: DatabaseState) -> bool:
-        if self._has_more(state):
+        """Read although the file did not change: a catch-up goes on, or a bubble may settle."""
+        if state.has_more():
             return True
-        wms = state.watermarks or {}
-        return any(bool(wm.get("pending")) for wm in wms.values())
+        settle = self.next_settle_ms()
+        return settle is not None and settle <= self.poller.context().now_ms
+
+    def _note_progress(self, state: DatabaseState, wh: Any) -> None:
+        """Catch-up progress of the bubble scan (the bulk of a big file) for ``status``."""
+        wm = (state.watermarks or {}).get("disk_bubbles")
+        if not isinstance(wm, dict) or not isinstance(wm.get("rowid"), int):
+            return
+        done, total = wm["rowid"], wm.get("max_rowid")
+        if not isinstance(total, int) or total <= 0:
+            return
+        pct = round(100.0 * min(done, total) / total, 1)
+        before = self._health.counters.get("catch_up_percent")
+        self._health.set_counter("catch_up_percent", int(pct))
+        wh.catch_up = {"rows_done": min(done, total), "rows_total": total, "percent": pct}
+        if wm.get("more") and (before is None or int(pct) // 10 != before // 10):
+            log.info("global database %s: first sync %.0f %% (rowid %d of %d)",
+                     state.path, pct, done, total)  # fmt: skip
+        elif not wm.get("more") and before is not None and before < 100:
+            log.info("global database %s: caught up (rowid %d)", state.path, total)
 
     # ----------------------------------------------------------------- routing
     def _router(self, gs: _GlobalState, targets: _Targets, path: Path) -> Any:
         attribution = gs.attribution if gs.attribution is not None else {}
-        include = self.m.cfg.include_unattributed
+        include = self.cfg.include_unattributed
         fallback = Destination(
             workspace_hash=UNATTRIBUTED, session_id=UNATTRIBUTED, database_path=str(path)
         )
@@ -181,17 +244,21 @@ class GlobalDatabases:
                 self.waiting.discard(cid or "")
                 return dest
             self.unattributed.add(cid or item.payload.item_key())
-            return fallback if include else None
+            if include:
+                return fallback
+            if cid and gs.parked is not None and cid not in gs.parked:
+                gs.parked.add(cid)  # re-read by key once its workspace is known
+                gs.newly_parked.add(cid)
+            return None
 
         return route
 
     async def _targets(self, active: dict[str, list[ActiveSession]], path: Path) -> _Targets:
         out = _Targets()
-        ids_for = getattr(self.m.mapper, "storage_ids_for", None)
         for h, sessions in active.items():
             newest = sessions[-1]
-            wh = self.m.health.workspaces.get(h)
-            sids: set[str] = set(ids_for(h)) if ids_for is not None else set()
+            wh = self.health.workspaces.get(h)
+            sids: set[str] = set(self.mapper.storage_ids_for(h))
             if wh is not None and wh.storage_id:
                 sids.add(wh.storage_id)
             for sid in sids:
@@ -210,7 +277,7 @@ class GlobalDatabases:
 
     def _workspace_members(self, db_path: Path) -> set[str]:
         """Composer ids in a workspace's ``composer.composerData``; re-read when it changes."""
-        db = ReadOnlyDatabase(db_path, self.m.cfg.query_timeout_seconds)
+        db = ReadOnlyDatabase(db_path, self.cfg.query_timeout_seconds)
         try:
             fp = db.fingerprint()
             cached = self._membership.get(db_path)
@@ -271,7 +338,7 @@ class GlobalDatabases:
         wh: Any,
     ) -> int:
         layouts = [lay for lay in ALL_LAYOUTS if lay.name in COMPOSER_SCOPED]
-        db = ReadOnlyDatabase(gs.db.path, self.m.cfg.query_timeout_seconds)
+        db = ReadOnlyDatabase(gs.db.path, self.cfg.query_timeout_seconds)
 
         def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
             tables = table_names(conn)
@@ -297,37 +364,53 @@ class GlobalDatabases:
         except CursorDbError as exc:
             log.warning("session-start re-read of %s failed: %s", gs.db.path, exc)
             return 0
-        if gs.db.watermarks is None:
-            gs.db.watermarks = await self.m.publisher.load_watermarks(str(gs.db.path))
-        ctx = self._context()
+        watermarks = await self.poller.load_watermarks(gs.db)
+        ctx = self.poller.context("global")
         route = self._router(gs, targets, gs.db.path)
         total = 0
         layout: Layout
         for layout in layouts:
             if layout.name not in raw:
                 continue
-            current: Watermark = gs.db.watermarks.get(layout.name, {})
+            current: Watermark = watermarks.get(layout.name, {})
             result = layout.extract(raw[layout.name], {**current, REPLAY: True}, ctx)
             routed = [(d, i) for i in result.items if (d := route(i)) is not None]
             if routed:
-                total += await self.m.publisher.publish(
+                total += await self.poller.publisher.publish(
                     routed, str(gs.db.path), layout.name, current
                 )
         wh.items_published += total
         return total
 
-    def _context(self) -> ReadContext:
-        now_ms = int(self.m.clock() * 1000)
-        return ReadContext(
-            now_ms=now_ms,
-            sync_cutoff_ms=now_ms - int(self.m.cfg.sync_window_hours * 3_600_000),
-            capture_content=self.m.cfg.capture_content,
-            database_kind="global",
-        )
+    # ----------------------------------------------------------------- parked composers
+    async def _unpark(self, gs: _GlobalState, targets: _Targets, wh: Any) -> None:
+        """Publish parked composers whose workspace became known (and has a session)."""
+        if not gs.parked:
+            return
+        attribution = gs.attribution or {}
+        ready: dict[str, str] = {}
+        for cid in gs.parked:
+            sid = attribution.get(cid) or targets.membership.get(cid)
+            if sid is not None and sid in targets.by_storage:
+                ready[cid] = sid
+        if not ready:
+            return
+        sent = await self._replay(gs, set(ready), set(), targets, wh)
+        gs.parked -= set(ready)
+        self.unattributed -= set(ready)
+        await self.poller.publisher.redis.srem(parked_key(str(gs.db.path)), *ready)
+        log.info("global database %s: %d parked conversation(s) attributed; %d trace(s) sent",
+                 gs.db.path, len(ready), sent)  # fmt: skip
+
+    async def _load_parked(self, path: Path) -> set[str]:
+        raw = await self.poller.publisher.redis.smembers(parked_key(str(path)))
+        out = {m.decode() if isinstance(m, bytes) else str(m) for m in raw}
+        self.unattributed |= out
+        return out
 
     # ----------------------------------------------------------------- durable attribution
     async def _load_attribution(self, path: Path) -> dict[str, str]:
-        raw = await self.m.publisher.redis.hgetall(attribution_key(str(path)))
+        raw = await self.poller.publisher.redis.hgetall(attribution_key(str(path)))
         out: dict[str, str] = {}
         for k, v in raw.items():
             key = k.decode() if isinstance(k, bytes) else str(k)
@@ -336,5 +419,8 @@ class GlobalDatabases:
 
     async def _save_attribution(self, path: Path, gs: _GlobalState) -> None:
         if gs.learned:
-            await self.m.publisher.redis.hset(attribution_key(str(path)), mapping=gs.learned)
+            await self.poller.publisher.redis.hset(attribution_key(str(path)), mapping=gs.learned)
             gs.learned = {}
+        if gs.newly_parked:
+            await self.poller.publisher.redis.sadd(parked_key(str(path)), *gs.newly_parked)
+            gs.newly_parked = set()

@@ -215,7 +215,7 @@ class SessionMonitor:
             key = f"bad_file:{path.name}"
             if key not in self.health.counters:
                 log.error("session file %s is unreadable (%s); ignored", path, exc)
-            self.health.counters[key] = 1
+            self.health.set_counter(key, 1)
             return None
         if not isinstance(data, dict):
             return None

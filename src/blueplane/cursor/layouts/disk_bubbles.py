@@ -169,6 +169,8 @@ class GlobalBubbles:
             "sent": revs.dump(),
             "pending": pending,
         }
+        if raw.scan.top is not None:
+            wm["max_rowid"] = raw.scan.top
         if not raw.scan.complete:
             wm["more"] = True
         if raw.targeted:

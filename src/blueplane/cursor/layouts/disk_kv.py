@@ -54,6 +54,7 @@ class RowScan:
     next_rowid: int | None = None  # None: leave the watermark's rowid as it is (targeted read)
     complete: bool = True
     rescan: bool = False
+    top: int | None = None  # MAX(rowid) when read: how far a catch-up has to go
 
     @property
     def values_read(self) -> int:
@@ -69,7 +70,7 @@ def scan_new(conn: sqlite3.Connection, prefix: str, watermark: Watermark, batch:
     if rescan:
         after = 0
     if after >= top:
-        return RowScan(next_rowid=top, rescan=rescan)
+        return RowScan(next_rowid=top, rescan=rescan, top=top)
     lo, hi = prefix_range(prefix)
     rows = conn.execute(
         f"SELECT rowid, key, value FROM {TABLE} NOT INDEXED "
@@ -78,7 +79,7 @@ def scan_new(conn: sqlite3.Connection, prefix: str, watermark: Watermark, batch:
     ).fetchall()
     complete = len(rows) < batch
     nxt = top if complete else int(rows[-1][0])
-    return RowScan([(int(r), k, v) for r, k, v in rows], nxt, complete, rescan)
+    return RowScan([(int(r), k, v) for r, k, v in rows], nxt, complete, rescan, top)
 
 
 def read_keys(conn: sqlite3.Connection, keys: Iterable[str]) -> list[Row]:
