@@ -28,6 +28,8 @@ from watchfiles import Change, awatch
 from blueplane.aio import wait_any
 
 log = logging.getLogger("blueplane.change_watcher")
+# watchfiles logs every batch at INFO ("1 change detected"): one line per Cursor write.
+logging.getLogger("watchfiles.main").setLevel(logging.WARNING)
 
 WATCHED_NAMES = frozenset({"state.vscdb", "state.vscdb-wal", "state.vscdb-journal"})
 # File systems whose changes, made by another machine or kernel, raise no local file event.
@@ -104,10 +106,10 @@ class ChangeWatcher:
             self._restart.set()
 
     def mode(self, folder: Path) -> str:
-        return "events" if folder in self._watched else "poll"
+        return "events" if folder in self._watched and folder in self._good else "poll"
 
     def reason(self, folder: Path) -> str | None:
-        if folder in self._watched:
+        if self.mode(folder) == "events":
             return None
         return self._failed.get(folder, "watch not set up yet")
 
@@ -151,8 +153,12 @@ class ChangeWatcher:
 
         async def relay() -> None:
             await wait_any([stop, self._restart], SETTLED_S)
-            if not halt.is_set():
-                self._good = set(targets)  # running for a while: the watches are in place
+            if not halt.is_set() and not stop.is_set() and not self._restart.is_set():
+                # Running for a while: the watches are in place. Whatever was written while
+                # no watcher ran (the restart) is found by one fingerprint check per folder.
+                self._good = set(targets)
+                self._changed.update(targets)
+                self.wake.set()
             await wait_any([stop, self._restart], None)
             halt.set()
 

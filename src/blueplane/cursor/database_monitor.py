@@ -186,6 +186,13 @@ class CursorDatabaseMonitor:
                 target.task.add_done_callback(lambda _t: self._wake.set())
         self._sync_watch()
         self.polls += 1
+        c = self._component
+        c.set_counter("reads", self.poller.reads)
+        if self.watcher is not None:
+            c.set_counter("change_batches", self.watcher.batches)
+            info = self.watcher.describe()
+            c.set_counter("watched_folders", info["watched_folders"])
+            c.set_counter("polled_folders", info["polled_folders"])
         return succeeded or not active
 
     def _collect(self, now: float) -> bool:
@@ -350,6 +357,9 @@ class CursorDatabaseMonitor:
             wh.database = str(mapping.database)
             wh.storage_id = mapping.storage_id
             wh.mapping_strategy = mapping.strategy
+            glob = self._targets.get(GLOBAL)
+            if glob is not None:
+                glob.dirty = True  # its conversations in the global database can be routed now
             log.info(
                 "workspace %s → %s (%s); syncing the last %g h",
                 workspace_hash, mapping.database, mapping.strategy, self.cfg.sync_window_hours,
