@@ -1,9 +1,12 @@
 """Deduplication and publication: XADD of new traces, atomic with the watermark they advance.
 
-Each batch is one ``MULTI/EXEC``: the ``XADD`` of every new event, a dedup key per event
-(``(workspace_hash, item id)``, with the dedup window as TTL) and the watermark of the layout
-that produced them. A crash either publishes the batch and its watermark together or neither,
-so a restart neither loses nor repeats anything.
+Check and publication are one step: a Lua script run per chunk of events does, for each
+event, ``SET dedupkey 1 NX EX ttl`` (key ``(workspace_hash, item id)``, TTL = the dedup window)
+and an ``XADD`` of only the events whose key was new, then, with the last chunk, an ``HSET`` of
+the layout's watermark (and any extra fields). Redis runs a script alone, so two publishers — a
+workspace task and the global task emitting the same id, or two processes — cannot both see an
+item as new: an event is on the stream iff its dedup key is set. A crash between chunks leaves
+the watermark behind: the restart re-reads, and the dedup keys stop the repeats.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -22,8 +25,47 @@ from blueplane.events import TraceEvent, TraceMetadata, iso_from_ms, iso_now
 log = logging.getLogger("blueplane.publisher")
 
 KEY_PREFIX = "blueplane:"
-# Keep a transaction well below Redis's comfortable size; the watermark rides on the last one.
-CHUNK = 500
+# Events per script run: one run of 1,000 ~1 KB events takes about 2 ms in Redis (other clients
+# wait that long at most) while the round-trips stay few; see bench/bench_publish.py.
+CHUNK = 1000
+
+# KEYS: stream, watermark hash, then one dedup key per event.
+# ARGV: ttl, n watermark pairs, the pairs, then per event: n field pairs, the pairs.
+# Types are checked before any write, so a wrong-typed key fails the run with nothing written;
+# an XADD that fails anyway un-sets its own dedup key (a script is not rolled back).
+PUBLISH_LUA = """
+local stream, wmkey = KEYS[1], KEYS[2]
+local t = redis.call('TYPE', stream)['ok']
+if t ~= 'stream' and t ~= 'none' then
+  return redis.error_reply('WRONGTYPE stream key ' .. stream .. ' holds a ' .. t)
+end
+local nwm = tonumber(ARGV[2])
+if nwm > 0 then
+  t = redis.call('TYPE', wmkey)['ok']
+  if t ~= 'hash' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE watermark key ' .. wmkey .. ' holds a ' .. t)
+  end
+end
+local ttl = ARGV[1]
+local pos = 3 + 2 * nwm
+local sent = 0
+for i = 3, #KEYS do
+  local last = pos + 2 * tonumber(ARGV[pos])
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
+    local r = redis.pcall('XADD', stream, '*', unpack(ARGV, pos + 1, last))
+    if type(r) == 'table' and r['err'] then
+      redis.call('DEL', KEYS[i])
+      return redis.error_reply('XADD failed after ' .. sent .. ' events: ' .. r['err'])
+    end
+    sent = sent + 1
+  end
+  pos = last + 1
+end
+if nwm > 0 then
+  redis.call('HSET', wmkey, unpack(ARGV, 3, 2 + 2 * nwm))
+end
+return sent
+"""
 
 
 def database_key(path: str) -> str:
@@ -50,10 +92,17 @@ class Destination:
 
 
 class Publisher:
-    def __init__(self, redis: aioredis.Redis, stream: str, dedup_window_s: float) -> None:
+    """Publishes traces exactly once and owns every write of the watermark hashes."""
+
+    def __init__(
+        self, redis: aioredis.Redis, stream: str, dedup_window_s: float, chunk: int = CHUNK
+    ) -> None:
         self.redis = redis
         self.stream = stream
         self.dedup_ttl_s = max(1, int(dedup_window_s))
+        self.chunk = max(1, chunk)
+        # EVALSHA, loaded again by redis-py if the server lost it (NOSCRIPT after a restart).
+        self._publish_script = redis.register_script(PUBLISH_LUA)
 
     async def load_watermarks(self, db_path: str) -> dict[str, Watermark]:
         raw = await self.redis.hgetall(watermark_key(db_path))
@@ -68,6 +117,15 @@ class Publisher:
             if isinstance(parsed, dict):
                 out[name] = parsed
         return out
+
+    async def set_watermark_fields(self, db_path: str, fields: Mapping[str, str]) -> None:
+        """Store fields of a database's watermark hash (e.g. its file marker) on their own."""
+        if fields:
+            await self.redis.hset(watermark_key(db_path), mapping=dict(fields))
+
+    async def reset_watermarks(self, db_path: str) -> None:
+        """Forget where a database was read up to: it is read from the start, dedup skips."""
+        await self.redis.delete(watermark_key(db_path))
 
     def build_event(self, dest: Destination, item: TraceItem) -> TraceEvent:
         ts = iso_from_ms(item.timestamp_ms) if item.timestamp_ms else iso_now()
@@ -91,35 +149,35 @@ class Publisher:
         db_path: str,
         layout: str,
         watermark: Watermark,
+        extra: Mapping[str, str] | None = None,
     ) -> int:
-        """Publish what is new among ``routed`` and store ``watermark``; returns events sent."""
-        keys = [dedup_key(d.workspace_hash, i.dedup_id) for d, i in routed]
-        seen: list[int] = []
-        for start in range(0, len(keys), CHUNK):
-            seen.extend(await self._exists_each(keys[start : start + CHUNK]))
-        fresh = [(d, i, k) for (d, i), k, s in zip(routed, keys, seen, strict=True) if not s]
-        # Items repeated within one batch (e.g. an id listed twice) are sent once.
-        unique: dict[str, tuple[Destination, TraceItem]] = {}
-        for d, i, k in fresh:
-            unique.setdefault(k, (d, i))
-        entries = list(unique.items())
-        wm_json = json.dumps(watermark, separators=(",", ":"))
-        if not entries:
-            await self.redis.hset(watermark_key(db_path), layout, wm_json)
-            return 0
-        for start in range(0, len(entries), CHUNK):
-            chunk = entries[start : start + CHUNK]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for key, (dest, item) in chunk:
-                    pipe.xadd(self.stream, self.build_event(dest, item).to_fields())
-                    pipe.set(key, b"1", ex=self.dedup_ttl_s)
-                if start + CHUNK >= len(entries):
-                    pipe.hset(watermark_key(db_path), layout, wm_json)
-                await pipe.execute()
-        return len(entries)
+        """Publish what is new among ``routed`` and store ``watermark``; returns events sent.
 
-    async def _exists_each(self, keys: list[str]) -> list[int]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.exists(key)
-            return [int(x) for x in await pipe.execute()]
+        ``extra`` fields (e.g. the file marker) are written to the watermark hash in the same
+        atomic step as ``watermark``, which rides on the last chunk.
+        """
+        wm_pairs: list[str] = [layout, json.dumps(watermark, separators=(",", ":"))]
+        for name, value in (extra or {}).items():
+            wm_pairs += [name, value]
+        keys_fixed = [self.stream, watermark_key(db_path)]
+        sent = 0
+        n = len(routed)
+        starts = range(0, n, self.chunk) if n else range(1)
+        for start in starts:
+            chunk = routed[start : start + self.chunk]
+            last = start + self.chunk >= n
+            keys = list(keys_fixed)
+            args: list[str | int] = [self.dedup_ttl_s]
+            if last:
+                args.append(len(wm_pairs) // 2)
+                args.extend(wm_pairs)
+            else:
+                args.append(0)
+            for dest, item in chunk:
+                keys.append(dedup_key(dest.workspace_hash, item.dedup_id))
+                fields = self.build_event(dest, item).to_fields()
+                args.append(len(fields))
+                for pair in fields.items():
+                    args.extend(pair)
+            sent += int(await self._publish_script(keys=keys, args=args))
+        return sent
