@@ -13,7 +13,13 @@ import redis.asyncio as aioredis
 
 from blueplane.cursor.layouts.base import TraceItem
 from blueplane.events import GenerationPayload
-from blueplane.publisher import Destination, Publisher, dedup_key, watermark_key
+from blueplane.publisher import (
+    TRACE_FIELDS,
+    Destination,
+    Publisher,
+    dedup_key,
+    watermark_key,
+)
 
 STREAM = "telemetry:events"
 
@@ -188,3 +194,29 @@ async def test_two_processes_publish_each_item_once(redis_url, client) -> None:
     ids = await _stream_generation_ids(client)
     assert len(ids) == rounds * n
     assert max(ids.values()) == 1
+
+
+def test_fast_encoding_equals_the_event_model() -> None:
+    """``event_values`` (the first sync's fast path) writes what ``TraceEvent.to_fields`` does."""
+    pub = Publisher(aioredis.Redis(), STREAM, dedup_window_s=60)  # never connects
+    dest = Destination("h9", "s9", workspace_path="/p ü", database_path="/d", storage_id="st")
+    cases = [
+        TraceItem(GenerationPayload(generation_id="g", description='é "q"\n\x01 😀')),
+        TraceItem(GenerationPayload(generation_id="g2", revision=3), 1_700_000_000_123, "other"),
+    ]
+    for it in cases:
+        for d in (DEST, dest):
+            expected = pub.build_event(d, it).to_fields()
+            got = dict(zip(TRACE_FIELDS, pub.event_values(d, it), strict=True))
+            if it.timestamp_ms is None:  # "now", taken twice
+                got.pop("timestamp"), expected.pop("timestamp")
+            assert got == expected
+
+
+def test_text_that_cannot_be_utf8_is_escaped_not_fatal() -> None:
+    """A lone surrogate (a broken file or path) becomes an escape, still valid JSON."""
+    pub = Publisher(aioredis.Redis(), STREAM, dedup_window_s=60)
+    it = TraceItem(GenerationPayload(generation_id="s", description="a\ud800b"), 1)
+    values = dict(zip(TRACE_FIELDS, pub.event_values(DEST, it), strict=True))
+    values["payload"].encode("utf-8")  # what redis-py does; must not raise
+    assert json.loads(values["payload"])["description"] == "a\ud800b"
