@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from blueplane.instance_lock import Holder, InstanceLock, InstanceLocked, lock_key
+from blueplane.instance_lock import Holder, InstanceLock, InstanceLocked, lock_key, pid_alive
 
 
 def _alive(_pid: int) -> bool:
@@ -84,3 +87,22 @@ async def test_expired_lock_is_taken_back_by_its_holder(client, tmp_path: Path) 
     await client.delete(lock_key(tmp_path))
     assert await lock.refresh()
     assert Holder.decode(await client.get(lock_key(tmp_path))) == lock.me
+
+
+def test_pid_alive_sees_a_killed_unreaped_process_as_gone() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert pid_alive(proc.pid)
+        proc.kill()
+        if Path("/proc").is_dir():  # zombie until reaped: not running
+            wait_for(lambda: not pid_alive(proc.pid))
+    finally:
+        proc.wait()
+    assert not pid_alive(proc.pid)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
