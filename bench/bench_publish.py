@@ -10,7 +10,7 @@ server, each on a freshly flushed database:
 (b) publisher: ``Publisher.publish`` of the same items, from ``TraceItem`` (event building,
     dedup keys, the Lua check-and-publish, the watermark) to entries on the stream.
 
-    .venv/bin/python bench/bench_publish.py                 # N=20,000, best of 3
+    .venv/bin/python bench/bench_publish.py                 # N=20,000, best of 5
     .venv/bin/python bench/bench_publish.py --chunks 250 500 1000 2000 4000
 
 Prints the rates and their ratio (target ≥ 0.5) and writes ``bench/results/publish.json``.
@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -137,7 +138,7 @@ async def publisher_rate(
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best is kept")
+    ap.add_argument("--repeat", type=int, default=5, help="runs of each; the best is kept")
     ap.add_argument("--chunks", type=int, nargs="+", default=[CHUNK])
     ap.add_argument("--redis-server", type=Path, default=None)
     ap.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "publish.json")
@@ -158,8 +159,10 @@ async def main() -> None:
             payloads = [len(f["payload"].encode()) for f in fields]
             results = []
             for chunk in args.chunks:
-                raws = [await raw_rate(client, fields, chunk) for _ in range(args.repeat)]
-                pubs = [await publisher_rate(client, items, chunk) for _ in range(args.repeat)]
+                raws, pubs = [], []
+                for _ in range(args.repeat):  # alternated, so both see the same machine load
+                    raws.append(await raw_rate(client, fields, chunk))
+                    pubs.append(await publisher_rate(client, items, chunk))
                 raw = max(raws)
                 best, usec = max(pubs, key=lambda r: r[0])
                 results.append(
@@ -184,6 +187,8 @@ async def main() -> None:
         "platform": platform.platform(),
         "redis_version": version,
         "n": args.n,
+        "repeat": args.repeat,
+        "load_average_at_end": list(os.getloadavg()),
         "entry_bytes_median": statistics.median(sizes),
         "entry_bytes_min": min(sizes),
         "entry_bytes_max": max(sizes),
