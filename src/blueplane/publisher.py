@@ -258,6 +258,7 @@ class Publisher:
                 running.cancel()
         return sent
 
+
 def _template_args(rows: list[tuple[str, ...]]) -> list[str | int]:
     """The script's entry template for ``rows``, then each row's own values."""
     first = rows[0] if rows else ("",) * len(TRACE_FIELDS)
