@@ -31,8 +31,83 @@ log = logging.getLogger("blueplane.broker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
+MIN_REDIS_VERSION = (6, 2)  # XAUTOCLAIM, XADD/XTRIM MINID
+
+
 class BundledRedisError(RuntimeError):
     pass
+
+
+class RedisTooOld(RuntimeError):
+    """The Redis server lacks commands the server needs."""
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"7.0.15"`` → ``(7, 0, 15)``; non-numeric parts (``"7.2.4-rc1"``) end the tuple."""
+    out: list[int] = []
+    for part in text.strip().split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        out.append(int(digits))
+        if len(digits) != len(part):
+            break
+    return tuple(out)
+
+
+def version_supported(text: str, minimum: tuple[int, ...] = MIN_REDIS_VERSION) -> bool:
+    found = parse_version(text)
+    return bool(found) and found >= minimum
+
+
+EVICTION_SAFE = "noeviction"
+
+
+@dataclass(frozen=True)
+class RedisFacts:
+    """What the server learns of Redis at start, shown in ``status``."""
+
+    version: str
+    maxmemory_policy: str  # "unknown" when CONFIG is disabled or renamed
+
+    @property
+    def eviction_warning(self) -> str | None:
+        if self.maxmemory_policy == EVICTION_SAFE:
+            return None
+        if self.maxmemory_policy == "unknown":
+            return (
+                "Redis maxmemory-policy is unknown (CONFIG GET refused); with an evicting policy "
+                "dedup keys and watermarks can vanish and events be re-sent: use noeviction"
+            )
+        return (
+            f"Redis maxmemory-policy is {self.maxmemory_policy}: dedup keys and watermarks can "
+            "be evicted and events re-sent; set maxmemory-policy noeviction"
+        )
+
+
+async def redis_facts(client: aioredis.Redis) -> RedisFacts:
+    """Version and eviction policy; raises ``RedisTooOld`` below ``MIN_REDIS_VERSION``."""
+    info = await client.info("server")
+    version = str(info.get("redis_version", "unknown"))
+    if not version_supported(version):
+        need = ".".join(map(str, MIN_REDIS_VERSION))
+        raise RedisTooOld(
+            f"Redis {version} is too old: Blueplane needs Redis {need} or newer "
+            "(XAUTOCLAIM, MINID trimming)"
+        )
+    try:
+        raw = await client.config_get("maxmemory-policy")
+    except RedisError as exc:  # CONFIG disabled or renamed (managed Redis services)
+        log.info("CONFIG GET maxmemory-policy refused (%s): policy unknown", exc)
+        raw = {}
+    value = next(iter(raw.values()), None) if raw else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return RedisFacts(version, str(value) if value else "unknown")
 
 
 def make_client(url: str) -> aioredis.Redis:
@@ -110,6 +185,9 @@ class BundledRedis:
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
+            # Dedup keys and watermarks must never be evicted: a full Redis refuses writes
+            # (the monitor retries) rather than forgetting what was sent.
+            "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -150,6 +228,15 @@ async def resolve_server_url(settings: Settings) -> tuple[str, BundledRedis | No
         return settings.redis_url, None
     if await ping(DEFAULT_REDIS_URL, timeout_s=0.5):
         return DEFAULT_REDIS_URL, None
+    url_file = settings.bundled_redis_dir / "url"
+    if url_file.is_file():
+        running = url_file.read_text(encoding="utf-8").strip()
+        if running and await ping(running, timeout_s=0.5):
+            # Another server of this home (or one killed before it could stop it) runs the
+            # bundled Redis: a second one on the same data files would corrupt them. Use it;
+            # the instance lock then says whether this server may run.
+            log.info("the bundled Redis of %s already runs at %s: using it", settings.home, running)
+            return running, None
     bundled = BundledRedis(settings.bundled_redis_dir)
     url = await asyncio.to_thread(bundled.start)
     log.info(

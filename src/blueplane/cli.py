@@ -92,9 +92,15 @@ def run(config: ConfigOpt = None) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM."""
     settings = _settings(config)
     _setup_logging(settings.log_level)
+    from blueplane.broker import RedisTooOld
+    from blueplane.instance_lock import InstanceLocked
     from blueplane.server import serve
 
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (InstanceLocked, RedisTooOld) as exc:
+        logging.getLogger("blueplane.server").error("%s", exc)
+        raise typer.Exit(1) from exc
 
 
 # --------------------------------------------------------------------------- status
@@ -180,6 +186,8 @@ def status(json_out: JsonOpt = False) -> None:
     out.print(
         f"Server: {state}  pid {server.get('pid', '-')}  since {server.get('started_at', '-')}"
     )
+    for warning in server.get("warnings", []):
+        out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     st = result["stream"]
     if st.get("reachable"):
         out.print(

@@ -1,13 +1,17 @@
 """Deduplication and publication: XADD of new traces, atomic with the watermark they advance.
 
-Each batch is one ``MULTI/EXEC``: the ``XADD`` of every new event, a dedup key per event
-(``(workspace_hash, item id)``, with the dedup window as TTL) and the watermark of the layout
-that produced them. A crash either publishes the batch and its watermark together or neither,
-so a restart neither loses nor repeats anything.
+Check and publication are one step: a Lua script run per chunk of events does, for each
+event, ``SET dedupkey 1 NX EX ttl`` (key ``(workspace_hash, item id)``, TTL = the dedup window)
+and an ``XADD`` of only the events whose key was new, then, with the last chunk, an ``HSET`` of
+the layout's watermark (and any extra fields). Redis runs a script alone, so two publishers — a
+workspace task and the global task emitting the same id, or two processes — cannot both see an
+item as new: an event is on the stream iff its dedup key is set. A crash between chunks leaves
+the watermark behind: the restart re-reads, and the dedup keys stop the repeats.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -15,15 +19,94 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from blueplane.cursor.layouts.base import TraceItem, Watermark
-from blueplane.events import TraceEvent, TraceMetadata, iso_from_ms, iso_now
+from blueplane.events import TRACE_VERSION, TraceEvent, TraceMetadata, iso_from_ms, iso_now
 
 log = logging.getLogger("blueplane.publisher")
 
 KEY_PREFIX = "blueplane:"
-# Keep a transaction well below Redis's comfortable size; the watermark rides on the last one.
-CHUNK = 500
+# Events per script run: one run of 250 ~1 KB events takes about 3 ms in Redis (other clients
+# wait that long at most) while the round-trips stay few; see bench/bench_publish.py.
+CHUNK = 250
+META_CACHE_MAX = 4096
+
+# KEYS: stream, watermark hash, then one dedup key per event.
+# ARGV: ttl; n watermark pairs, the pairs; the entry template: n fields, then per field its name
+# and either "=" and the value all events of the chunk share, or "*" (a value per event); then,
+# per event, its own values in template order. Shared values travel once per chunk.
+# Types are checked before any write, so a wrong-typed key fails the run with nothing written;
+# an XADD that fails anyway un-sets its own dedup key (a script is not rolled back).
+PUBLISH_LUA = """
+local stream, wmkey = KEYS[1], KEYS[2]
+local t = redis.call('TYPE', stream)['ok']
+if t ~= 'stream' and t ~= 'none' then
+  return redis.error_reply('WRONGTYPE stream key ' .. stream .. ' holds a ' .. t)
+end
+local nwm = tonumber(ARGV[2])
+if nwm > 0 then
+  t = redis.call('TYPE', wmkey)['ok']
+  if t ~= 'hash' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE watermark key ' .. wmkey .. ' holds a ' .. t)
+  end
+end
+local ttl = ARGV[1]
+local pos = 3 + 2 * nwm
+local nf = tonumber(ARGV[pos])
+pos = pos + 1
+local xargs = {stream, '*'}
+local slots = {}
+for j = 1, nf do
+  xargs[2 * j + 1] = ARGV[pos]
+  if ARGV[pos + 1] == '=' then
+    xargs[2 * j + 2] = ARGV[pos + 2]
+    pos = pos + 3
+  else
+    slots[#slots + 1] = 2 * j + 2
+    pos = pos + 2
+  end
+end
+local nv = #slots
+local sent = 0
+for i = 3, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
+    for k = 1, nv do
+      xargs[slots[k]] = ARGV[pos + k - 1]
+    end
+    local r = redis.pcall('XADD', unpack(xargs))
+    if type(r) == 'table' and r['err'] then
+      redis.call('DEL', KEYS[i])
+      return redis.error_reply('XADD failed after ' .. sent .. ' events: ' .. r['err'])
+    end
+    sent = sent + 1
+  end
+  pos = pos + nv
+end
+if nwm > 0 then
+  redis.call('HSET', wmkey, unpack(ARGV, 3, 2 + 2 * nwm))
+end
+return sent
+"""
+
+# The flat fields of a ``TraceEvent`` in ``to_fields()`` order (all are always present).
+TRACE_FIELDS = (
+    "version", "event_type", "hook_type", "platform", "event_id", "session_id",
+    "external_session_id", "timestamp", "metadata", "payload",
+)  # fmt: skip
+
+
+def _json(model: BaseModel) -> str:
+    """Compact JSON of a model without ``None`` fields, as ``encode_fields`` writes it.
+
+    pydantic's own serializer is twice as fast as ``json.dumps(model_dump())`` and gives the
+    same text; text it cannot encode (a lone surrogate from a broken file or path) is escaped.
+    """
+    try:
+        return model.model_dump_json(exclude_none=True)
+    except PydanticSerializationError:
+        return json.dumps(model.model_dump(mode="json", exclude_none=True), separators=(",", ":"))
 
 
 def database_key(path: str) -> str:
@@ -50,10 +133,18 @@ class Destination:
 
 
 class Publisher:
-    def __init__(self, redis: aioredis.Redis, stream: str, dedup_window_s: float) -> None:
+    """Publishes traces exactly once and owns every write of the watermark hashes."""
+
+    def __init__(
+        self, redis: aioredis.Redis, stream: str, dedup_window_s: float, chunk: int = CHUNK
+    ) -> None:
         self.redis = redis
         self.stream = stream
         self.dedup_ttl_s = max(1, int(dedup_window_s))
+        self.chunk = max(1, chunk)
+        # EVALSHA, loaded again by redis-py if the server lost it (NOSCRIPT after a restart).
+        self._publish_script = redis.register_script(PUBLISH_LUA)
+        self._meta_cache: dict[tuple[Destination, str | None], str] = {}
 
     async def load_watermarks(self, db_path: str) -> dict[str, Watermark]:
         raw = await self.redis.hgetall(watermark_key(db_path))
@@ -68,6 +159,15 @@ class Publisher:
             if isinstance(parsed, dict):
                 out[name] = parsed
         return out
+
+    async def set_watermark_fields(self, db_path: str, fields: Mapping[str, str]) -> None:
+        """Store fields of a database's watermark hash (e.g. its file marker) on their own."""
+        if fields:
+            await self.redis.hset(watermark_key(db_path), mapping=dict(fields))
+
+    async def reset_watermarks(self, db_path: str) -> None:
+        """Forget where a database was read up to: it is read from the start, dedup skips."""
+        await self.redis.delete(watermark_key(db_path))
 
     def build_event(self, dest: Destination, item: TraceItem) -> TraceEvent:
         ts = iso_from_ms(item.timestamp_ms) if item.timestamp_ms else iso_now()
@@ -85,54 +185,88 @@ class Publisher:
             payload=item.payload.to_json_dict(),
         )
 
+    def event_values(self, dest: Destination, item: TraceItem) -> tuple[str, ...]:
+        """``build_event(dest, item).to_fields()`` values in ``TRACE_FIELDS`` order, fast.
+
+        The first sync encodes every item: no envelope model is built, and the metadata JSON
+        is made once per destination and storage id.
+        """
+        storage_id = item.workspace_storage_id or dest.storage_id
+        meta = self._meta_cache.get((dest, storage_id))
+        if meta is None:
+            meta = _json(
+                TraceMetadata(
+                    workspace_hash=dest.workspace_hash, workspace_path=dest.workspace_path,
+                    database_path=dest.database_path, storage_id=storage_id,
+                )
+            )  # fmt: skip
+            if len(self._meta_cache) >= META_CACHE_MAX:
+                self._meta_cache.clear()
+            self._meta_cache[(dest, storage_id)] = meta
+        ts = iso_from_ms(item.timestamp_ms) if item.timestamp_ms else iso_now()
+        return (
+            TRACE_VERSION, "database_trace", "DatabaseTrace", "cursor",
+            TraceEvent.make_event_id(dest.workspace_hash, item.dedup_id),
+            dest.session_id, dest.session_id, ts, meta, _json(item.payload),
+        )  # fmt: skip
+
     async def publish(
         self,
         routed: Sequence[tuple[Destination, TraceItem]],
         db_path: str,
         layout: str,
         watermark: Watermark,
-        *,
         extra: Mapping[str, str] | None = None,
     ) -> int:
         """Publish what is new among ``routed`` and store ``watermark``; returns events sent.
 
-        ``extra`` fields are written into the watermark hash in the same transaction.
+        ``extra`` fields (e.g. the file marker) are written to the watermark hash in the same
+        atomic step as ``watermark``, which rides on the last chunk.
         """
-        keys = [dedup_key(d.workspace_hash, i.dedup_id) for d, i in routed]
-        seen: list[int] = []
-        for start in range(0, len(keys), CHUNK):
-            seen.extend(await self._exists_each(keys[start : start + CHUNK]))
-        fresh = [(d, i, k) for (d, i), k, s in zip(routed, keys, seen, strict=True) if not s]
-        # Items repeated within one batch (e.g. an id listed twice) are sent once.
-        unique: dict[str, tuple[Destination, TraceItem]] = {}
-        for d, i, k in fresh:
-            unique.setdefault(k, (d, i))
-        entries = list(unique.items())
-        wm_json = json.dumps(watermark, separators=(",", ":"))
-        fields = {layout: wm_json, **(extra or {})}
-        if not entries:
-            await self.redis.hset(watermark_key(db_path), mapping=fields)
-            return 0
-        for start in range(0, len(entries), CHUNK):
-            chunk = entries[start : start + CHUNK]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for key, (dest, item) in chunk:
-                    pipe.xadd(self.stream, self.build_event(dest, item).to_fields())
-                    pipe.set(key, b"1", ex=self.dedup_ttl_s)
-                if start + CHUNK >= len(entries):
-                    pipe.hset(watermark_key(db_path), mapping=fields)
-                await pipe.execute()
-        return len(entries)
+        wm_pairs: list[str] = [layout, json.dumps(watermark, separators=(",", ":"))]
+        for name, value in (extra or {}).items():
+            wm_pairs += [name, value]
+        keys_fixed = [self.stream, watermark_key(db_path)]
+        sent = 0
+        n = len(routed)
+        # Chunk k+1 is encoded while Redis runs chunk k; it is sent only once k succeeded, so
+        # chunks apply in order and the watermark (last chunk) never precedes its events.
+        running: asyncio.Future[int] | None = None
+        try:
+            for start in range(0, n, self.chunk) if n else range(1):
+                chunk = routed[start : start + self.chunk]
+                keys = list(keys_fixed)
+                rows: list[tuple[str, ...]] = []
+                for dest, item in chunk:
+                    keys.append(dedup_key(dest.workspace_hash, item.dedup_id))
+                    rows.append(self.event_values(dest, item))
+                args: list[str | int] = [self.dedup_ttl_s]
+                if start + self.chunk >= n:
+                    args.append(len(wm_pairs) // 2)
+                    args.extend(wm_pairs)
+                else:
+                    args.append(0)
+                args.extend(_template_args(rows))
+                if running is not None:
+                    sent += int(await running)
+                running = asyncio.ensure_future(self._publish_script(keys=keys, args=args))
+                await asyncio.sleep(0)  # let it send before the next chunk is encoded
+            assert running is not None
+            sent += int(await running)
+        finally:
+            if running is not None and not running.done():
+                running.cancel()
+        return sent
 
-    async def set_watermark_fields(self, db_path: str, fields: Mapping[str, str]) -> None:
-        await self.redis.hset(watermark_key(db_path), mapping=dict(fields))
 
-    async def reset_watermarks(self, db_path: str) -> None:
-        """Forget where a database was read up to (a new file): it is read from the start."""
-        await self.redis.delete(watermark_key(db_path))
-
-    async def _exists_each(self, keys: list[str]) -> list[int]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.exists(key)
-            return [int(x) for x in await pipe.execute()]
+def _template_args(rows: list[tuple[str, ...]]) -> list[str | int]:
+    """The script's entry template for ``rows``, then each row's own values."""
+    first = rows[0] if rows else ("",) * len(TRACE_FIELDS)
+    shared = [all(r[j] == first[j] for r in rows) for j in range(len(TRACE_FIELDS))]
+    args: list[str | int] = [len(TRACE_FIELDS)]
+    for j, name in enumerate(TRACE_FIELDS):
+        args += [name, "=", first[j]] if shared[j] else [name, "*"]
+    own = [j for j, s in enumerate(shared) if not s]
+    for r in rows:
+        args.extend(r[j] for j in own)
+    return args

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,14 @@ from redis.asyncio import Redis
 
 from blueplane import __version__
 from blueplane.aio import sleep_or_stop
-from blueplane.broker import BundledRedis, make_client, resolve_server_url, wait_for_redis
+from blueplane.broker import (
+    BundledRedis,
+    RedisFacts,
+    make_client,
+    redis_facts,
+    resolve_server_url,
+    wait_for_redis,
+)
 from blueplane.config import Settings
 from blueplane.cursor.database_monitor import CursorDatabaseMonitor
 from blueplane.cursor.paths import resolve_user_dirs
@@ -25,6 +33,7 @@ from blueplane.cursor.workspace_mapper import WorkspaceMapper
 from blueplane.events import iso_now
 from blueplane.fast_path.consumer import FastPathConsumer
 from blueplane.health import Health
+from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.publisher import Publisher
 from blueplane.store import TraceStore
 
@@ -40,6 +49,7 @@ class Server:
         self.health = Health()
         self.stop_event = asyncio.Event()
         self.bundled: BundledRedis | None = None
+        self.lock: InstanceLock | None = None
 
     def request_stop(self, reason: str = "stop requested") -> None:
         if not self.stop_event.is_set():
@@ -63,6 +73,14 @@ class Server:
         try:
             if not await self._wait_for_redis(redis, url):
                 return
+            self._note_redis(await redis_facts(redis))  # RedisTooOld: exit 1
+            self.lock = InstanceLock(redis, s.home)
+            await self.lock.acquire()  # InstanceLocked: exit 1, naming the holder
+            tasks.append(
+                asyncio.create_task(
+                    self.lock.run(self.stop_event, self.request_stop), name="instance_lock"
+                )
+            )
             user_dirs = resolve_user_dirs(s.cursor_dirs)
             self.health.server["cursor_user_dirs"] = [str(d) for d in user_dirs]
             if not user_dirs:
@@ -102,6 +120,8 @@ class Server:
             if mapper is not None:
                 mapper.flush()
             store.close()
+            if self.lock is not None:
+                await self.lock.release()
             await redis.aclose()
             if self.bundled is not None:
                 await asyncio.to_thread(self.bundled.stop)
@@ -109,6 +129,16 @@ class Server:
             self.health.server["state"] = "stopped"
             self.health.server["stopped_at"] = iso_now()
             self._write_status()
+
+    def _note_redis(self, facts: RedisFacts) -> None:
+        """Record the Redis version and eviction policy; warn once if keys can be evicted."""
+        self.health.server.update(
+            redis_version=facts.version, redis_maxmemory_policy=facts.maxmemory_policy
+        )
+        warning = facts.eviction_warning
+        if warning is not None:
+            log.warning("%s", warning)
+            self.health.server.setdefault("warnings", []).append(warning)
 
     async def _wait_for_redis(self, redis: Redis, url: str) -> bool:
         """Wait for Redis at start, showing the outage in ``status`` while it lasts."""
@@ -159,10 +189,23 @@ class Server:
         log.info("stopped in %.2f s", time.monotonic() - started)
 
     def _write_status(self) -> None:
+        if (self.lock is None or not self.lock.held) and self._status_is_another_servers():
+            return  # not ours until we hold the instance lock: never overwrite a live server's
         try:
             self.health.write(self.settings.status_path)
         except OSError as exc:
             log.error("cannot write %s: %s", self.settings.status_path, exc)
+
+    def _status_is_another_servers(self) -> bool:
+        try:
+            server = json.loads(self.settings.status_path.read_text(encoding="utf-8"))["server"]
+            pid, state = server.get("pid"), server.get("state")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return (
+            isinstance(pid, int) and pid != os.getpid()
+            and state in ("starting", "running") and pid_alive(pid)
+        )  # fmt: skip
 
 
 def install_signal_handlers(server: Server) -> None:

@@ -41,6 +41,10 @@ async def test_bundled_redis_starts_when_nothing_answers(
         cfg = client.config_get("bind")["bind"]
         assert cfg.split()[0] == "127.0.0.1"  # loopback only
         assert client.config_get("appendonly")["appendonly"] == "yes"
+        # Dedup keys and watermarks must never be evicted.
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        # A second server of the same home uses it instead of starting another on its files.
+        assert await broker.resolve_server_url(settings) == (url, None)
         client.close()
     finally:
         bundled.stop()
@@ -67,3 +71,37 @@ async def test_consumer_lag_is_counted_where_redis_does_not_report_it(redis_url:
     assert await _count_after(client, "s", "0-0") == 5
     assert await _count_after(client, "s", ids[-1]) == 0
     await client.aclose()
+
+
+def test_redis_version_comparison() -> None:
+    assert broker.parse_version("7.0.15") == (7, 0, 15)
+    assert broker.parse_version("7.2.4-rc1") == (7, 2, 4)
+    assert broker.parse_version("garbage") == ()
+    assert broker.version_supported("6.2.0")
+    assert broker.version_supported("6.2.14")
+    assert broker.version_supported("7.0.15")
+    assert broker.version_supported("10.0")
+    assert not broker.version_supported("6.0.20")
+    assert not broker.version_supported("5.0.14")
+    assert not broker.version_supported("6")
+    assert not broker.version_supported("unknown")
+
+
+async def test_real_redis_passes_the_start_checks(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        facts = await broker.redis_facts(client)
+    finally:
+        await client.aclose()
+    assert broker.version_supported(facts.version)
+    assert facts.maxmemory_policy == "noeviction"  # the test server is the bundled config
+    assert facts.eviction_warning is None
+
+
+def test_eviction_warning_names_the_policy() -> None:
+    facts = broker.RedisFacts("7.0.15", "allkeys-lru")
+    assert facts.eviction_warning is not None
+    assert "allkeys-lru" in facts.eviction_warning
+    assert "unknown" in (broker.RedisFacts("7.0.15", "unknown").eviction_warning or "")
