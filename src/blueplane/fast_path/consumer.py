@@ -330,6 +330,7 @@ class FastPathConsumer:
                         "original_stream": self.stream,
                         "fields": json.dumps(r.fields, ensure_ascii=False),
                         "rejected_at": iso_now(),
+                        **({"truncated": "1"} if _cut(r.fields) else {}),
                     },
                     maxlen=self.cfg.dead_letter_max_length,
                     approximate=True,
@@ -407,6 +408,10 @@ class FastPathConsumer:
                 self.store.path, exc, type(exc).__name__, n, now - self._store_down_since,
                 self._store_attempts, retry_in,
             )  # fmt: skip
+
+
+def _cut(fields: dict[str, str]) -> bool:
+    return any(len(v) >= DEAD_LETTER_FIELD_CAP for v in fields.values())
 
 
 def _copy(fields: dict[Any, Any]) -> dict[str, str]:
