@@ -106,6 +106,10 @@ class TraceStore:
         self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint (the only fsync in WAL + NORMAL) every ~40 MB, not every 4 MB: at 20 k
+        # events/s of ~1 KB the default checkpoints several times a second.
+        self.conn.execute("PRAGMA wal_autocheckpoint=10000")
+        self.conn.execute("PRAGMA journal_size_limit=67108864")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.conn.executescript(SCHEMA)
         self.conn.execute(

@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from blueplane.aio import sleep_or_stop
+from blueplane.aio import sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import FastPathConfig
 from blueplane.events import MalformedEntry, iso_now, parse_iso_ms
@@ -58,9 +58,18 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _strict_text(value: Any) -> str:
+def _decode_all(fields: dict[Any, Any]) -> dict[str, str]:
+    """All fields as text; the fast path (bytes from Redis) is one comprehension."""
     try:
-        return value.decode() if isinstance(value, bytes) else str(value)
+        try:
+            return {k.decode(): v.decode() for k, v in fields.items()}
+        except AttributeError:  # text (decode_responses clients, tests)
+            return {
+                (k.decode() if isinstance(k, bytes) else str(k)): (
+                    v.decode() if isinstance(v, bytes) else str(v)
+                )
+                for k, v in fields.items()
+            }
     except UnicodeDecodeError as exc:
         raise MalformedEntry(f"field is not UTF-8: {exc}") from exc
 
@@ -83,13 +92,10 @@ def parse_entry(stream_id: str, fields: dict[Any, Any]) -> StoredEvent:
     One pass over the fields, JSON parsed once; the JSON text is kept so the store writes it
     as is (this runs for every event: at 20 k events/s, per-entry work is the budget).
     """
-    size = 0
-    data: dict[str, str] = {}
-    for k, v in fields.items():
-        size += len(k) + len(v)
-        data[_strict_text(k)] = _strict_text(v)
+    size = sum(map(len, fields)) + sum(map(len, fields.values()))
     if size > MAX_ENTRY_BYTES:
         raise MalformedEntry(f"entry is {size} bytes, over the {MAX_ENTRY_BYTES} byte limit")
+    data = _decode_all(fields)
     payload_json = data.get("payload")
     metadata_json = data.get("metadata")
     payload = _json_object("payload", payload_json)
@@ -183,6 +189,11 @@ class FastPathConsumer:
         self._stop = asyncio.Event()  # run() replaces it with the server's
         self._drained = False
         self._last_claim = 0.0
+        self._pipelined = False
+        self._inflight: asyncio.Future[None] | None = None
+        self._inflight_on_exit: asyncio.Future[None] | None = None
+        self._halt = asyncio.Event()
+        self._group_ready = False
         self._store_down_since: float | None = None
         self._store_last_log = 0.0
         self._store_attempts = 0
@@ -198,12 +209,31 @@ class FastPathConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; no Redis or store error ends it (each is retried)."""
         self._stop = stop
+        self._halt = asyncio.Event()
+        self._pipelined = True
+        try:
+            await self._run(stop)
+        finally:
+            self._pipelined = False
+            self._halt.set()  # a batch waiting for the store gives up (stays pending)
+            task, self._inflight = self._inflight or self._inflight_on_exit, None
+            if task is not None:  # its write cannot be stopped; its ack is worth keeping
+                await asyncio.wait({task})
+                if not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    if not isinstance(exc, _Stopping):
+                        log.warning("fast path: last batch not acknowledged at stop: %s", exc)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = 1.0
         while not stop.is_set():
             try:
-                await self.ensure_group()
+                if not self._group_ready:
+                    await self.ensure_group()
+                    self._group_ready = True
                 await self.step(block_ms=self.cfg.block_ms)
-                self.health.status = "ok"
+                if self._store_down_since is None:
+                    self.health.status = "ok"
                 backoff = 1.0
             except _Stopping:
                 return
@@ -211,9 +241,11 @@ class FastPathConsumer:
                 self.health.fail("redis_unavailable", f"Redis unavailable: {exc}")
                 log.warning("fast path: Redis unavailable (%s); retrying in %.0f s", exc, backoff)
                 self._drained = False  # re-drain our pending entries after reconnecting
+                self._group_ready = False
                 await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             except ResponseError as exc:
+                self._group_ready = False
                 if "NOGROUP" in str(exc):  # stream or group deleted under us: recreate
                     self._drained = False
                     continue
@@ -226,7 +258,18 @@ class FastPathConsumer:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def step(self, block_ms: int | None = None) -> int:
-        """Drain pending first, then claim stale, then read new; returns entries handled."""
+        """Drain pending first, then claim stale, then read new; returns entries handled.
+
+        Called alone (tests), everything read is stored and acknowledged when it returns; inside
+        run(), the last batch may still be in flight.
+        """
+        try:
+            return await self._step(block_ms)
+        finally:
+            if not self._pipelined:
+                await self._flush()
+
+    async def _step(self, block_ms: int | None) -> int:
         if not self._drained:
             n = await self._read("0", None)
             if n == 0:
@@ -237,10 +280,14 @@ class FastPathConsumer:
         if now - self._last_claim >= self.cfg.claim_idle_ms / 2000:
             self._last_claim = now
             handled += await self._claim_stale()
-        handled += await self._read(">", block_ms)
-        return handled
+        n = await self._read(">", None if self._inflight is not None else block_ms)
+        if n == 0 and self._inflight is not None:
+            await self._flush()  # caught up: finish the last batch before blocking
+        return handled + n
 
     async def _read(self, start: str, block_ms: int | None) -> int:
+        if start == "0":
+            await self._flush()  # "0" re-reads what is unacknowledged: the batch in flight too
         resp = await self.redis.xreadgroup(
             self.cfg.group, self.cfg.consumer, {self.stream: start},
             count=self.cfg.batch_size, block=block_ms,
@@ -251,7 +298,7 @@ class FastPathConsumer:
         if not entries:
             return 0
         too_many = await self._over_delivered(entries) if start == "0" else set()
-        await self.handle(entries, too_many)
+        await self._submit(entries, too_many)
         return len(entries)
 
     async def _claim_stale(self) -> int:
@@ -259,6 +306,7 @@ class FastPathConsumer:
 
         XAUTOCLAIM returns a cursor: follow it page by page until it comes back to 0-0.
         """
+        await self._flush()  # never claim our own batch in flight
         cursor = "0-0"
         total = 0
         while True:
@@ -272,7 +320,7 @@ class FastPathConsumer:
             if deleted:  # trimmed or deleted while pending: nothing left to store
                 await self.redis.xack(self.stream, self.cfg.group, *deleted)
             if entries:
-                await self.handle(entries, await self._over_delivered(entries))
+                await self._submit(entries, await self._over_delivered(entries))
                 total += len(entries)
             if cursor in ("0-0", "0"):
                 break
@@ -300,6 +348,34 @@ class FastPathConsumer:
         self, entries: list[tuple[Any, Any]], too_many: set[str] | None = None
     ) -> None:
         """Store, dead-letter and acknowledge one batch; ack only after the store's commit."""
+        await self._finish(*self._prepare(entries, too_many))
+
+    async def _submit(self, entries: list[tuple[Any, Any]], too_many: set[str]) -> None:
+        """Parse this batch now (the previous one may still be writing), then let it finish.
+
+        At most one batch is in flight: its store write (in a thread) overlaps the reading and
+        parsing of the next one, which is where the second core earns its keep. Batches are
+        acknowledged in order, each only after its commit.
+        """
+        prepared = self._prepare(entries, too_many)
+        await self._flush()
+        self._inflight = asyncio.ensure_future(self._finish(*prepared))
+        if not self._pipelined:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Wait for the batch in flight (its errors are raised here)."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            # shielded: if run() is cancelled here, the batch still commits and is acknowledged
+            # (run() waits for it on its way out)
+            self._inflight_on_exit = task
+            await asyncio.shield(task)
+            self._inflight_on_exit = None
+
+    def _prepare(
+        self, entries: list[tuple[Any, Any]], too_many: set[str] | None
+    ) -> tuple[list[StoredEvent], list[Rejected], list[Any]]:
         good: list[StoredEvent] = []
         bad: list[Rejected] = []
         ids: list[Any] = []
@@ -316,6 +392,9 @@ class FastPathConsumer:
                 good.append(parse_entry(sid, fields))
             except MalformedEntry as exc:
                 bad.append(Rejected(sid, str(exc), _copy(fields)))
+        return good, bad, ids
+
+    async def _finish(self, good: list[StoredEvent], bad: list[Rejected], ids: list[Any]) -> None:
         if good:
             result = await self._store(good)
             self.health.count("stored", result.inserted)
@@ -360,7 +439,8 @@ class FastPathConsumer:
                 result = await self._write(events)
             except sqlite3.Error as exc:
                 self._store_failed(exc, len(events), backoff)
-                if await sleep_or_stop(self._stop, backoff):
+                await wait_any([self._stop, self._halt], backoff)
+                if self._stop.is_set() or self._halt.is_set():
                     raise _Stopping from exc
                 backoff = min(backoff * 2, self.cfg.store_retry_max_seconds)
                 continue
