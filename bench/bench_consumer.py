@@ -241,8 +241,8 @@ def main() -> None:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print("| run | events | entry | wall | wall events/s | sustained events/s | stored |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | events | entry | wall | wall events/s | sustained events/s | stored | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for k, r in enumerate(results, 1):
         print(
             f"| {k} | {r['events']:,} | {r['entry_bytes_mean']} B | {r['wall_s']:.2f} s | "
