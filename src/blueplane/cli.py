@@ -37,6 +37,7 @@ from blueplane.cursor.sqlite_ro import (
     fingerprint,
 )
 from blueplane.cursor.workspace_mapper import WorkspaceMapper
+from blueplane.dlq_cli import dlq_app
 from blueplane.events import SessionEvent, iso_from_ms, normalise_workspace_path, workspace_hash
 from blueplane.store import TraceStore
 
@@ -47,6 +48,7 @@ app = typer.Typer(
 )
 session_app = typer.Typer(no_args_is_help=True, help="Send the session events the extension sends.")
 app.add_typer(session_app, name="session")
+app.add_typer(dlq_app, name="dlq")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)

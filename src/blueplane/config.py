@@ -62,11 +62,20 @@ class FastPathConfig(_Section):
     enabled: bool = True
     group: str = "blueplane-fast-path"
     consumer: str = "fast-path-1"
-    batch_size: int = Field(100, ge=1)
+    # Entries read, stored (one transaction) and acknowledged (one XACK) at a time.
+    batch_size: int = Field(1000, ge=1)
     block_ms: int = Field(1000, ge=1)
-    # Entries kept on the stream once acknowledged; never trims an unacknowledged entry.
+    # Entries kept on the stream once acknowledged; never trims an entry some consumer group
+    # has not acknowledged or the session monitor has not read. Applies with enabled: false too.
     max_stream_length: int = Field(100_000, ge=100)
+    trim_interval_seconds: float = Field(10.0, gt=0)
     dead_letter_stream: str = "telemetry:dead_letter"
+    # Cap of the dead-letter stream (approximate MAXLEN: the oldest dead letters go first).
+    dead_letter_max_length: int = Field(10_000, ge=1)
+    # A store that cannot be written: retry the batch (kept pending) after this, doubling...
+    store_retry_initial_seconds: float = Field(1.0, gt=0)
+    # ...up to this.
+    store_retry_max_seconds: float = Field(30.0, gt=0)
     # Entries redelivered more often than this go to the dead-letter stream.
     max_deliveries: int = Field(5, ge=1)
     claim_idle_ms: int = Field(60_000, ge=1000)

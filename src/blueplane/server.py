@@ -32,6 +32,7 @@ from blueplane.cursor.session_monitor import SessionMonitor
 from blueplane.cursor.workspace_mapper import WorkspaceMapper
 from blueplane.events import iso_now
 from blueplane.fast_path.consumer import FastPathConsumer
+from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
 from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.publisher import Publisher
@@ -109,6 +110,11 @@ class Server:
                     mon.dedup_window_hours * 3600, self.health,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(consumer.run(self.stop_event), name="consumer"))
+            trimmer = StreamTrimmer(
+                redis, s.redis.stream, s.fast_path.max_stream_length, self.health,
+                s.fast_path.trim_interval_seconds,
+            )  # fmt: skip
+            tasks.append(asyncio.create_task(trimmer.run(self.stop_event), name="trimmer"))
             self.health.server["state"] = "running"
             log.info(
                 "Blueplane Monitor %s running: Redis %s, store %s, polling every %g s",

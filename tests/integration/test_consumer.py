@@ -26,6 +26,7 @@ from blueplane.config import FastPathConfig
 from blueplane.cursor.session_monitor import POSITION_KEY
 from blueplane.events import TraceEvent, TraceMetadata
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, FastPathConsumer
+from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
 from blueplane.store import TraceStore
 from tests.conftest import BlueplaneEnv
@@ -274,6 +275,7 @@ async def test_trim_never_removes_unacknowledged_or_unread_entries(
     store: TraceStore,
 ) -> None:
     consumer = make_consumer(aclient, store, max_stream_length=100)
+    trimmer = StreamTrimmer(aclient, STREAM, 100, Health())
     await consumer.ensure_group()
     ids = [redis_client.xadd(STREAM, trace_fields(f"t-{i}")) for i in range(400)]
     redis_client.set(POSITION_KEY, ids[-1])  # the session monitor has read everything
@@ -281,7 +283,7 @@ async def test_trim_never_removes_unacknowledged_or_unread_entries(
     redis_client.xreadgroup(GROUP, "other", {STREAM: ">"}, count=300)
     redis_client.xack(STREAM, GROUP, *ids[:50])
     for _ in range(3):
-        await consumer.trim()
+        await trimmer.trim()
     # XTRIM MINID ~ removes whole nodes only: maybe fewer than 50, never one more.
     first = redis_client.xrange(STREAM, count=1)[0][0]
     assert _sid(first) <= _sid(ids[50])
@@ -292,14 +294,14 @@ async def test_trim_never_removes_unacknowledged_or_unread_entries(
     redis_client.xack(STREAM, GROUP, *ids[50:300])
     await drain(consumer, 5)
     for _ in range(5):
-        await consumer.trim()
+        await trimmer.trim()
     assert 100 <= redis_client.xlen(STREAM) < 400
     # The session monitor lagging behind also holds trimming back.
     more = [redis_client.xadd(STREAM, trace_fields(f"u-{i}")) for i in range(150)]
     redis_client.set(POSITION_KEY, ids[-1])
     await drain(consumer, 5)
     for _ in range(5):
-        await consumer.trim()
+        await trimmer.trim()
     kept = [i for i, _ in redis_client.xrange(STREAM, min=more[0], max="+")]
     assert kept == more
 
