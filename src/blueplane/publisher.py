@@ -34,7 +34,9 @@ CHUNK = 250
 META_CACHE_MAX = 4096
 
 # KEYS: stream, watermark hash, then one dedup key per event.
-# ARGV: ttl; n watermark pairs, the pairs; the entry template: n fields, then per field its name
+# ARGV: ttl; n watermark pairs, the pairs; n revision-memo pairs (key, value; written with
+# the watermark, each with the dedup TTL), the pairs; the entry template: n fields, then per
+# field its name
 # and either "=" and the value all events of the chunk share, or "*" (a value per event); then,
 # per event, its own values in template order. Shared values travel once per chunk.
 # Types are checked before any write, so a wrong-typed key fails the run with nothing written;
@@ -54,6 +56,9 @@ if nwm > 0 then
 end
 local ttl = ARGV[1]
 local pos = 3 + 2 * nwm
+local nmemo = tonumber(ARGV[pos])
+local memo_at = pos + 1
+pos = pos + 1 + 2 * nmemo
 local nf = tonumber(ARGV[pos])
 pos = pos + 1
 local xargs = {stream, '*'}
@@ -87,6 +92,9 @@ end
 if nwm > 0 then
   redis.call('HSET', wmkey, unpack(ARGV, 3, 2 + 2 * nwm))
 end
+for m = 0, nmemo - 1 do
+  redis.call('SET', ARGV[memo_at + 2 * m], ARGV[memo_at + 2 * m + 1], 'EX', ttl)
+end
 return sent
 """
 
@@ -119,6 +127,11 @@ def watermark_key(db_path: str) -> str:
 
 def dedup_key(workspace_hash: str, dedup_id: str) -> str:
     return f"{KEY_PREFIX}dedup:{workspace_hash}:{dedup_id}"
+
+
+def revision_key(db_path: str, layout: str, item: str) -> str:
+    """Where the last ``[hash, revision]`` sent for one item of a database's layout is kept."""
+    return f"{KEY_PREFIX}rev:{database_key(db_path)}:{layout}:{item}"
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,26 @@ class Publisher:
                 continue
             if isinstance(parsed, dict):
                 out[name] = parsed
+        return out
+
+    async def load_revisions(
+        self, db_path: str, layout: str, items: Sequence[str]
+    ) -> dict[str, list[object]]:
+        """The ``[hash, revision]`` last sent for each of ``items`` (absent: never sent)."""
+        out: dict[str, list[object]] = {}
+        for start in range(0, len(items), 1000):
+            chunk = items[start : start + 1000]
+            values = await self.redis.mget([revision_key(db_path, layout, i) for i in chunk])
+            for item, raw in zip(chunk, values, strict=True):
+                if raw is None:
+                    continue
+                try:
+                    value = json.loads(raw)
+                except json.JSONDecodeError:
+                    log.error("revision memory of %s in %s is corrupt; ignored", item, db_path)
+                    continue
+                if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                    out[item] = value
         return out
 
     async def set_watermark_fields(self, db_path: str, fields: Mapping[str, str]) -> None:
@@ -217,15 +250,20 @@ class Publisher:
         layout: str,
         watermark: Watermark,
         extra: Mapping[str, str] | None = None,
+        revisions: Mapping[str, list[object]] | None = None,
     ) -> int:
         """Publish what is new among ``routed`` and store ``watermark``; returns events sent.
 
         ``extra`` fields (e.g. the file marker) are written to the watermark hash in the same
-        atomic step as ``watermark``, which rides on the last chunk.
+        atomic step as ``watermark``, which rides on the last chunk; so do ``revisions``, the
+        new ``[hash, revision]`` of items this read stamped (see ``load_revisions``).
         """
         wm_pairs: list[str] = [layout, json.dumps(watermark, separators=(",", ":"))]
         for name, value in (extra or {}).items():
             wm_pairs += [name, value]
+        memo_pairs: list[str] = []
+        for item, value in (revisions or {}).items():
+            memo_pairs += [revision_key(db_path, layout, item), json.dumps(value)]
         keys_fixed = [self.stream, watermark_key(db_path)]
         sent = 0
         n = len(routed)
@@ -244,8 +282,10 @@ class Publisher:
                 if start + self.chunk >= n:
                     args.append(len(wm_pairs) // 2)
                     args.extend(wm_pairs)
+                    args.append(len(memo_pairs) // 2)
+                    args.extend(memo_pairs)
                 else:
-                    args.append(0)
+                    args += [0, 0]
                 args.extend(_template_args(rows))
                 if running is not None:
                     sent += int(await running)

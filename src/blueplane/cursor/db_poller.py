@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from blueplane.config import CursorDatabaseMonitorConfig
-from blueplane.cursor.layouts.base import Layout, LayoutRead, ReadContext, TraceItem, Watermark
+from blueplane.cursor.layouts.base import (
+    Layout,
+    LayoutRead,
+    ReadContext,
+    RowRevisions,
+    TraceItem,
+    Watermark,
+)
 from blueplane.cursor.schema_detector import Detection, SchemaDetector
 from blueplane.cursor.sqlite_ro import (
     ChangedDuringRead,
@@ -167,15 +174,16 @@ class DatabasePoller:
         problems: list[str] = []
         for layout in detection.layouts:
             wm = watermarks.get(layout.name, {})
-            result: LayoutRead = await asyncio.to_thread(
-                layout.extract, fetched.raw[layout.name], wm, ctx
+            result, revisions = await self.extract(
+                layout, fetched.raw[layout.name], wm, ctx, str(state.path)
             )
             problems.extend(result.problems)
             routed = [(d, item) for item in result.items if (d := route(item)) is not None]
-            if routed or result.watermark != wm or marker:
+            if routed or result.watermark != wm or marker or revisions:
                 total += await self.publisher.publish(
-                    routed, str(state.path), layout.name, result.watermark, extra=marker
-                )
+                    routed, str(state.path), layout.name, result.watermark,
+                    extra=marker, revisions=revisions,
+                )  # fmt: skip
                 watermarks[layout.name] = result.watermark
                 marker = None
         if marker:
@@ -184,6 +192,29 @@ class DatabasePoller:
         state.fingerprint = fp
         self._record(state, wh, problems, total)
         return total
+
+    async def extract(
+        self, layout: Layout, raw: Any, wm: Watermark, ctx: ReadContext, db_path: str
+    ) -> tuple[LayoutRead, dict[str, list[Any]]]:
+        """Parse what was fetched (in a thread); for per-row layouts, with their revision memory.
+
+        A per-row layout's memory of what it sent is loaded from Redis for the rows just read
+        and handed to it as ``sent``; what it stamped anew comes back to be written with the
+        publication. Its watermark then holds no memory at all (an older one that does is
+        read as a fallback, once).
+        """
+        if not isinstance(layout, RowRevisions):
+            result = await asyncio.to_thread(layout.extract, raw, wm, ctx)
+            return result, {}
+        keys = layout.revision_keys(raw)
+        known = await self.publisher.load_revisions(db_path, layout.name, keys) if keys else {}
+        legacy = wm.get("sent")
+        if isinstance(legacy, dict):
+            known = {k: legacy[k] for k in keys if k in legacy} | known
+        result = await asyncio.to_thread(layout.extract, raw, {**wm, "sent": known}, ctx)
+        sent = result.watermark.pop("sent", None)
+        stamped = sent if isinstance(sent, dict) else {}
+        return result, {k: v for k, v in stamped.items() if known.get(k) != v}
 
     def _record(
         self, state: DatabaseState, wh: WorkspaceHealth, problems: list[str], total: int

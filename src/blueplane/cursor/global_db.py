@@ -373,11 +373,13 @@ class GlobalDatabases:
             if layout.name not in raw:
                 continue
             current: Watermark = watermarks.get(layout.name, {})
-            result = layout.extract(raw[layout.name], {**current, REPLAY: True}, ctx)
+            result, revisions = await self.poller.extract(
+                layout, raw[layout.name], {**current, REPLAY: True}, ctx, str(gs.db.path)
+            )
             routed = [(d, i) for i in result.items if (d := route(i)) is not None]
-            if routed:
+            if routed or revisions:
                 total += await self.poller.publisher.publish(
-                    routed, str(gs.db.path), layout.name, current
+                    routed, str(gs.db.path), layout.name, current, revisions=revisions
                 )
         wh.items_published += total
         return total

@@ -68,6 +68,9 @@ class AgentKvBlobs:
     def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> AgentRaw:
         return AgentRaw(scan_new(conn, PREFIX, watermark, BATCH))
 
+    def revision_keys(self, raw: AgentRaw) -> list[str]:
+        return [f"b:{key[len(PREFIX) :]}" for _rowid, key, _value in raw.scan.rows]
+
     def extract(self, raw: AgentRaw, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
         revs = revisions_of(watermark)
         items: list[TraceItem] = []

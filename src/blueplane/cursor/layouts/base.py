@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from blueplane.cursor.sqlite_ro import item_rowid
 from blueplane.events import TracePayload
@@ -72,6 +72,15 @@ class Layout(Protocol):
     def extract(self, raw: Any, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
         """Pure Python, after the transaction: new items and the advanced watermark."""
         ...
+
+
+@runtime_checkable
+class RowRevisions(Protocol):
+    """A layout with one item per row (the global database's): its revision memory is kept
+    per item in Redis (``Publisher.load_revisions``), not in its watermark, so it is bounded
+    by the dedup window rather than by a count, and loaded only for the rows just read."""
+
+    def revision_keys(self, raw: Any) -> list[str]: ...
 
 
 @dataclass(frozen=True)

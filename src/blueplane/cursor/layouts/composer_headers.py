@@ -65,6 +65,9 @@ class ComposerHeadersTable:
         ).fetchall()
         return HeadersRaw(rows, top, rescan)
 
+    def revision_keys(self, raw: HeadersRaw) -> list[str]:
+        return [f"c:{row[1]}" for row in raw.rows if isinstance(row[1], str)]
+
     def fetch_composers(self, conn: sqlite3.Connection, composer_ids: Iterable[str]) -> HeadersRaw:
         ids = list(composer_ids)
         rows: list[tuple[Any, ...]] = []

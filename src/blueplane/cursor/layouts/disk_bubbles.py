@@ -97,6 +97,15 @@ class GlobalBubbles:
         keys = [k for k in pending if k not in seen] if isinstance(pending, dict) else []
         return BubbleRaw(scan, read_keys(conn, keys))
 
+    def revision_keys(self, raw: BubbleRaw) -> list[str]:
+        """Revision-memory keys of the bubbles read (their memory lives in Redis)."""
+        out = []
+        for _rowid, key, _value in [*raw.scan.rows, *raw.pending_rows]:
+            ids = split_key(key)
+            if ids is not None:
+                out.append(f"m:{ids[1]}")
+        return out
+
     def fetch_composers(self, conn: sqlite3.Connection, composer_ids: Iterable[str]) -> BubbleRaw:
         """Every bubble of the given composers, by key range (targeted re-read)."""
         rows = read_prefixes(conn, [f"{PREFIX}{cid}:" for cid in composer_ids])

@@ -59,6 +59,9 @@ class GlobalComposerData:
     def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> ComposerRaw:
         return ComposerRaw(scan_new(conn, PREFIX, watermark, BATCH))
 
+    def revision_keys(self, raw: ComposerRaw) -> list[str]:
+        return [f"c:{key[len(PREFIX) :]}" for _rowid, key, _value in raw.scan.rows]
+
     def fetch_composers(self, conn: sqlite3.Connection, composer_ids: Iterable[str]) -> ComposerRaw:
         rows = read_keys(conn, [f"{PREFIX}{cid}" for cid in composer_ids])
         return ComposerRaw(RowScan(rows, next_rowid=None), targeted=True)
