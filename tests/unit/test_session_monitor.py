@@ -173,3 +173,26 @@ async def test_running_monitor_finds_a_session_amid_a_stream_of_traces(
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_stream_key_of_the_wrong_type_is_reported_and_survived(
+    client, tmp_path: Path, caplog
+) -> None:
+    health = Health()
+    m = SessionMonitor(client, STREAM, tmp_path / "s", health, block_ms=100)
+    m.error_retry_s = 0.2
+    await client.set(STREAM, "not a stream")
+    stop = asyncio.Event()
+    task = asyncio.create_task(m.run(stop))
+    try:
+        comp = health.component("session_monitor")
+        await wait_for(lambda: comp.status == "redis_error")
+        assert "WRONGTYPE" in (comp.last_error or "")
+        await client.delete(STREAM)
+        await send(client, "session_start", "/w/a", "after")
+        await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["after"])
+        await wait_for(lambda: comp.status == "ok")
+        assert sum("reading telemetry:events failed" in r.message for r in caplog.records) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

@@ -56,6 +56,9 @@ EXPIRY_CHECK_S = 60.0
 # After a wake-up by a new entry, scans are at least this far apart (a burst of traces is one
 # scan, not one per XADD).
 MIN_SCAN_INTERVAL_S = 0.1
+# A Redis error other than a lost connection (e.g. the stream key of another type) is retried
+# this often.
+ERROR_RETRY_S = 10.0
 
 # KEYS[1] = stream; ARGV[1] = last examined id (exclusive); ARGV[2] = page size.
 # Returns {last examined id, entries examined, {session entries as XRANGE gives them}}.
@@ -165,6 +168,7 @@ class SessionMonitor:
         self.expiry_s = max(0.0, idle_expiry_hours) * 3600
         self.clock = clock
         self.page_size = page_size
+        self.error_retry_s = ERROR_RETRY_S
         self._scan_script = redis.register_script(_SCAN_LUA)
         self._redis_sessions: dict[str, ActiveSession] = {}
         self._file_sessions: dict[str, ActiveSession] = {}
@@ -306,8 +310,8 @@ class SessionMonitor:
                 if scan:
                     scanned_at = time.monotonic()
                     await self.scan()
+                    self.health.status = "ok"
                 scan = await self._wait_for_entry(block_ms)
-                self.health.status = "ok"
                 if scan:  # coalesce a burst of writes into one scan
                     wait = MIN_SCAN_INTERVAL_S - (time.monotonic() - scanned_at)
                     await sleep_or_stop(stop, wait)
@@ -317,10 +321,12 @@ class SessionMonitor:
                 scan = True
                 await sleep_or_stop(stop, 2.0)
             except ResponseError as exc:  # e.g. the stream key holds another type
+                if self.health.status != "redis_error":  # once until it recovers
+                    log.error("session monitor: reading %s failed (%s); retrying every %g s",
+                              self.stream, exc, self.error_retry_s)  # fmt: skip
                 self.health.fail("redis_error", f"reading {self.stream}: {exc}")
-                log.error("session monitor: reading %s failed (%s); retrying", self.stream, exc)
                 scan = True
-                await sleep_or_stop(stop, 10.0)
+                await sleep_or_stop(stop, self.error_retry_s)
 
     async def _wait_for_entry(self, block_ms: int) -> bool:
         """Block until an entry follows the position (True) or ``block_ms`` passed (False)."""
