@@ -367,30 +367,39 @@ class SessionMonitor:
         return _ScanPage(_text(last), int(examined), entries)
 
     async def _apply_page(self, page: _ScanPage) -> None:
-        """The page's session changes and the new position, in one transaction."""
+        """The page's session changes and the new position, in one transaction.
+
+        Memory follows only once Redis has them: the database monitor never sees a session
+        that a failed transaction would make it forget after a restart.
+        """
         now = self.clock()
         changed = False
-        started: set[str] = set()
+        sessions = dict(self._redis_sessions)
+        started: dict[str, _Activity] = {}
         async with self.redis.pipeline(transaction=True) as pipe:
             for entry_id, fields in page.entries:
                 self.health.count("entries_parsed")
-                ws = self._apply(entry_id, fields, pipe)
+                ws = self._apply(entry_id, fields, sessions, pipe)
                 if ws is not None:
                     changed = True
                     if ws:
-                        started.add(ws)
-            for ws in started:  # a start is activity: durable with the session itself
-                act = _Activity(now, "session start", persisted_at=now)
-                self._activity[ws] = act
+                        started[ws] = _Activity(now, "session start", persisted_at=now)
+            for ws, act in started.items():  # a start is activity: durable with the session
                 pipe.hset(ACTIVITY_KEY, ws, act.encode())
             pipe.set(POSITION_KEY, page.last_id)
             await pipe.execute()
+        self._redis_sessions = sessions
+        self._activity.update(started)
         self._last_id = page.last_id
         if changed:
             self.changed.set()
 
     def _apply(
-        self, entry_id: str, fields: dict[Any, Any], pipe: aioredis.client.Pipeline
+        self,
+        entry_id: str,
+        fields: dict[Any, Any],
+        sessions: dict[str, ActiveSession],
+        pipe: aioredis.client.Pipeline,
     ) -> str | None:
         """Apply one session entry; returns None (no change), "" (an end) or the started hash."""
         try:
@@ -414,7 +423,7 @@ class SessionMonitor:
             session = ActiveSession(
                 p.session_id, p.workspace_hash, p.workspace_path, started_at, "redis"
             )
-            self._redis_sessions[p.session_id] = session
+            sessions[p.session_id] = session
             pipe.hset(SESSIONS_KEY, p.session_id, session.to_json())
             log.info(
                 "session %s started for workspace %s (%s)",
@@ -424,7 +433,7 @@ class SessionMonitor:
             )
             self.health.count("session_starts")
             return p.workspace_hash
-        if self._redis_sessions.pop(p.session_id, None) is None:
+        if sessions.pop(p.session_id, None) is None:
             log.warning(
                 "session_end for unknown session %s (workspace %s) ignored",
                 p.session_id,
