@@ -175,23 +175,56 @@ async def test_stale_session_file_is_ignored_until_written_again(client, tmp_pat
     assert [s.session_id for s in m.active_sessions()] == ["file-1"]
 
 
-async def test_running_monitor_expires_on_its_periodic_check(client, tmp_path: Path) -> None:
-    """``run`` checks expiry by itself (first check at start)."""
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_running_monitor_expires_after_a_start_grace(client, tmp_path: Path) -> None:
+    """``run`` checks expiry by itself, first after a grace in which activity still counts."""
     clock = Clock()
     first = monitor(client, tmp_path, clock)
     await first.load()
-    await send(client, "session_start", "/w/a", "a")
+    await send(client, "session_start", "/w/used", "used")
+    await send(client, "session_start", "/w/gone", "gone")
     await first.read_once()
-    clock.now += 13 * H
+    clock.now += 13 * H  # the server was stopped 13 h
     m = monitor(client, tmp_path, clock)
+    m.expiry_grace_s = 0.5
     await m.load()
-    m.changed.clear()
     stop = asyncio.Event()
     task = asyncio.create_task(m.run(stop))
     try:
-        await asyncio.wait_for(m.changed.wait(), 10)
-        assert m.active_sessions() == []
+        await asyncio.sleep(0.2)  # the database monitor's first poll, seeing a change
+        m.touch(workspace_hash("/w/used"))
+        await wait_for(lambda: counters(m).get("expiry_checks", 0) >= 1)
+        assert [s.session_id for s in m.active_sessions()] == ["used"]
         assert counters(m)["sessions_expired"] == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_waking_from_sleep_gives_the_same_grace(client, tmp_path: Path) -> None:
+    clock = Clock()
+    m = monitor(client, tmp_path, clock)
+    m.expiry_grace_s, m.expiry_check_s = 0.5, 0.05
+    await m.load()
+    await send(client, "session_start", "/w/used", "used")
+    await send(client, "session_start", "/w/gone", "gone")
+    await m.read_once()
+    stop = asyncio.Event()
+    task = asyncio.create_task(m.run(stop))
+    try:
+        await wait_for(lambda: counters(m).get("expiry_checks", 0) >= 2)
+        assert len(m.active_sessions()) == 2
+        clock.now += 13 * H  # the laptop slept 13 h
+        await asyncio.sleep(0.2)
+        m.touch(workspace_hash("/w/used"))
+        await wait_for(lambda: counters(m).get("sessions_expired", 0) >= 1)
+        assert [s.session_id for s in m.active_sessions()] == ["used"]
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)

@@ -53,6 +53,9 @@ SCAN_PAGE = 1000
 ACTIVITY_WRITE_S = 60.0
 # How often sessions are checked for expiry.
 EXPIRY_CHECK_S = 60.0
+# No expiry check this soon after the start or a wall-clock jump (sleep): the database monitor
+# first touches the workspaces that changed meanwhile.
+EXPIRY_GRACE_S = 300.0
 # After a wake-up by a new entry, scans are at least this far apart (a burst of traces is one
 # scan, not one per XADD).
 MIN_SCAN_INTERVAL_S = 0.1
@@ -169,6 +172,8 @@ class SessionMonitor:
         self.clock = clock
         self.page_size = page_size
         self.error_retry_s = ERROR_RETRY_S
+        self.expiry_check_s = EXPIRY_CHECK_S
+        self.expiry_grace_s = EXPIRY_GRACE_S
         self._scan_script = redis.register_script(_SCAN_LUA)
         self._redis_sessions: dict[str, ActiveSession] = {}
         self._file_sessions: dict[str, ActiveSession] = {}
@@ -447,20 +452,38 @@ class SessionMonitor:
 
     # ----------------------------------------------------------------- expiry
     async def _run_maintenance(self, stop: asyncio.Event) -> None:
-        """Write due activity as it comes; check expiry every ``EXPIRY_CHECK_S``."""
+        """Write due activity as it comes; check expiry every ``expiry_check_s``.
+
+        No check within ``expiry_grace_s`` of the start or of a wall-clock jump (a laptop
+        waking from sleep): the database monitor first gets to see, and touch(), the
+        workspaces that changed meanwhile, so an open window is not expired on waking.
+        """
+        grace_until = time.monotonic() + self.expiry_grace_s
+        last_wall, last_mono = self.clock(), time.monotonic()
         checked_at = -math.inf
         while not stop.is_set():
+            wall, mono = self.clock(), time.monotonic()
+            jump = (wall - last_wall) - (mono - last_mono)
+            if jump > max(60.0, self.expiry_check_s):
+                log.info(
+                    "wall clock jumped %.1f h (sleep or suspend); expiry checks resume in %g s",
+                    jump / 3600, self.expiry_grace_s,
+                )  # fmt: skip
+                grace_until = mono + self.expiry_grace_s
+            last_wall, last_mono = wall, mono
             try:
                 await self.flush_activity()
-                if self.clock() - checked_at >= EXPIRY_CHECK_S:
+                if mono >= grace_until and mono - checked_at >= self.expiry_check_s:
                     await self.expire_idle()
-                    checked_at = self.clock()
+                    self.health.count("expiry_checks")
+                    checked_at = mono
             except REDIS_DOWN as exc:
                 log.warning("session monitor: Redis unavailable for expiry (%s)", exc)
                 self._activity_dirty.set()
                 await sleep_or_stop(stop, 2.0)
                 continue
-            await wait_any([stop, self._activity_dirty], EXPIRY_CHECK_S)
+            wake = max(0.05, min(self.expiry_check_s, grace_until - mono))
+            await wait_any([stop, self._activity_dirty], wake)
 
     def _idle_s(self, workspace_hash: str, now: float, since: float = -math.inf) -> float:
         last = self.last_activity(workspace_hash)
