@@ -84,6 +84,9 @@ class FastPathConfig(_Section):
 class SessionMonitorConfig(_Section):
     # How often the session-file fallback folder is rescanned.
     session_file_poll_seconds: float = Field(10.0, gt=0)
+    # A session whose workspace showed no activity (session start, database change, hook
+    # event) for this long expires: a crashed window is not polled for ever. 0 disables.
+    session_idle_expiry_hours: float = Field(12.0, ge=0)
 
 
 def _default_home() -> Path:

@@ -96,6 +96,7 @@ class Server:
             sessions = SessionMonitor(
                 redis, s.redis.stream, s.session_dir, self.health,
                 file_poll_s=s.session_monitor.session_file_poll_seconds,
+                idle_expiry_hours=s.session_monitor.session_idle_expiry_hours,
             )  # fmt: skip
             mapper = WorkspaceMapper(user_dirs, s.workspace_cache_path, mon.query_timeout_seconds)
             publisher = Publisher(redis, s.redis.stream, mon.dedup_window_hours * 3600)

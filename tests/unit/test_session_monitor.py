@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -87,3 +88,111 @@ async def test_session_files_are_a_fallback(client, tmp_path: Path) -> None:
     assert not m.scan_session_files()  # unchanged
     f.unlink()
     assert m.scan_session_files() and m.active_sessions() == []
+
+
+async def add_traces(client: aioredis.Redis, n: int, size: int = 1000) -> None:
+    """``n`` trace-like entries of about ``size`` bytes, pipelined."""
+    payload = json.dumps({"trace_type": "generation", "text": "x" * size})
+    fields = {"version": "0.1.0", "event_type": "database_trace", "payload": payload}
+    for start in range(0, n, 5000):
+        async with client.pipeline(transaction=False) as pipe:
+            for _ in range(min(5000, n - start)):
+                pipe.xadd(STREAM, fields)
+            await pipe.execute()
+
+
+async def bytes_sent_by_redis(client: aioredis.Redis) -> int:
+    return int((await client.info("stats"))["total_net_output_bytes"])
+
+
+async def test_a_session_after_20000_traces_is_found_without_reading_the_traces(
+    client, tmp_path: Path
+) -> None:
+    health = Health()
+    m = monitor(client, tmp_path, health)
+    await m.load()
+    await add_traces(client, 20_000)
+    await send(client, "session_start", "/w/late", "late")
+    await add_traces(client, 5)
+    sent_before = await bytes_sent_by_redis(client)
+    assert await m.read_once() == 20_006
+    sent = await bytes_sent_by_redis(client) - sent_before
+
+    assert [s.session_id for s in m.active_sessions()] == ["late"]
+    counters = health.component("session_monitor").counters
+    assert counters["entries_parsed"] == 1  # the session entry, not the 20,005 traces
+    assert counters["entries_examined"] == 20_006
+    assert counters["scan_calls"] == 21  # pages of 1,000
+    # ~20 MB of traces on the stream; the monitor received a few KB.
+    assert sent < 50_000, sent
+    position = (await client.get(POSITION_KEY)).decode()
+    assert position == (await client.xrevrange(STREAM, count=1))[0][0].decode()
+
+
+async def test_position_advances_over_trace_only_pages(client, tmp_path: Path) -> None:
+    health = Health()
+    m = SessionMonitor(client, STREAM, tmp_path / "s", health, block_ms=None, page_size=10)
+    await m.load()
+    await add_traces(client, 25, size=10)
+    assert await m.read_once() == 25
+    last = (await client.xrevrange(STREAM, count=1))[0][0].decode()
+    assert (await client.get(POSITION_KEY)).decode() == last
+    assert "entries_parsed" not in health.component("session_monitor").counters
+    await send(client, "session_start", "/w/a", "s1")
+    assert await m.read_once() == 1
+    assert await m.read_once() == 0
+    assert health.component("session_monitor").counters["entries_parsed"] == 1
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_running_monitor_finds_a_session_amid_a_stream_of_traces(
+    client, tmp_path: Path
+) -> None:
+    """``run``: caught up, it blocks; a new entry wakes it; traces still never reach Python."""
+    health = Health()
+    m = SessionMonitor(client, STREAM, tmp_path / "s", health, block_ms=200)
+    await m.load()
+    stop = asyncio.Event()
+    task = asyncio.create_task(m.run(stop))
+    try:
+        counters = health.component("session_monitor").counters
+        await wait_for(lambda: counters.get("scan_calls", 0) >= 1)
+        await add_traces(client, 3000, size=100)
+        await send(client, "session_start", "/w/live", "live")
+        await add_traces(client, 3000, size=100)
+        await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["live"])
+        assert m.changed.is_set()
+        await wait_for(lambda: counters.get("entries_examined") == 6001)
+        assert counters["entries_parsed"] == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_stream_key_of_the_wrong_type_is_reported_and_survived(
+    client, tmp_path: Path, caplog
+) -> None:
+    health = Health()
+    m = SessionMonitor(client, STREAM, tmp_path / "s", health, block_ms=100)
+    m.error_retry_s = 0.2
+    await client.set(STREAM, "not a stream")
+    stop = asyncio.Event()
+    task = asyncio.create_task(m.run(stop))
+    try:
+        comp = health.component("session_monitor")
+        await wait_for(lambda: comp.status == "redis_error")
+        assert "WRONGTYPE" in (comp.last_error or "")
+        await client.delete(STREAM)
+        await send(client, "session_start", "/w/a", "after")
+        await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["after"])
+        await wait_for(lambda: comp.status == "ok")
+        assert sum("reading telemetry:events failed" in r.message for r in caplog.records) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

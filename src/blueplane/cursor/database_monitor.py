@@ -254,12 +254,6 @@ class CursorDatabaseMonitor:
             mode, reason = self._detection(target)
             if wh.change_detection != mode or wh.change_detection_reason != reason:
                 wh.change_detection, wh.change_detection_reason = mode, reason
-        describe = getattr(self.sessions, "active_reason", None)
-        for h in self.sessions.active_workspaces():
-            if describe is not None and h in self.health.workspaces:
-                reason = describe(h)
-                if self.health.workspaces[h].active_reason != reason:
-                    self.health.workspaces[h].active_reason = reason
 
     def _detection(self, target: _Target) -> tuple[str, str | None]:
         if self.watcher is None:
@@ -373,11 +367,10 @@ class CursorDatabaseMonitor:
         )
         before = state.fingerprint
         published = await self.poller.poll(state, wh, lambda _item: dest)
+        wh.active_reason = self.sessions.active_reason(workspace_hash)
         if state.missing:
             self._states.pop(workspace_hash, None)
             self.mapper.invalidate(workspace_hash)
         if published is not None and state.fingerprint != before:
             wh.last_poll_ms = round((time.perf_counter() - started) * 1000, 3)
-            touch = getattr(self.sessions, "touch", None)
-            if touch is not None:
-                touch(workspace_hash)  # the workspace is in use: its session stays alive
+            self.sessions.touch(workspace_hash)  # in use: its session stays alive
