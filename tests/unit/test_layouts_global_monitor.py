@@ -30,6 +30,7 @@ from tests.fixtures.cursor_db import (
     make_composer_data_2025,
     make_composer_head,
     make_composer_header,
+    make_global_composer,
     make_inline_bubble,
     make_user_bubble,
     make_user_dir,
@@ -81,6 +82,12 @@ class Rig:
                     }
                 )
         return out
+
+
+def _db_key(rig: Rig) -> str:
+    from blueplane.publisher import database_key
+
+    return database_key(str(rig.glob.path))
 
 
 def composer_ids(traces: list[dict[str, Any]]) -> set[str]:
@@ -178,3 +185,76 @@ async def test_three_eras_user_folder(tmp_path: Path, client) -> None:
     assert all(t["output_tokens"] == 85 for t in answers if t["source_layout"] == "disk_bubbles")
     await rig.monitor.poll_once()
     assert len(await rig.traces()) == len(got)
+
+
+async def test_bubbles_read_before_their_conversation_is_attributed_are_sent_once_it_is(
+    tmp_path: Path, client
+) -> None:
+    """Issue 9: nothing read is forgotten before it is published or deliberately parked."""
+    rig = Rig(tmp_path, client)
+    a = rig.project("a")
+    await rig.sessions.load()
+    await rig.start(a, "sa")
+    cid = new_uuid()
+    # Cursor writes the turn's bubbles before the conversation that names their workspace.
+    for bubble in (make_user_bubble("early question"), make_assistant_bubble("early answer")):
+        rig.glob.put_bubble(cid, bubble)
+    await rig.monitor.poll_once()
+    assert cid not in composer_ids(await rig.traces())
+    assert rig.health.components["global_database"].counters["unattributed_composers"] == 1
+
+    rig.glob.put_composer(
+        make_global_composer(
+            [], composerId=cid,
+            workspaceIdentifier=make_workspace_identifier(a.id, a.folder_path or ""),
+        )
+    )  # fmt: skip
+    await rig.monitor.poll_once()
+    got = [t for t in await rig.traces() if t.get("composer_id") == cid]
+    assert Counter(t["trace_type"] for t in got) == {"composer": 1, "message": 2}
+    assert {t["text"] for t in got if t["trace_type"] == "message"} == {
+        "early question",
+        "early answer",
+    }
+    assert {t["session"] for t in got} == {"sa"}
+    assert rig.health.components["global_database"].counters["unattributed_composers"] == 0
+    await rig.monitor.poll_once()
+    assert len([t for t in await rig.traces() if t.get("composer_id") == cid]) == len(got)
+
+
+async def test_an_edit_of_an_old_bubble_is_sent_once_even_beyond_ten_thousand_items(
+    tmp_path: Path, client
+) -> None:
+    """Issue 9: the revision memory was capped at 10,000 items and forgot the oldest."""
+    rig = Rig(tmp_path, client)
+    a = rig.project("a")
+    cid = new_uuid()
+    ident = make_workspace_identifier(a.id, a.folder_path or "")
+    rig.glob.put_composer(make_global_composer([], composerId=cid, workspaceIdentifier=ident))
+    first = make_user_bubble("the very first question")
+    bubbles = [first] + [make_user_bubble(f"q{i}") for i in range(10_050)]
+    for start in range(0, len(bubbles), 1000):
+        rig.glob.write_batch(
+            {f"bubbleId:{cid}:{b['bubbleId']}": b for b in bubbles[start : start + 1000]},
+            "cursorDiskKV",
+        )
+    await rig.sessions.load()
+    await rig.start(a, "sa")
+    await rig.monitor.poll_once()
+    sent = [t for t in await rig.traces() if t["trace_type"] == "message"]
+    assert len(sent) == len(bubbles)
+
+    rig.glob.put_bubble(cid, {**first, "text": "the very first question, edited"})
+    await rig.monitor.poll_once()
+    await rig.monitor.poll_once()
+    edits = [
+        t for t in await rig.traces()
+        if t["trace_type"] == "message" and t.get("item_id") == first["bubbleId"]
+    ]  # fmt: skip
+    assert [(t["revision"], t["text"]) for t in edits] == [
+        (0, "the very first question"),
+        (1, "the very first question, edited"),
+    ]
+    # The memory lives in Redis with the dedup window as its TTL, not in the watermark.
+    wm = await client.hgetall(f"blueplane:watermarks:{_db_key(rig)}")
+    assert b"sent" not in wm.get(b"disk_bubbles", b"")
