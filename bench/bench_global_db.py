@@ -79,11 +79,28 @@ def _bubble(cid: str, i: int, t_ms: int, filler: str) -> tuple[str, str]:
     return f"bubbleId:{cid}:{bid}", json.dumps(value, separators=(",", ":"))
 
 
-def build(storage_id: str, folder: str) -> Path:
-    """Write the big global database once; reuse it when present."""
-    path = BASE / "User" / "globalStorage" / "state.vscdb"
-    if path.is_file() and path.stat().st_size >= 1_000_000_000:
+def build(
+    storage_id: str,
+    folder: str,
+    *,
+    path: Path | None = None,
+    composers: int = COMPOSERS,
+    bubbles_per_composer: int = BUBBLES_PER_COMPOSER,
+    bubble_text: int = BUBBLE_TEXT,
+    recent: int = RECENT,
+    min_bytes: int = 1_000_000_000,
+    workspaces: list[tuple[str, str]] | None = None,
+) -> Path:
+    """Write the big global database once; reuse it when present (at least ``min_bytes``).
+
+    The keywords let other benchmarks (``bench_live.py``) build other sizes; ``workspaces``
+    lists ``(storage_id, folder)`` pairs the composers are attributed to in turn (default: the
+    one ``storage_id``/``folder``).
+    """
+    path = path or BASE / "User" / "globalStorage" / "state.vscdb"
+    if path.is_file() and path.stat().st_size >= min_bytes:
         return path
+    owners = workspaces or [(storage_id, folder)]
     path.parent.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
@@ -92,18 +109,19 @@ def build(storage_id: str, folder: str) -> Path:
     del db
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")
-    filler = ("lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 90)[:BUBBLE_TEXT]
+    lorem = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
+    filler = (lorem * (bubble_text // len(lorem) + 2))[:bubble_text]
     now = int(time.time() * 1000)
-    total = COMPOSERS * BUBBLES_PER_COMPOSER
+    total = composers * bubbles_per_composer
     n = 0
-    for c in range(COMPOSERS):
+    for c in range(composers):
         cid = str(uuid.uuid4())
         rows = []
         headers = []
-        for i in range(BUBBLES_PER_COMPOSER):
+        for i in range(bubbles_per_composer):
             n += 1
             # Old bubbles first; only the last RECENT ones fall inside the sync window.
-            t_ms = now - 10 * 86_400_000 + n if n <= total - RECENT else now - (total - n) * 10
+            t_ms = now - 10 * 86_400_000 + n if n <= total - recent else now - (total - n) * 10
             key, value = _bubble(cid, i, t_ms, filler)
             rows.append((key, value))
             headers.append({"bubbleId": key.rsplit(":", 1)[1], "type": 1 if i % 2 == 0 else 2})
@@ -113,9 +131,9 @@ def build(storage_id: str, folder: str) -> Path:
             "name": f"composer {c}",
             "status": "completed",
             "createdAt": now - 10 * 86_400_000,
-            "lastUpdatedAt": now - 10 * 86_400_000 if c < COMPOSERS - 10 else now,
+            "lastUpdatedAt": now - 10 * 86_400_000 if c < composers - 10 else now,
             "fullConversationHeadersOnly": headers,
-            "workspaceIdentifier": make_workspace_identifier(storage_id, folder),
+            "workspaceIdentifier": make_workspace_identifier(*owners[c % len(owners)]),
         }
         rows.append((f"composerData:{cid}", json.dumps(composer, separators=(",", ":"))))
         rows.append((f"checkpointId:{cid}:{uuid.uuid4()}", "x" * 800))
