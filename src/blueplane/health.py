@@ -21,13 +21,24 @@ MAX_PROBLEMS = 5
 
 
 class _Tracked:
-    """Bumps the shared generation on every attribute write."""
+    """Bumps the shared generation on every attribute write that changes a value.
+
+    Components set ``status = "ok"`` on every loop; only a real change counts.
+    """
 
     generation: int = 0
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, name, _MISSING) is value or (
+            isinstance(value, str | int | float | type(None))
+            and getattr(self, name, _MISSING) == value
+        ):
+            return
         object.__setattr__(self, name, value)
         _Tracked.generation += 1
+
+
+_MISSING = object()
 
 
 @dataclass
@@ -138,7 +149,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
+            # dumps, compact: the C encoder (json.dump and indent use the pure-Python one).
+            fh.write(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

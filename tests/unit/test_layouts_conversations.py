@@ -531,3 +531,34 @@ def test_real_2024_database_captured_completely() -> None:
     assert "claude-3.5-sonnet" in models
     all_ids = [i.dedup_id for r in results.values() for i in r.items]
     assert len(all_ids) == len(set(all_ids))  # nothing would be sent twice
+
+
+@pytest.mark.parametrize(("mode", "vtype"), MODES)
+def test_bubbles_outside_the_window_are_left_unread_but_still_date_their_composer(
+    tmp_path: Path, mode: str, vtype: str
+) -> None:
+    """The first sync of a big global database: old values are filtered by SQLite, not parsed."""
+    db = global_db(tmp_path, mode, vtype)
+    cutoff = now_ms() - 24 * 3_600_000
+    old = make_user_bubble("old", createdAt="2020-01-01T00:00:00.000Z")
+    untimed = make_user_bubble("sibling without a time", omit=["createdAt"])
+    epoch_old = make_user_bubble("old, epoch ms", createdAt=cutoff - 10_000_000)
+    odd_iso = make_user_bubble("old, with an offset", createdAt="2020-01-01T00:00:00+02:00")
+    recent = make_user_bubble("recent")
+    db.put_bubble("c-old", old)
+    db.put_bubble("c-old", untimed)  # its only sibling with a time is left unread
+    db.put_bubble("c-mixed", epoch_old)
+    db.put_bubble("c-mixed", odd_iso)
+    db.put_bubble("c-new", recent)
+    layout = GlobalBubbles()
+    raw = ReadOnlyDatabase(db.path, 2.0).read_sync(lambda conn: layout.fetch(conn, {}, cutoff))
+    loaded = {k.rsplit(":", 1)[1] for _r, k, v in raw.scan.rows if isinstance(v, str | bytes)}
+    # Only the plain ISO-UTC old bubble stays unread; every other form is parsed in Python.
+    assert old["bubbleId"] not in loaded
+    assert {untimed["bubbleId"], epoch_old["bubbleId"], odd_iso["bubbleId"]} <= loaded
+    r = layout.extract(raw, {}, ReadContext(now_ms(), cutoff))
+    # The untimed sibling takes its composer's (old) time: outside the window too.
+    assert [p["bubble_id"] for p in payloads(r)] == [recent["bubbleId"]]
+    assert layout.revision_keys(raw) == [
+        f"m:{b['bubbleId']}" for b in (untimed, epoch_old, odd_iso, recent)
+    ]

@@ -31,6 +31,7 @@ from blueplane.cursor.layouts.base import (
     TraceItem,
     Watermark,
 )
+from blueplane.cursor.layouts.disk_bubbles import GlobalBubbles
 from blueplane.cursor.schema_detector import Detection, SchemaDetector
 from blueplane.cursor.sqlite_ro import (
     ChangedDuringRead,
@@ -48,6 +49,8 @@ from blueplane.publisher import Destination, Publisher
 log = logging.getLogger("blueplane.database_monitor")
 
 RETRYABLE = (DatabaseLocked, QueryTimeout, ChangedDuringRead)
+# Layouts whose fetch leaves values outside the sync window unread (see ``WindowedFetch``).
+WINDOWED = frozenset({GlobalBubbles.name})
 # Field of the watermark hash naming the file (inode) its watermarks belong to.
 FILE_FIELD = "_file"
 
@@ -258,9 +261,14 @@ class DatabasePoller:
     def _fetch(self, conn: Any, watermarks: dict[str, Watermark]) -> Fetched:
         detection = self.detector.detect(conn)
         raw: dict[str, Any] = {}
+        cutoff_ms = self.context().sync_cutoff_ms
         layout: Layout
         for layout in detection.layouts:
-            raw[layout.name] = layout.fetch(conn, watermarks.get(layout.name, {}))
+            wm = watermarks.get(layout.name, {})
+            if layout.name in WINDOWED:
+                raw[layout.name] = layout.fetch(conn, wm, cutoff_ms)  # type: ignore[call-arg]
+            else:
+                raw[layout.name] = layout.fetch(conn, wm)
         return Fetched(detection, raw)
 
     def report(self, wh: WorkspaceHealth, status: str, msg: str) -> None:

@@ -32,12 +32,14 @@ from blueplane.cursor.layouts.conversation import (
     assistant_settled,
     bubble_time_ms,
     build_message,
+    iso_ms,
     payload_hash,
     revisions_of,
     role_of,
     too_old,
 )
 from blueplane.cursor.layouts.disk_kv import (
+    OldRow,
     Row,
     RowScan,
     has_prefix,
@@ -48,7 +50,7 @@ from blueplane.cursor.layouts.disk_kv import (
     summarise,
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
-from blueplane.events import MessagePayload
+from blueplane.events import MessagePayload, iso_from_ms
 
 PREFIX = "bubbleId:"
 BATCH = 500
@@ -90,8 +92,15 @@ class GlobalBubbles:
     def detect(self, conn: sqlite3.Connection, tables: set[str]) -> bool:
         return has_prefix(conn, tables, PREFIX)
 
-    def fetch(self, conn: sqlite3.Connection, watermark: Watermark) -> BubbleRaw:
-        scan = scan_new(conn, PREFIX, watermark, BATCH)
+    def fetch(
+        self, conn: sqlite3.Connection, watermark: Watermark, cutoff_ms: int | None = None
+    ) -> BubbleRaw:
+        """New rows; with ``cutoff_ms``, bubbles created before it are not loaded (time only).
+
+        The SQL filter is an hour more lenient than the window: ``extract`` decides.
+        """
+        older = iso_from_ms(cutoff_ms - 3_600_000) if cutoff_ms is not None else None
+        scan = scan_new(conn, PREFIX, watermark, BATCH, older_than_iso=older)
         seen = {r[1] for r in scan.rows}
         pending = watermark.get("pending")
         keys = [k for k in pending if k not in seen] if isinstance(pending, dict) else []
@@ -100,7 +109,9 @@ class GlobalBubbles:
     def revision_keys(self, raw: BubbleRaw) -> list[str]:
         """Revision-memory keys of the bubbles read (their memory lives in Redis)."""
         out = []
-        for _rowid, key, _value in [*raw.scan.rows, *raw.pending_rows]:
+        for _rowid, key, value in [*raw.scan.rows, *raw.pending_rows]:
+            if isinstance(value, OldRow):
+                continue
             ids = split_key(key)
             if ids is not None:
                 out.append(f"m:{ids[1]}")
@@ -118,6 +129,7 @@ class GlobalBubbles:
         problems: list[str] = []
         bad: list[str] = []
         parsed: list[_Parsed] = []
+        old_ts: dict[str, int] = {}  # latest time of each composer's unloaded (old) bubbles
         rows = sorted([*raw.scan.rows, *raw.pending_rows], key=lambda r: r[0])
         if not raw.targeted:
             for key in set(pending) - {r[1] for r in rows}:
@@ -129,6 +141,11 @@ class GlobalBubbles:
                 continue
             if value is None:
                 pending.pop(key, None)  # NULL: deleted or empty draft; nothing to send
+                continue
+            if isinstance(value, OldRow):  # outside the sync window: only its time was read
+                pending.pop(key, None)
+                if (ts := iso_ms(value.created_at)) is not None:
+                    old_ts[ids[0]] = max(old_ts.get(ids[0], 0), ts)
                 continue
             try:
                 bubble = load_json(key, value)
@@ -142,7 +159,7 @@ class GlobalBubbles:
             parsed.append(_Parsed(rowid, key, ids[0], ids[1], bubble, bubble_time_ms(bubble)))
         problems.extend(summarise("bubbles", bad))
         # Latest time per composer (for untimed bubbles) and new bubbles (for "later_bubble").
-        composer_ts: dict[str, int] = {}
+        composer_ts: dict[str, int] = dict(old_ts)
         newest_new: dict[str, list[tuple[int, str]]] = {}
         for p in parsed:
             if p.ts is not None:
