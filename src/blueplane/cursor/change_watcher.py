@@ -92,7 +92,9 @@ class ChangeWatcher:
         self._failed: dict[Path, str] = {}  # folder -> why it is polled instead
         self._retry_at: float | None = None
         self._changed: set[Path] = set()
+        self._fs_types: dict[Path, str | None] = {}  # mounts do not change under a folder
         self._restart = asyncio.Event()
+        self.epoch = 0  # bumped whenever which folders are watched or polled changes
         self.wake = asyncio.Event()  # set when a watched folder changed
         self.batches = 0  # change batches received (after debouncing)
 
@@ -138,7 +140,9 @@ class ChangeWatcher:
         for folder in sorted(self._wanted):
             if folder in self._failed:
                 continue
-            fstype = self._fs_type(folder)
+            if folder not in self._fs_types:
+                self._fs_types[folder] = self._fs_type(folder)
+            fstype = self._fs_types[folder]
             if fstype in UNWATCHABLE_FS:
                 self._fail([folder], f"mount type {fstype}: file events do not cover it")
             elif not folder.is_dir():
@@ -158,6 +162,7 @@ class ChangeWatcher:
                 # no watcher ran (the restart) is found by one fingerprint check per folder.
                 self._good = set(targets)
                 self._changed.update(targets)
+                self.epoch += 1
                 self.wake.set()
             await wait_any([stop, self._restart], None)
             halt.set()
@@ -179,6 +184,7 @@ class ChangeWatcher:
             halt.set()
             relay_task.cancel()
             self._watched = set()
+            self.epoch += 1
 
     def _on_failure(self, targets: list[Path], exc: BaseException, ran_s: float) -> None:
         new = [d for d in targets if d not in self._good]
@@ -193,6 +199,7 @@ class ChangeWatcher:
         fresh = [d for d in folders if self._failed.get(d) != why]
         for d in folders:
             self._failed[d] = why
+        self.epoch += 1
         if fresh:
             shown = ", ".join(str(d) for d in fresh[:3]) + (" …" if len(fresh) > 3 else "")
             log.warning("change detection falls back to polling for %d folder(s) (%s): %s",

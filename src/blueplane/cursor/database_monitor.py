@@ -89,6 +89,9 @@ class CursorDatabaseMonitor:
         self._wake = asyncio.Event()  # a target's read finished: reschedule
         self._sem = asyncio.Semaphore(config.max_concurrent_workspaces)
         self._active_seen: frozenset[tuple[str, str]] = frozenset()
+        # Whether the watched folders or their modes may have changed since the last sync.
+        self._watch_synced: tuple[int, int] | None = None
+        self._mapping_epoch = 0
         self.polls = 0  # scheduling rounds run (tests wait on it)
 
     @property
@@ -172,10 +175,15 @@ class CursorDatabaseMonitor:
                     if key in self._targets:
                         self._targets[key].dirty = True
         for h in active:
-            self._targets.setdefault(h, _Target())
+            if h not in self._targets:
+                self._targets[h] = _Target()
+                self._mapping_epoch += 1
         seen = frozenset((h, s[-1].session_id) for h, s in active.items())
         if active:
-            glob = self._targets.setdefault(GLOBAL, _Target())
+            if GLOBAL not in self._targets:
+                self._targets[GLOBAL] = _Target()
+                self._mapping_epoch += 1
+            glob = self._targets[GLOBAL]
             if seen != self._active_seen:
                 glob.dirty = True  # a new session: its composers are re-read at once
         self._active_seen = seen
@@ -184,7 +192,10 @@ class CursorDatabaseMonitor:
                 target.dirty = False
                 target.task = asyncio.create_task(self._read_target(key, active))
                 target.task.add_done_callback(lambda _t: self._wake.set())
-        self._sync_watch()
+        epochs = (self._mapping_epoch, self.watcher.epoch if self.watcher is not None else 0)
+        if epochs != self._watch_synced:
+            self._sync_watch()
+            self._watch_synced = epochs
         self.polls += 1
         c = self._component
         c.set_counter("reads", self.poller.reads)
@@ -203,6 +214,8 @@ class CursorDatabaseMonitor:
                 continue
             target.task = None
             target.due = now + self._interval(key, target)
+            if key == GLOBAL:
+                self._mapping_epoch += 1  # a global database may have appeared or gone
             exc = None if task.cancelled() else task.exception()
             if isinstance(exc, REDIS_DOWN):
                 raise exc
@@ -302,6 +315,7 @@ class CursorDatabaseMonitor:
             self._cancel(gone)
 
     def _cancel(self, key: str) -> None:
+        self._mapping_epoch += 1
         target = self._targets.pop(key, None)
         if target is not None and target.task is not None:
             target.task.cancel()
@@ -351,6 +365,7 @@ class CursorDatabaseMonitor:
             wh.database = str(mapping.database)
             wh.storage_id = mapping.storage_id
             wh.mapping_strategy = mapping.strategy
+            self._mapping_epoch += 1  # a new folder to watch
             glob = self._targets.get(GLOBAL)
             if glob is not None:
                 glob.dirty = True  # its conversations in the global database can be routed now
@@ -369,6 +384,7 @@ class CursorDatabaseMonitor:
         published = await self.poller.poll(state, wh, lambda _item: dest)
         wh.active_reason = self.sessions.active_reason(workspace_hash)
         if state.missing:
+            self._mapping_epoch += 1
             self._states.pop(workspace_hash, None)
             self.mapper.invalidate(workspace_hash)
         if published is not None and state.fingerprint != before:
