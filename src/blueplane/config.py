@@ -41,7 +41,7 @@ class CursorDatabaseMonitorConfig(_Section):
     # the timed poll above is only the safety net for missed events. False: poll only.
     watch_files: bool = True
     # A burst of writes within this window costs one read, not one per write.
-    watch_debounce_ms: int = Field(30, ge=1, le=1000)
+    watch_debounce_ms: int = Field(50, ge=1, le=1000)
     # Poll interval for databases whose folder cannot be watched (watch limit, network mounts).
     fallback_poll_seconds: float = Field(1.0, gt=0)
     # Full prompt/response text in traces (the proposal sends it). False keeps lengths and hashes.

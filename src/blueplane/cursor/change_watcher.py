@@ -172,7 +172,7 @@ class ChangeWatcher:
         try:
             async for changes in self._watch(
                 *targets, watch_filter=_db_file, debounce=self.debounce_ms,
-                step=min(self.debounce_ms, 20), stop_event=halt, recursive=False,
+                step=self.debounce_ms, stop_event=halt, recursive=False,
             ):  # fmt: skip
                 for _change, path in changes:
                     self._changed.add(Path(path).parent)
