@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.logging import RichHandler
@@ -28,7 +27,7 @@ from blueplane.broker import REDIS_DOWN, make_client, resolve_client_url
 from blueplane.config import ConfigError, Settings, load_settings
 from blueplane.cursor.paths import resolve_user_dirs
 from blueplane.cursor.schema_detector import SchemaDetector
-from blueplane.cursor.session_monitor import SESSIONS_KEY
+from blueplane.cursor.session_monitor import SessionMonitor
 from blueplane.cursor.sqlite_ro import (
     CursorDbError,
     DatabaseMissing,
@@ -39,6 +38,8 @@ from blueplane.cursor.sqlite_ro import (
 from blueplane.cursor.workspace_mapper import WorkspaceMapper
 from blueplane.dlq_cli import dlq_app
 from blueplane.events import SessionEvent, iso_from_ms, normalise_workspace_path, workspace_hash
+from blueplane.fast_path.consumer import group_stats
+from blueplane.fast_path.dead_letters import dead_letter_count
 from blueplane.store import TraceStore
 
 app = typer.Typer(
@@ -127,37 +128,15 @@ async def _stream_stats(settings: Settings) -> dict[str, Any]:
     stats: dict[str, Any] = {"url": url, "reachable": False}
     try:
         stats["stream_length"] = int(await client.xlen(stream))
-        stats["dead_letter_length"] = int(await client.xlen(fp.dead_letter_stream))
+        stats["dead_letter_length"] = await dead_letter_count(client, fp.dead_letter_stream)
         stats["reachable"] = True
-        groups = (
-            await client.xinfo_groups(stream)
-            if stats["stream_length"] or await client.exists(stream)
-            else []
-        )
-        for g in groups:
-            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-            if name == fp.group:
-                stats["pending"] = int(g["pending"])
-                lag = g.get("lag")
-                if lag is None:  # Redis < 7 does not report it (the bundled 6.2): count it
-                    lag = await _count_after(client, stream, g["last-delivered-id"])
-                stats["consumer_lag"] = int(lag) if lag is not None else None
-        stats["active_sessions"] = int(await client.hlen(SESSIONS_KEY))
+        stats.update(await group_stats(client, stream, fp.group))
+        stats["active_sessions"] = await SessionMonitor.stored_session_count(client)
     except (*REDIS_DOWN, RedisError) as exc:
         stats["error"] = str(exc)
     finally:
         await client.aclose()
     return stats
-
-
-LAG_COUNT_CAP = 100_000
-
-
-async def _count_after(client: Redis, stream: str, last_id: bytes | str) -> int | None:
-    """Entries after ``last_id`` (capped), for servers that do not report a group's lag."""
-    start = "(" + (last_id.decode() if isinstance(last_id, bytes) else str(last_id))
-    entries = await client.xrange(stream, min=start, max="+", count=LAG_COUNT_CAP)
-    return len(entries)
 
 
 @app.command()
@@ -299,9 +278,9 @@ def _active_hashes(settings: Settings) -> set[str]:
     async def go() -> set[str]:
         client = make_client(await resolve_client_url(settings))
         try:
-            values = await client.hvals(SESSIONS_KEY)
-            return {json.loads(v).get("workspace_hash", "") for v in values}
-        except (*REDIS_DOWN, RedisError, json.JSONDecodeError):
+            sessions = await SessionMonitor.stored_sessions(client)
+            return {s.workspace_hash for s in sessions.values()}
+        except (*REDIS_DOWN, RedisError):
             return set()
         finally:
             await client.aclose()
@@ -407,14 +386,8 @@ async def _send(settings: Settings, event: SessionEvent) -> str:
 async def _sessions_of(settings: Settings, whash: str) -> list[str]:
     client = make_client(await resolve_client_url(settings))
     try:
-        found = []
-        for sid, value in (await client.hgetall(SESSIONS_KEY)).items():
-            try:
-                if json.loads(value).get("workspace_hash") == whash:
-                    found.append(sid.decode())
-            except json.JSONDecodeError:
-                continue
-        return found
+        sessions = await SessionMonitor.stored_sessions(client)
+        return [sid for sid, s in sessions.items() if s.workspace_hash == whash]
     except (*REDIS_DOWN, RedisError):
         return []
     finally:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from blueplane.publisher import watermark_key
+from blueplane.keys import watermark_key
 from tests.conftest import BlueplaneEnv, ServerProcess, wait_until
 from tests.fixtures.cursor_db import UserDir, make_generation, now_ms
 from tests.integration.reliability_support import (

@@ -63,7 +63,7 @@ async def test_named_url_is_used_even_if_down(
 async def test_consumer_lag_is_counted_where_redis_does_not_report_it(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
-    from blueplane.cli import _count_after
+    from blueplane.fast_path.consumer import count_after as _count_after
 
     client = aioredis.Redis.from_url(redis_url)
     ids = [await client.xadd("s", {"n": str(i)}) for i in range(5)]
