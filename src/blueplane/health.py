@@ -133,12 +133,14 @@ class Health:
         write_json_atomic(path, self.snapshot())
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, *, indent: int = 2, sort_keys: bool = False) -> None:
+    """Write ``data`` as JSON so a reader sees the old file or the new one, never a part:
+    a temporary file beside it, then ``os.replace``; the temporary file is removed on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
+            json.dump(data, fh, indent=indent, sort_keys=sort_keys)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
