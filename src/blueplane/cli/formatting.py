@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import filesize
+
 
 def size(n: int | None) -> str:
-    """A byte count for a table (``-`` when unknown)."""
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    """A byte count for a table (``-`` when unknown), in SI units as ``ls -h --si`` shows."""
+    return "-" if n is None else filesize.decimal(n)
 
 
 def component_line(name: str, comp: dict[str, Any]) -> str:
