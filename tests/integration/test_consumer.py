@@ -1,4 +1,4 @@
-"""FastPathConsumer against a real Redis (DB 13) and a real store: exactly once, never stuck.
+"""FastPathConsumer against the test Redis and a real store: exactly once, never stuck.
 
 Decision on unknown event types: ``telemetry:events`` is shared with the editor extension's
 hook events (``pre_tool_use``, ``after_file_edit``, …), which this server does not interpret

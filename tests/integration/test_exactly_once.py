@@ -1,9 +1,9 @@
 """Exactly once onto the stream and into the store, through restarts and SIGKILLs.
 
-``blueplane run`` as a child process on Redis DB 13; Cursor played by real SQLite files and,
-for the crash test, by ``bench/cursor_writer.py`` in its own process with ``--ids-file`` (every
-committed generation id, fsynced), so the test knows exactly what Cursor wrote whatever was
-killed when.
+``blueplane run`` as a child process on the test Redis (a private server, tests/conftest.py);
+Cursor played by real SQLite files and, for the crash test, by ``bench/cursor_writer.py`` in
+its own process with ``--ids-file`` (every committed generation id, fsynced), so the test knows
+exactly what Cursor wrote whatever was killed when.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 SIGTERM, and a live Cursor-like writer that must never see a busy error.
 
 Tests that stop Redis run their own ``redis-server`` (``OwnRedis``: fixed port, append-only
-file) and never touch the machine's. The others use logical DB 13.
+file) and never touch the machine's. The others use the test Redis (tests/conftest.py).
 """
 
 from __future__ import annotations
