@@ -15,9 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, STREAM
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_CONFIG_FILE = Path("config/blueplane.yaml")
-STREAM = "telemetry:events"
 
 
 class ConfigError(Exception):
@@ -60,7 +61,7 @@ class RedisConfig(_Section):
 
 class FastPathConfig(_Section):
     enabled: bool = True
-    group: str = "blueplane-fast-path"
+    group: str = FAST_PATH_GROUP
     consumer: str = "fast-path-1"
     # Entries read, stored (one transaction) and acknowledged (one XACK) at a time.
     batch_size: int = Field(1000, ge=1)
@@ -69,7 +70,7 @@ class FastPathConfig(_Section):
     # has not acknowledged or the session monitor has not read. Applies with enabled: false too.
     max_stream_length: int = Field(100_000, ge=100)
     trim_interval_seconds: float = Field(10.0, gt=0)
-    dead_letter_stream: str = "telemetry:dead_letter"
+    dead_letter_stream: str = DEAD_LETTER_STREAM
     # Cap of the dead-letter stream (approximate MAXLEN: the oldest dead letters go first).
     dead_letter_max_length: int = Field(10_000, ge=1)
     # A store that cannot be written: retry the batch (kept pending) after this, doubling...

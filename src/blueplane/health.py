@@ -144,13 +144,19 @@ class Health:
         write_json_atomic(path, self.snapshot())
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(
+    path: Path, data: Any, *, indent: int | None = None, sort_keys: bool = False
+) -> None:
+    """Write ``data`` as JSON so a reader sees the old file or the new one, never a part:
+    a temporary file beside it, then ``os.replace``; the temporary file is removed on error."""
+    sep = (",", ":") if indent is None else (",", ": ")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            # dumps, compact: the C encoder (json.dump and indent use the pure-Python one).
-            fh.write(json.dumps(data, separators=(",", ":")))
+            # Compact by default: dumps with indent=None uses the C encoder; json.dump and any
+            # indent use the pure-Python one (status.json of 100 workspaces, written often).
+            fh.write(json.dumps(data, indent=indent, sort_keys=sort_keys, separators=sep))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,7 +10,6 @@ when its holder was on this host and its pid is gone; otherwise it expires with 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from redis.exceptions import RedisError
 from blueplane.aio import sleep_or_stop
 from blueplane.broker import REDIS_DOWN
 from blueplane.events import iso_now
-from blueplane.publisher import KEY_PREFIX
+from blueplane.keys import lock_key
 
 log = logging.getLogger("blueplane.instance_lock")
 
@@ -55,11 +54,6 @@ if not v then
 end
 return 0
 """
-
-
-def lock_key(home: Path) -> str:
-    digest = hashlib.sha256(str(home.expanduser().resolve()).encode("utf-8")).hexdigest()
-    return f"{KEY_PREFIX}lock:{digest[:16]}"
 
 
 def pid_alive(pid: int) -> bool:

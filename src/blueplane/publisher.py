@@ -12,7 +12,6 @@ the watermark behind: the restart re-reads, and the dedup keys stop the repeats.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -24,10 +23,10 @@ from pydantic_core import PydanticSerializationError
 
 from blueplane.cursor.layouts.base import TraceItem, Watermark
 from blueplane.events import TRACE_VERSION, TraceEvent, TraceMetadata, iso_from_ms, iso_now
+from blueplane.keys import dedup_key, revision_key, watermark_key
 
 log = logging.getLogger("blueplane.publisher")
 
-KEY_PREFIX = "blueplane:"
 # Events per script run: one run of 250 ~1 KB events takes about 3 ms in Redis (other clients
 # wait that long at most) while the round-trips stay few; see bench/bench_publish.py.
 CHUNK = 250
@@ -115,23 +114,6 @@ def _json(model: BaseModel) -> str:
         return model.model_dump_json(exclude_none=True)
     except PydanticSerializationError:
         return json.dumps(model.model_dump(mode="json", exclude_none=True), separators=(",", ":"))
-
-
-def database_key(path: str) -> str:
-    return hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
-
-
-def watermark_key(db_path: str) -> str:
-    return f"{KEY_PREFIX}watermarks:{database_key(db_path)}"
-
-
-def dedup_key(workspace_hash: str, dedup_id: str) -> str:
-    return f"{KEY_PREFIX}dedup:{workspace_hash}:{dedup_id}"
-
-
-def revision_key(db_path: str, layout: str, item: str) -> str:
-    """Where the last ``[hash, revision]`` sent for one item of a database's layout is kept."""
-    return f"{KEY_PREFIX}rev:{database_key(db_path)}:{layout}:{item}"
 
 
 @dataclass(frozen=True)

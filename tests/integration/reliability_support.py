@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import socket
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
 
 from blueplane.broker import BundledRedis
-from tests.conftest import BlueplaneEnv
+from tests.conftest import BlueplaneEnv, wait_until
 
 STREAM = "telemetry:events"
 DEAD_LETTER = "telemetry:dead_letter"
@@ -126,3 +127,22 @@ def status_json(home: Path) -> dict[str, Any]:
         return json.loads((home / "status.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def wait_for_polls_after_now(home: Path, timeout: float = 15.0) -> None:
+    """Wait until the server has checked every monitored workspace again after this moment.
+
+    Replaces "sleep, then assert nothing was re-sent": on a slow machine a fixed sleep may
+    cover no poll at all, and the assertion then checks nothing. ``last_check`` is stamped at
+    every read cycle (even of an unchanged database) and shows in ``status.json`` at its next
+    write (every 2 s), so a later ``last_check`` proves a poll ran over the current state.
+    """
+    since = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def all_checked_again() -> bool:
+        workspaces = status_json(home).get("workspaces", {})
+        return bool(workspaces) and all(
+            (w.get("last_check") or "") > since for w in workspaces.values()
+        )
+
+    wait_until(all_checked_again, timeout=timeout, what=f"every workspace polled after {since}")

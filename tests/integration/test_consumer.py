@@ -1,4 +1,4 @@
-"""FastPathConsumer against a real Redis (DB 13) and a real store: exactly once, never stuck.
+"""FastPathConsumer against the test Redis and a real store: exactly once, never stuck.
 
 Decision on unknown event types: ``telemetry:events`` is shared with the editor extension's
 hook events (``pre_tool_use``, ``after_file_edit``, …), which this server does not interpret
@@ -23,11 +23,11 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from blueplane.config import FastPathConfig
-from blueplane.cursor.session_monitor import POSITION_KEY
 from blueplane.events import TraceEvent, TraceMetadata
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, FastPathConsumer
 from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
+from blueplane.keys import POSITION_KEY
 from blueplane.store import TraceStore
 from tests.conftest import BlueplaneEnv
 from tests.integration.reliability_support import (

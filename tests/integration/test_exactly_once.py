@@ -1,9 +1,9 @@
 """Exactly once onto the stream and into the store, through restarts and SIGKILLs.
 
-``blueplane run`` as a child process on Redis DB 13; Cursor played by real SQLite files and,
-for the crash test, by ``bench/cursor_writer.py`` in its own process with ``--ids-file`` (every
-committed generation id, fsynced), so the test knows exactly what Cursor wrote whatever was
-killed when.
+``blueplane run`` as a child process on the test Redis (a private server, tests/conftest.py);
+Cursor played by real SQLite files and, for the crash test, by ``bench/cursor_writer.py`` in
+its own process with ``--ids-file`` (every committed generation id, fsynced), so the test knows
+exactly what Cursor wrote whatever was killed when.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from blueplane.publisher import watermark_key
+from blueplane.keys import watermark_key
 from tests.conftest import BlueplaneEnv, ServerProcess, wait_until
 from tests.fixtures.cursor_db import UserDir, make_generation, now_ms
 from tests.integration.reliability_support import (
     project,
     store_generation_ids,
     stream_generation_ids,
+    wait_for_polls_after_now,
 )
 
 pytestmark = pytest.mark.integration
@@ -77,7 +78,7 @@ def test_restart_inside_the_dedup_window_sends_nothing_twice(
     sp = ServerProcess(env).start()
     second = _ids(ws.db.append_generations(2))
     wait_until(lambda: sum(store_generation_ids(env.home).values()) >= 5, what="5 stored")
-    time.sleep(0.5)  # several more polls: a re-send would show up now
+    wait_for_polls_after_now(env.home)  # a re-send would show up now
     assert sp.stop() == 0
     _exactly_once(redis_client, env.home, first + second)
 
@@ -105,7 +106,7 @@ def test_restart_after_a_stop_sends_everything_missed_within_the_sync_window(
     wait_until(
         lambda: sum(store_generation_ids(env.home).values()) == 14, what="12 missed caught up"
     )
-    time.sleep(0.5)
+    wait_for_polls_after_now(env.home)
     assert sp.stop() == 0
     _exactly_once(redis_client, env.home, first + missed)
 
@@ -164,7 +165,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         timeout=60,
         what=f"all {len(written)} generations in the store after the last restart",
     )
-    time.sleep(0.5)
+    wait_for_polls_after_now(env.home)
     assert final.stop() == 0
     on_stream = stream_generation_ids(redis_client)
     in_store = store_generation_ids(env.home)

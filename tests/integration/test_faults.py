@@ -2,7 +2,7 @@
 SIGTERM, and a live Cursor-like writer that must never see a busy error.
 
 Tests that stop Redis run their own ``redis-server`` (``OwnRedis``: fixed port, append-only
-file) and never touch the machine's. The others use logical DB 13.
+file) and never touch the machine's. The others use the test Redis (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from tests.integration.reliability_support import (
     status_json,
     store_generation_ids,
     stream_generation_ids,
+    wait_for_polls_after_now,
 )
 
 pytestmark = pytest.mark.integration
@@ -122,7 +123,7 @@ def test_redis_outage_waits_with_backoff_says_so_and_catches_up(
         wait_until(lambda n=name: _component(env, n) == "ok", what=f"{name} ok again")
     after = _ids(ws.db.append_generations(2))
     wait_until(lambda: _stored(env) == 12, what="new generations after recovery")
-    time.sleep(0.5)
+    wait_for_polls_after_now(env.home)
     assert sp.stop() == 0
     print(f"redis outage: down {OUTAGE_S:g} s, caught up {recovery_s:.2f} s after it came back")
     _assert_exactly_once(own_redis.client(), env, before + during + after)
@@ -156,7 +157,7 @@ def test_redis_restarts_under_a_live_writer_lose_and_duplicate_nothing(
         timeout=40,
         what="every written generation stored",
     )
-    time.sleep(0.5)
+    wait_for_polls_after_now(env.home)
     assert sp.stop() == 0
     _assert_exactly_once(own_redis.client(), env, written)
 
@@ -290,7 +291,7 @@ def test_database_deleted_replaced_or_vacuumed_is_reread_from_the_right_place(
         new = db.append_generations(2)
     expected += _ids(new)
     wait_until(lambda: _stored(env) == len(expected), what=f"new generations after {how}")
-    time.sleep(0.5)
+    wait_for_polls_after_now(env.home)
     assert sp.stop() == 0
     _assert_exactly_once(redis_client, env, expected)
 

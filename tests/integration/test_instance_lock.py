@@ -12,7 +12,8 @@ from collections.abc import Callable
 import pytest
 import redis as sync_redis
 
-from blueplane.instance_lock import LOCK_TTL_S, Holder, lock_key
+from blueplane.instance_lock import LOCK_TTL_S, Holder
+from blueplane.keys import lock_key
 from tests.conftest import BlueplaneEnv, ServerProcess, wait_until
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tests.fixtures.cursor_db import (
     make_prompt,
     snapshot_files,
 )
-from tests.integration.reliability_support import free_port
+from tests.integration.reliability_support import free_port, wait_for_polls_after_now
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +118,12 @@ def test_session_end_stops_monitoring(bp_env: BlueplaneEnv, server, tmp_path: Pa
     folder = _project(tmp_path, "p")
     ws = ud.add_workspace(folder)
     ws.db.append_generations(1)
+    # A second, still active workspace: its polls prove the monitor kept polling meanwhile.
+    witness_folder = _project(tmp_path, "witness")
+    ud.add_workspace(witness_folder)
     sp: ServerProcess = server()
     bp_env.cli("session", "start", "--workspace", folder, "--session-id", "a")
+    bp_env.cli("session", "start", "--workspace", witness_folder, "--session-id", "w")
     wait_until(lambda: len(bp_env.traces()) == 1, what="first generation")
     bp_env.cli("session", "end", "--workspace", folder)
     wait_until(lambda: "monitoring stopped" in sp.log(), what="monitoring to stop")
@@ -130,7 +133,7 @@ def test_session_end_stops_monitoring(bp_env: BlueplaneEnv, server, tmp_path: Pa
         lambda: ws.workspace_hash not in bp_env.cli_json("status")["workspaces"],
         what="the ended workspace to leave status",
     )
-    time.sleep(1.0)  # five polls at 0.2 s
+    wait_for_polls_after_now(bp_env.home)  # the witness was polled after the write
     assert len(bp_env.traces()) == 1
 
 

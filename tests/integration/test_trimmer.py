@@ -10,9 +10,9 @@ import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 
-from blueplane.cursor.session_monitor import POSITION_KEY
 from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
+from blueplane.keys import POSITION_KEY
 from tests.conftest import BlueplaneEnv, wait_until
 from tests.integration.reliability_support import STREAM
 from tests.integration.test_consumer import trace_fields

@@ -63,7 +63,7 @@ async def test_named_url_is_used_even_if_down(
 async def test_consumer_lag_is_counted_where_redis_does_not_report_it(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
-    from blueplane.cli import _count_after
+    from blueplane.fast_path.consumer import count_after as _count_after
 
     client = aioredis.Redis.from_url(redis_url)
     ids = [await client.xadd("s", {"n": str(i)}) for i in range(5)]
@@ -105,3 +105,11 @@ def test_eviction_warning_names_the_policy() -> None:
     assert facts.eviction_warning is not None
     assert "allkeys-lru" in facts.eviction_warning
     assert "unknown" in (broker.RedisFacts("7.0.15", "unknown").eviction_warning or "")
+
+
+def test_sizes_are_shown_in_si_units():
+    from blueplane.cli.formatting import size
+
+    assert [size(None), size(0), size(999), size(123_456), size(5 * 10**9)] == [
+        "-", "0 bytes", "999 bytes", "123.5 kB", "5.0 GB",
+    ]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -202,3 +203,62 @@ async def test_ending_a_session_forgets_even_an_unmapped_workspace(tmp_path: Pat
     await rig.sessions.read_once()
     await rig.monitor.poll_once()
     assert h not in rig.health.workspaces
+
+
+async def _wait_for(pred, what: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return got
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_the_production_scheduler_captures_and_leaves_an_idle_database_unread(
+    tmp_path: Path, client
+) -> None:
+    """``run`` → ``_schedule`` (not ``poll_once``): sessions wake it, timed polls keep coming,
+    and an unchanged database is checked by fingerprint only, never opened again."""
+    rig = Rig(tmp_path, client, poll_interval_seconds=0.05, watch_files=False)
+    a, b = rig.project("a"), rig.project("b")
+    a.db.append_generations(2)
+    b.db.append_generations(1)
+    await rig.sessions.load()
+    mon, stop = rig.monitor, asyncio.Event()
+    task = asyncio.create_task(mon.run(stop))
+    try:
+        await rig.start(a, "sa")
+        await rig.start(b, "sb")
+
+        async def n_traces() -> int:
+            return len(await rig.traces())
+
+        await _wait_for(lambda: _eq(n_traces(), 3), "both workspaces captured")
+        cycles = mon.poller.cycles
+        await _wait_for(lambda: mon.poller.cycles >= cycles + 4, "a few more cycles")
+        reads, polls, cycles = mon.reads, mon.polls, mon.poller.cycles
+        await _wait_for(
+            lambda: mon.poller.cycles >= cycles + 20 and mon.polls >= polls + 10,
+            "twenty more read cycles over the idle databases",
+        )
+        assert mon.reads == reads  # fingerprints unchanged: nothing was opened
+        assert await n_traces() == 3
+        assert {rig.health.workspaces[w.workspace_hash].status for w in (a, b)} == {"idle"}
+
+        gen = a.db.append_generations(1)[0]
+
+        async def captured() -> bool:
+            return any(t["generation_id"] == gen["generationUUID"] for t in await rig.traces())
+
+        await _wait_for(captured, "the new generation captured by a timed poll")
+        assert mon.reads > reads and await n_traces() == 4
+    finally:
+        stop.set()
+        await task
+
+
+async def _eq(value, expected) -> bool:  # type: ignore[no-untyped-def]
+    return await value == expected

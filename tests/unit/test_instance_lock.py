@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from blueplane.instance_lock import Holder, InstanceLock, InstanceLocked, lock_key, pid_alive
+from blueplane.instance_lock import Holder, InstanceLock, InstanceLocked, pid_alive
+from blueplane.keys import lock_key
 
 
 def _alive(_pid: int) -> bool:

@@ -487,12 +487,9 @@ def test_auth_keys_are_never_read(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the real 2024 database
 
-REAL = Path("/work/shared/fixtures/real/cursor-2024-workspace/state.vscdb")
 
-
-@pytest.mark.skipif(not REAL.is_file(), reason=f"real Cursor sample absent: {REAL}")
-def test_real_2024_database_captured_completely() -> None:
-    uri = f"file:{REAL}?mode=ro"
+def test_real_2024_database_captured_completely(real_fixture: Path) -> None:
+    uri = f"file:{real_fixture}?mode=ro"
     conn = sqlite3.connect(uri, uri=True)
     try:
         det = SchemaDetector().detect(conn)

@@ -85,7 +85,7 @@ class Rig:
 
 
 def _db_key(rig: Rig) -> str:
-    from blueplane.publisher import database_key
+    from blueplane.keys import database_key
 
     return database_key(str(rig.glob.path))
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from blueplane.cursor.session_monitor import ACTIVITY_KEY, SESSIONS_KEY, SessionMonitor
+from blueplane.cursor.session_monitor import SessionMonitor
 from blueplane.events import SessionEvent, parse_iso_ms, workspace_hash
 from blueplane.health import Health
+from blueplane.keys import ACTIVITY_KEY, SESSIONS_KEY
 
 STREAM = "telemetry:events"
 H = 3600.0

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from blueplane.cursor.session_monitor import POSITION_KEY, SESSIONS_KEY, SessionMonitor
+from blueplane.cursor.session_monitor import SessionMonitor
 from blueplane.events import SessionEvent
 from blueplane.health import Health
+from blueplane.keys import POSITION_KEY, SESSIONS_KEY
 
 STREAM = "telemetry:events"
 

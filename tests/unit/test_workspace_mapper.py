@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from blueplane.cursor import key_search
 from blueplane.cursor import workspace_mapper as wm
 from blueplane.cursor.workspace_mapper import WorkspaceMapper
 
@@ -163,7 +164,7 @@ def test_folder_name_fallback(user, cache):
 
 def test_key_search_uses_exact_keys_only(user, cache, monkeypatch):
     statements: list[str] = []
-    real_cls = wm.ReadOnlyDatabase
+    real_cls = key_search.ReadOnlyDatabase
 
     class Traced(real_cls):  # type: ignore[misc,valid-type]
         def read_sync(self, fn):
@@ -173,7 +174,7 @@ def test_key_search_uses_exact_keys_only(user, cache, monkeypatch):
 
             return super().read_sync(traced)
 
-    monkeypatch.setattr(wm, "ReadOnlyDatabase", Traced)
+    monkeypatch.setattr(key_search, "ReadOnlyDatabase", Traced)
     add_storage(
         user,
         "1" * 32,

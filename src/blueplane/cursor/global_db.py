@@ -51,7 +51,8 @@ from blueplane.cursor.sqlite_ro import (
     table_names,
 )
 from blueplane.health import Health
-from blueplane.publisher import KEY_PREFIX, Destination, database_key
+from blueplane.keys import attribution_key, database_key, parked_key
+from blueplane.publisher import Destination
 
 if TYPE_CHECKING:
     import sqlite3
@@ -65,14 +66,6 @@ log = logging.getLogger("blueplane.global_db")
 UNATTRIBUTED = "unattributed"
 # Rounds of one poll while a layout says it has more rows to read (catch-up of a big file).
 MAX_ROUNDS = 50
-
-
-def attribution_key(db_path: str) -> str:
-    return f"{KEY_PREFIX}attribution:{database_key(db_path)}"
-
-
-def parked_key(db_path: str) -> str:
-    return f"{KEY_PREFIX}parked:{database_key(db_path)}"
 
 
 class GlobalMapper(Protocol):

@@ -38,14 +38,10 @@ from blueplane.aio import sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.events import MalformedEntry, SessionEvent, iso_from_ms, iso_now, parse_iso_ms
 from blueplane.health import Health
+from blueplane.keys import ACTIVITY_KEY, POSITION_KEY, SESSIONS_KEY
 
 log = logging.getLogger("blueplane.session_monitor")
 
-SESSIONS_KEY = "blueplane:sessions"
-# Every stream entry up to this id has been examined (the stream trimmer relies on it).
-POSITION_KEY = "blueplane:sessions:last_id"
-# workspace_hash -> "<epoch seconds> <what>": the workspace's last activity, for expiry.
-ACTIVITY_KEY = "blueplane:sessions:activity"
 # Entries the Lua script examines per call (about 3 ms of Redis time for ~1 KB entries,
 # the fastest page size measured); a full page means more may follow at once.
 SCAN_PAGE = 1000
@@ -188,6 +184,23 @@ class SessionMonitor:
         self.changed = asyncio.Event()
 
     # ----------------------------------------------------------------- queries
+    @staticmethod
+    async def stored_sessions(redis: aioredis.Redis) -> dict[str, ActiveSession]:
+        """The sessions Redis holds as active, by session id, for readers outside the server
+        (the CLI); read-only: an unreadable entry is skipped here and dropped by ``load``."""
+        sessions: dict[str, ActiveSession] = {}
+        for sid, value in (await redis.hgetall(SESSIONS_KEY)).items():
+            try:
+                sessions[_text(sid)] = ActiveSession(**json.loads(value))
+            except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+                continue
+        return sessions
+
+    @staticmethod
+    async def stored_session_count(redis: aioredis.Redis) -> int:
+        """How many sessions Redis holds as active (readable or not)."""
+        return int(await redis.hlen(SESSIONS_KEY))
+
     def active_sessions(self) -> list[ActiveSession]:
         merged = dict(self._file_sessions)
         merged.update(self._redis_sessions)

@@ -497,3 +497,32 @@ def _cut(fields: dict[str, str]) -> bool:
 def _copy(fields: dict[Any, Any]) -> dict[str, str]:
     """The dead letter's copy of an entry: text, each value capped."""
     return {_text(k): _text(v)[:DEAD_LETTER_FIELD_CAP] for k, v in fields.items()}
+
+
+# At most this many entries are counted to find a group's lag on a server that does not report
+# it (Redis < 7, e.g. the bundled 6.2).
+LAG_COUNT_CAP = 100_000
+
+
+async def count_after(redis: aioredis.Redis, stream: str, last_id: bytes | str) -> int:
+    """Entries after ``last_id`` (capped), for servers that do not report a group's lag."""
+    start = "(" + (last_id.decode() if isinstance(last_id, bytes) else str(last_id))
+    entries = await redis.xrange(stream, min=start, max="+", count=LAG_COUNT_CAP)
+    return len(entries)
+
+
+async def group_stats(redis: aioredis.Redis, stream: str, group: str) -> dict[str, int | None]:
+    """``pending`` and ``consumer_lag`` of the consumer group ``group`` on ``stream``; empty
+    when the stream or the group does not exist (yet)."""
+    if not (await redis.xlen(stream) or await redis.exists(stream)):
+        return {}
+    stats: dict[str, int | None] = {}
+    for g in await redis.xinfo_groups(stream):
+        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        if name == group:
+            stats["pending"] = int(g["pending"])
+            lag = g.get("lag")
+            if lag is None:  # Redis < 7 does not report it (the bundled 6.2): count it
+                lag = await count_after(redis, stream, g["last-delivered-id"])
+            stats["consumer_lag"] = int(lag) if lag is not None else None
+    return stats

@@ -67,6 +67,11 @@ def parse_dead_letter(entry_id: Any, raw: dict[Any, Any]) -> DeadLetter:
     )
 
 
+async def dead_letter_count(redis: aioredis.Redis, stream: str) -> int:
+    """How many dead letters wait on ``stream``."""
+    return int(await redis.xlen(stream))
+
+
 async def iter_dead_letters(
     redis: aioredis.Redis, stream: str, limit: int | None = None
 ) -> AsyncIterator[DeadLetter]:

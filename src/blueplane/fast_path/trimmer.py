@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 
 from blueplane.aio import sleep_or_stop
 from blueplane.broker import REDIS_DOWN
-from blueplane.cursor.session_monitor import POSITION_KEY
 from blueplane.health import Health
+from blueplane.keys import POSITION_KEY
 
 log = logging.getLogger("blueplane.trimmer")
 

@@ -1,7 +1,4 @@
-"""``blueplane dlq list|replay``: look at the dead-letter stream and retry what it holds.
-
-Kept out of ``cli.py`` (one concept per module); ``cli.py`` only registers ``dlq_app``.
-"""
+"""``blueplane dlq list|replay``: look at the dead-letter stream and retry what it holds."""
 
 from __future__ import annotations
 
@@ -13,6 +10,7 @@ import typer
 from rich.table import Table
 
 from blueplane.broker import REDIS_DOWN, make_client, resolve_client_url
+from blueplane.cli.common import app, err, out, settings_or_exit
 from blueplane.config import Settings
 from blueplane.fast_path.dead_letters import ReplayResult, iter_dead_letters, replay
 
@@ -20,12 +18,7 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
     help="Entries the consumer could not store (telemetry:dead_letter): list and replay them.",
 )
-
-
-def _settings() -> Settings:
-    from blueplane import cli  # the shared --config option and its error handling
-
-    return cli._settings()
+app.add_typer(dlq_app, name="dlq")
 
 
 async def _with_client(settings: Settings, work: Any) -> Any:
@@ -34,8 +27,6 @@ async def _with_client(settings: Settings, work: Any) -> Any:
     try:
         return await work(client)
     except REDIS_DOWN as exc:
-        from blueplane.cli import err
-
         err.print(f"[red]error:[/red] Redis at {url} unreachable: {exc}", highlight=False)
         raise typer.Exit(1) from exc
     finally:
@@ -48,9 +39,7 @@ def dlq_list(
     limit: Annotated[int, typer.Option(min=1, help="At most N dead letters (oldest first).")] = 50,
 ) -> None:
     """Dead letters, oldest first: id, reason and the original entry's fields."""
-    from blueplane.cli import out
-
-    settings = _settings()
+    settings = settings_or_exit()
     stream = settings.fast_path.dead_letter_stream
 
     async def go(client: Any) -> list[dict[str, Any]]:
@@ -76,12 +65,10 @@ def dlq_replay(
     all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
 ) -> None:
     """Put dead letters back on the events stream (and delete them), one MULTI per entry."""
-    from blueplane.cli import err, out
-
     if bool(ids) == all_:
         err.print("[red]error:[/red] give dead-letter ids, or --all (not both)", highlight=False)
         raise typer.Exit(2)
-    settings = _settings()
+    settings = settings_or_exit()
     dead, target = settings.fast_path.dead_letter_stream, settings.redis.stream
 
     async def go(client: Any) -> ReplayResult:
