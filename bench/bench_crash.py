@@ -305,14 +305,17 @@ def phase_server_kills(
                 blueplane_cmd(), env=env.env(), stdout=out, stderr=subprocess.STDOUT,
                 cwd=env.home,
             )  # fmt: skip
-        time.sleep(rng.uniform(0.3, 2.0))
-        state = status_json(env.home).get("server", {}).get("state", "starting")
-        if proc.poll() is not None:  # a restart that failed: say so, the log says why
-            early_exits.append(int(proc.returncode))
-            continue
-        running += state == "running"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        try:
+            time.sleep(rng.uniform(0.3, 2.0))
+            state = status_json(env.home).get("server", {}).get("state", "starting")
+            if proc.poll() is not None:  # a restart that failed: say so, the log says why
+                early_exits.append(int(proc.returncode))
+                continue
+            running += state == "running"
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
     return {"server_kills": kills - len(early_exits), "kills_while_running": running,
             "restarts_that_exited_by_themselves": early_exits}  # fmt: skip
 
@@ -355,7 +358,7 @@ def phase_redis_kills(
         if cut_tail:
             with aof_tail(redis).open("r+b") as f:
                 f.truncate(size)
-        redis.start()
+        redis.start().wait_loaded()
         down_s.append(round(time.monotonic() - t0, 2))
         with redis.client() as c:
             after = int(c.xlen("telemetry:events"))
@@ -405,50 +408,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"workdir": str(tmp), "seed": args.seed}
     started = time.monotonic()
 
-    sp = ServerProcess(env).start()
-    for i, ws in enumerate((ws_wal, ws_del)):
-        env.cli("session", "start", "--workspace", str(ws.folder_path), "--session-id", f"c{i}")
+    all_writers: list[Writers] = []
 
-    # Phase A: the server SIGKILLed at random moments, restarted each time.
-    t0 = time.monotonic()
-    writers = Writers(writers_dbs, bubbles, tmp).start("A")
-    time.sleep(1.0)
-    sp.kill()
-    kills = phase_server_kills(env, args.kills, rng, log)
-    gens, bubs, codes = writers.stop()
-    sp = ServerProcess(env).start()
-    catch_up = settle(env, redis, gens, bubs)
-    with redis.client() as c:
-        a = count_phase("A", gens, bubs, stream_traces(c), store_traces(env.home))
-    a.update(kills, writer_exit_codes=codes, catch_up_seconds=catch_up,
-             seconds=round(time.monotonic() - t0, 1))  # fmt: skip
-    a["components_after"] = components(env.home)
-    result["server_sigkills"] = a
-    print_phase(a)
+    def track(w: Writers) -> Writers:
+        all_writers.append(w)
+        return w
 
-    for phase, key, n, cut in (
-        ("B", "redis_sigkills", args.redis_kills, False),
-        ("C", "redis_sigkills_aof_tail_lost", args.aof_losses, True),
-    ):
-        if n <= 0:
-            continue
-        # Redis SIGKILLed while the server keeps running (C: and its last second lost).
+    sp: ServerProcess | None = None
+    try:
+        sp = ServerProcess(env).start()
+        for i, ws in enumerate((ws_wal, ws_del)):
+            env.cli("session", "start", "--workspace", str(ws.folder_path), "--session-id", f"c{i}")
+
+        # Phase A: the server SIGKILLed at random moments, restarted each time.
         t0 = time.monotonic()
-        writers = Writers(writers_dbs, bubbles, tmp).start(phase)
+        writers = track(Writers(writers_dbs, bubbles, tmp)).start("A")
         time.sleep(1.0)
-        rk = phase_redis_kills(redis, sp, n, rng, cut_tail=cut)
+        sp.kill()
+        kills = phase_server_kills(env, args.kills, rng, log)
         gens, bubs, codes = writers.stop()
+        sp = ServerProcess(env).start()
         catch_up = settle(env, redis, gens, bubs)
         with redis.client() as c:
-            r = count_phase(phase, gens, bubs, stream_traces(c), store_traces(env.home))
-        r.update(rk, writer_exit_codes=codes, catch_up_seconds=catch_up,
+            a = count_phase("A", gens, bubs, stream_traces(c), store_traces(env.home))
+        a.update(kills, writer_exit_codes=codes, catch_up_seconds=catch_up,
                  seconds=round(time.monotonic() - t0, 1))  # fmt: skip
-        r["components_after"] = components(env.home)
-        result[key] = r
-        print_phase(r)
+        a["components_after"] = components(env.home)
+        result["server_sigkills"] = a
+        print_phase(a)
 
-    rc = sp.stop()
-    redis.stop()
+        for phase, key, n, cut in (
+            ("B", "redis_sigkills", args.redis_kills, False),
+            ("C", "redis_sigkills_aof_tail_lost", args.aof_losses, True),
+        ):
+            if n <= 0:
+                continue
+            # Redis SIGKILLed while the server keeps running (C: and its last second lost).
+            t0 = time.monotonic()
+            writers = track(Writers(writers_dbs, bubbles, tmp)).start(phase)
+            time.sleep(1.0)
+            rk = phase_redis_kills(redis, sp, n, rng, cut_tail=cut)
+            gens, bubs, codes = writers.stop()
+            catch_up = settle(env, redis, gens, bubs)
+            with redis.client() as c:
+                r = count_phase(phase, gens, bubs, stream_traces(c), store_traces(env.home))
+            r.update(rk, writer_exit_codes=codes, catch_up_seconds=catch_up,
+                     seconds=round(time.monotonic() - t0, 1))  # fmt: skip
+            r["components_after"] = components(env.home)
+            result[key] = r
+            print_phase(r)
+
+        rc = sp.stop()
+    finally:  # whatever failed, leave no process of ours running
+        for w in all_writers:
+            for p in w.procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=10)
+        bubbles.stop()
+        if sp is not None:
+            sp.kill()
+        redis.stop()
     result["server_exit_code"] = rc
     result["total_seconds"] = round(time.monotonic() - started, 1)
     if not args.keep:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,19 @@ class OwnRedis:
     def start(self) -> OwnRedis:
         self.server.start()
         return self
+
+    def wait_loaded(self, timeout: float = 30.0) -> None:
+        """Until Redis has loaded its AOF (it accepts connections, then answers LOADING)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                try:
+                    c.ping()
+                    return
+                except sync_redis.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): Redis fsyncs its AOF before exiting."""
