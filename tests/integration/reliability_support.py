@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,19 @@ def free_port() -> int:
 class OwnRedis:
     """The bundled server, which a test may stop and start again on the same port with its data."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.server = BundledRedis(data_dir, port=port or free_port(), appendfsync="always")
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendfsync: str = "always",
+        binary: Path | None = None,
+    ) -> None:
+        # "always" by default: the tests count every write; bench/bench_crash.py passes the
+        # bundled server's own "everysec" to measure what a Redis SIGKILL really costs.
+        self.server = BundledRedis(
+            data_dir, port=port or free_port(), appendfsync=appendfsync, binary=binary
+        )
 
     @property
     def port(self) -> int:
@@ -47,9 +60,29 @@ class OwnRedis:
         self.server.start()
         return self
 
+    def wait_loaded(self, timeout: float = 30.0) -> None:
+        """Until Redis has loaded its AOF (it accepts connections, then answers LOADING)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                try:
+                    c.ping()
+                    return
+                except sync_redis.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+
     def stop(self) -> None:
         """Graceful stop (SIGTERM): Redis fsyncs its AOF before exiting."""
         self.server.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: no AOF fsync on the way out (what a crash or an OOM kill does)."""
+        proc = self.server.process
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
     def client(self) -> sync_redis.Redis:
         return sync_redis.Redis.from_url(self.url, decode_responses=True)
@@ -120,6 +153,69 @@ def store_generation_ids(home: Path, trace_type: str | None = "generation") -> C
     finally:
         conn.close()
     return Counter(r[0] for r in rows)
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One ``database_trace`` as seen on the stream or in the store, for duplicate counts."""
+
+    event_id: str
+    trace_type: str
+    generation_id: str
+    item_key: str
+    revision: int
+    workspace_hash: str
+
+
+def stream_traces(client: sync_redis.Redis) -> list[TraceEntry]:
+    """Every ``database_trace`` entry on the stream, in stream order (duplicates kept)."""
+    out: list[TraceEntry] = []
+    last = "-"
+    while True:
+        batch = client.xrange(STREAM, min=last, max="+", count=5000)
+        if last != "-":
+            batch = batch[1:]
+        if not batch:
+            return out
+        for _id, fields in batch:
+            if fields.get("event_type") != "database_trace":
+                continue
+            p = json.loads(fields["payload"])
+            meta = json.loads(fields.get("metadata") or "{}")
+            gen = str(p.get("generation_id"))
+            out.append(
+                TraceEntry(
+                    event_id=fields["event_id"],
+                    trace_type=str(p.get("trace_type")),
+                    generation_id=gen,
+                    item_key=str(p.get("item_id") or gen),
+                    revision=int(p.get("revision") or 0),
+                    workspace_hash=str(meta.get("workspace_hash")),
+                )
+            )
+        last = batch[-1][0]
+
+
+def store_traces(home: Path) -> list[TraceEntry]:
+    """Every ``database_trace`` row of the store, read read-only (the server may be running)."""
+    import sqlite3
+
+    db = home / "telemetry.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute(
+            "SELECT event_id, trace_type, generation_id, item_key, revision, workspace_hash"
+            " FROM events"
+            " WHERE event_type='database_trace'"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [
+        TraceEntry(str(e), str(t), str(g), str(k or g), int(r or 0), str(w))
+        for e, t, g, k, r, w in rows
+    ]
 
 
 def status_json(home: Path) -> dict[str, Any]:
