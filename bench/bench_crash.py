@@ -58,6 +58,7 @@ from tests.fixtures.cursor_db import (  # noqa: E402
 from tests.integration.reliability_support import (  # noqa: E402
     OwnRedis,
     TraceEntry,
+    aof_tail,
     own_env,
     project,
     status_json,
@@ -318,14 +319,6 @@ def phase_server_kills(
                 proc.wait(timeout=10)
     return {"server_kills": kills - len(early_exits), "kills_while_running": running,
             "restarts_that_exited_by_themselves": early_exits}  # fmt: skip
-
-
-def aof_tail(redis: OwnRedis) -> Path:
-    """The AOF file Redis appends to (Redis 7: the last ``type i`` file of the manifest)."""
-    folder = redis.server.data_dir / "appendonlydir"
-    manifest = next(folder.glob("*.manifest")).read_text().split("\n")
-    incr = [line.split()[1] for line in manifest if line.endswith("type i")]
-    return folder / incr[-1]
 
 
 def last_id(redis: OwnRedis) -> str:

@@ -242,3 +242,14 @@ def wait_for_polls_after_now(home: Path, timeout: float = 15.0) -> None:
         )
 
     wait_until(all_checked_again, timeout=timeout, what=f"every workspace polled after {since}")
+
+
+def aof_tail(redis: OwnRedis) -> Path:
+    """The AOF file Redis appends to (Redis 7: the last ``type i`` file of the manifest;
+    Redis 6: ``appendonly.aof`` itself)."""
+    folder = redis.server.data_dir / "appendonlydir"
+    if not folder.is_dir():
+        return next(redis.server.data_dir.glob("*.aof"))
+    manifest = next(folder.glob("*.manifest")).read_text().split("\n")
+    incr = [line.split()[1] for line in manifest if line.endswith("type i")]
+    return folder / incr[-1]

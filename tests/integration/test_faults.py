@@ -35,6 +35,7 @@ from tests.fixtures.cursor_db import (
 )
 from tests.integration.reliability_support import (
     OwnRedis,
+    aof_tail,
     own_env,
     project,
     status_json,
@@ -369,3 +370,39 @@ def test_live_writer_sees_no_busy_error_and_the_file_keeps_its_mode(
     assert after[60:64] == head[60:64] == (1).to_bytes(4, "big")  # user_version
     leftovers = {p for p in snapshot_files(ws.dir) if p.endswith(("-wal", "-shm", "-journal"))}
     assert not leftovers, leftovers  # the writer closed: nothing of ours remains
+
+
+def test_a_redis_that_comes_back_without_its_last_writes_gets_them_again(
+    tmp_path: Path,
+    own_redis: OwnRedis,
+) -> None:
+    """A machine crash with ``appendfsync everysec`` loses Redis's last second: the stream
+    entries, their dedup keys and the watermarks that covered them. The server must notice the
+    restarted Redis and send what it lost again, once (found by bench/bench_crash.py)."""
+    env = _fast(own_env(tmp_path, own_redis.url))
+    ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
+    kept = _ids(ws.db.append_generations(3))
+    sp = ServerProcess(env).start()
+    env.cli("session", "start", "--workspace", str(ws.folder_path), "--session-id", "s-1")
+    client = own_redis.client()
+    wait_until(lambda: set(kept) <= set(stream_generation_ids(client)), what="the first 3")
+    size = aof_tail(own_redis).stat().st_size
+    lost = _ids(ws.db.append_generations(4))
+    wait_until(lambda: set(lost) <= set(stream_generation_ids(client)), what="4 more sent")
+    assert sp.proc is not None
+    sp.proc.send_signal(signal.SIGSTOP)  # frozen while Redis goes down and comes back
+    own_redis.kill()
+    with aof_tail(own_redis).open("r+b") as f:
+        f.truncate(size)  # what the disk held when the machine went down
+    own_redis.start().wait_loaded()
+    client = own_redis.client()
+    assert not set(lost) & set(stream_generation_ids(client))  # really lost
+    sp.proc.send_signal(signal.SIGCONT)
+    wait_until(
+        lambda: set(lost) <= set(stream_generation_ids(client)),
+        what="the lost generations sent again",
+    )
+    assert sp.stop() == 0
+    on_stream = stream_generation_ids(client)
+    assert all(on_stream[i] == 1 for i in kept + lost), on_stream
+    assert "Redis restarted" in sp.log()

@@ -92,6 +92,10 @@ class CursorDatabaseMonitor:
         # Whether the watched folders or their modes may have changed since the last sync.
         self._watch_synced: tuple[int, int] | None = None
         self._mapping_epoch = 0
+        # Redis's run_id: a new one means a restarted server, which may have lost its last
+        # writes (appendfsync everysec and a machine crash). Checked every safety poll.
+        self._redis_run_id: str | None = None
+        self._next_identity_check = 0.0
         self.polls = 0  # scheduling rounds run (tests wait on it)
 
     @property
@@ -133,6 +137,9 @@ class CursorDatabaseMonitor:
             try:
                 if down_since is not None:
                     await self.poller.publisher.redis.ping()  # a read alone may not touch Redis
+                    self._next_identity_check = 0.0
+                if time.monotonic() >= self._next_identity_check:
+                    await self._check_redis_identity()
                 healthy = self._schedule()
             except REDIS_DOWN as exc:
                 # Back off (doubling, capped) and log once per outage, not once per round.
@@ -158,6 +165,28 @@ class CursorDatabaseMonitor:
             if self.watcher is not None:
                 waits.append(self.watcher.wake)
             await wait_any(waits, self._next_due() - time.monotonic())
+
+    async def _check_redis_identity(self) -> None:
+        """Start again from what Redis holds when it is a restarted server.
+
+        Watermarks are cached in memory; a Redis that came back without its last writes has
+        older watermarks and no dedup keys for what it lost. Reloading them makes the lost
+        items new again, so they are published again (the store ignores any it already has).
+        """
+        self._next_identity_check = time.monotonic() + self.cfg.poll_interval_seconds
+        info = await self.poller.publisher.redis.info("server")
+        run_id = str(info.get("run_id") or "")
+        if self._redis_run_id is not None and run_id != self._redis_run_id:
+            log.warning(
+                "Redis restarted (run_id %s… → %s…): reloading every watermark from it, so that "
+                "whatever it lost is read and sent again", self._redis_run_id[:8], run_id[:8],
+            )  # fmt: skip
+            self._component.count("redis_restarts_seen")
+            for state in [*self._states.values(), *self.global_dbs.states()]:
+                state.watermarks, state.fingerprint, state.inode = None, None, None
+            for target in self._targets.values():
+                target.dirty = True
+        self._redis_run_id = run_id
 
     def _schedule(self) -> bool:
         """Collect finished reads, then start a read of each target that changed or is due.
