@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,8 @@ class _Tracked:
     generation: int = 0
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if getattr(self, name, _MISSING) is value or (
-            isinstance(value, str | int | float | type(None))
-            and getattr(self, name, _MISSING) == value
-        ):
+        old = self.__dict__.get(name, _MISSING)  # not getattr: class-level defaults
+        if old is value or (isinstance(value, str | int | float | type(None)) and old == value):
             return
         object.__setattr__(self, name, value)
         _Tracked.generation += 1
@@ -136,8 +134,10 @@ class Health:
         return {
             "written_at": iso_now(),
             "server": dict(self.server),
-            "components": {k: asdict(v) for k, v in sorted(self.components.items())},
-            "workspaces": {k: asdict(v) for k, v in sorted(self.workspaces.items())},
+            # Shallow copies: the fields are plain values, lists and dicts of plain values
+            # (``asdict`` deep-copies, ~20x slower with 100 workspaces).
+            "components": {k: dict(vars(v)) for k, v in sorted(self.components.items())},
+            "workspaces": {k: dict(vars(v)) for k, v in sorted(self.workspaces.items())},
         }
 
     def write(self, path: Path) -> None:

@@ -383,26 +383,29 @@ def test_a_redis_that_comes_back_without_its_last_writes_gets_them_again(
     ws = UserDir(env.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
     kept = _ids(ws.db.append_generations(3))
     sp = ServerProcess(env).start()
-    env.cli("session", "start", "--workspace", str(ws.folder_path), "--session-id", "s-1")
-    client = own_redis.client()
-    wait_until(lambda: set(kept) <= set(stream_generation_ids(client)), what="the first 3")
-    size = aof_tail(own_redis).stat().st_size
-    lost = _ids(ws.db.append_generations(4))
-    wait_until(lambda: set(lost) <= set(stream_generation_ids(client)), what="4 more sent")
-    assert sp.proc is not None
-    sp.proc.send_signal(signal.SIGSTOP)  # frozen while Redis goes down and comes back
-    own_redis.kill()
-    with aof_tail(own_redis).open("r+b") as f:
-        f.truncate(size)  # what the disk held when the machine went down
-    own_redis.start().wait_loaded()
-    client = own_redis.client()
-    assert not set(lost) & set(stream_generation_ids(client))  # really lost
-    sp.proc.send_signal(signal.SIGCONT)
-    wait_until(
-        lambda: set(lost) <= set(stream_generation_ids(client)),
-        what="the lost generations sent again",
-    )
-    assert sp.stop() == 0
-    on_stream = stream_generation_ids(client)
-    assert all(on_stream[i] == 1 for i in kept + lost), on_stream
-    assert "Redis restarted" in sp.log()
+    try:
+        env.cli("session", "start", "--workspace", str(ws.folder_path), "--session-id", "s-1")
+        client = own_redis.client()
+        wait_until(lambda: set(kept) <= set(stream_generation_ids(client)), what="the first 3")
+        size = aof_tail(own_redis).stat().st_size
+        lost = _ids(ws.db.append_generations(4))
+        wait_until(lambda: set(lost) <= set(stream_generation_ids(client)), what="4 more sent")
+        assert sp.proc is not None
+        sp.proc.send_signal(signal.SIGSTOP)  # frozen while Redis goes down and comes back
+        own_redis.kill()
+        with aof_tail(own_redis).open("r+b") as f:
+            f.truncate(size)  # what the disk held when the machine went down
+        own_redis.start().wait_loaded()
+        client = own_redis.client()
+        assert not set(lost) & set(stream_generation_ids(client))  # really lost
+        sp.proc.send_signal(signal.SIGCONT)
+        wait_until(
+            lambda: set(lost) <= set(stream_generation_ids(client)),
+            what="the lost generations sent again",
+        )
+        assert sp.stop() == 0
+        on_stream = stream_generation_ids(client)
+        assert all(on_stream[i] == 1 for i in kept + lost), on_stream
+        assert "Redis restarted" in sp.log()
+    finally:
+        sp.kill()  # frozen or failed: never left behind

@@ -13,6 +13,7 @@ database retrying a lock (seconds of backoff) never delays another one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -92,6 +93,9 @@ class CursorDatabaseMonitor:
         # Whether the watched folders or their modes may have changed since the last sync.
         self._watch_synced: tuple[int, int] | None = None
         self._mapping_epoch = 0
+        self._active: dict[str, list[ActiveSession]] | None = None
+        self._finished: list[str] = []  # targets whose read finished, not yet collected
+        self._reason_due: dict[str, float] = {}
         # Redis's run_id: a new one means a restarted server, which may have lost its last
         # writes (appendfsync everysec and a machine crash). Checked every safety poll.
         self._redis_run_id: str | None = None
@@ -132,6 +136,7 @@ class CursorDatabaseMonitor:
         down_since: float | None = None
         redis_delay = REDIS_RETRY_MIN_S
         while not stop.is_set():
+            sessions_changed = self.sessions.changed.is_set()
             self.sessions.changed.clear()
             self._wake.clear()
             try:
@@ -140,7 +145,7 @@ class CursorDatabaseMonitor:
                     self._next_identity_check = 0.0
                 if time.monotonic() >= self._next_identity_check:
                     await self._check_redis_identity()
-                healthy = self._schedule()
+                healthy = self._schedule(refresh_active=sessions_changed)
             except REDIS_DOWN as exc:
                 # Back off (doubling, capped) and log once per outage, not once per round.
                 self._component.fail("redis_unavailable", f"Redis unavailable: {exc}")
@@ -188,39 +193,30 @@ class CursorDatabaseMonitor:
                 target.dirty = True
         self._redis_run_id = run_id
 
-    def _schedule(self) -> bool:
+    def _schedule(self, refresh_active: bool = True) -> bool:
         """Collect finished reads, then start a read of each target that changed or is due.
 
         True when a read succeeded since the last call, or nothing is active (so an outage is
-        known to be over).
+        known to be over). The active set is recomputed only when the sessions changed: a round
+        runs after every finished read, and must cost little with 100 workspaces.
         """
         now = time.monotonic()
-        active = self.sessions.active_workspaces()
-        self._drop_inactive(active)
+        if refresh_active or self._active is None:
+            self._active = self.sessions.active_workspaces()
+            self._drop_inactive(self._active)
+            self._new_active(self._active)
+        active = self._active
         succeeded = self._collect(now)
         if self.watcher is not None:
             for folder in self.watcher.take():
                 for key in self._by_folder.get(folder, ()):
                     if key in self._targets:
                         self._targets[key].dirty = True
-        for h in active:
-            if h not in self._targets:
-                self._targets[h] = _Target()
-                self._mapping_epoch += 1
-        seen = frozenset((h, s[-1].session_id) for h, s in active.items())
-        if active:
-            if GLOBAL not in self._targets:
-                self._targets[GLOBAL] = _Target()
-                self._mapping_epoch += 1
-            glob = self._targets[GLOBAL]
-            if seen != self._active_seen:
-                glob.dirty = True  # a new session: its composers are re-read at once
-        self._active_seen = seen
         for key, target in self._targets.items():
             if target.task is None and (target.dirty or now >= target.due):
                 target.dirty = False
                 target.task = asyncio.create_task(self._read_target(key, active))
-                target.task.add_done_callback(lambda _t: self._wake.set())
+                target.task.add_done_callback(functools.partial(self._on_done, key))
         epochs = (self._mapping_epoch, self.watcher.epoch if self.watcher is not None else 0)
         if epochs != self._watch_synced:
             self._sync_watch()
@@ -235,12 +231,34 @@ class CursorDatabaseMonitor:
             c.set_counter("polled_folders", info["polled_folders"])
         return succeeded or not active
 
+    def _new_active(self, active: dict[str, list[ActiveSession]]) -> None:
+        """Targets for workspaces that became active; the global one when any is."""
+        for h in active:
+            if h not in self._targets:
+                self._targets[h] = _Target()
+                self._mapping_epoch += 1
+        seen = frozenset((h, s[-1].session_id) for h, s in active.items())
+        if active:
+            if GLOBAL not in self._targets:
+                self._targets[GLOBAL] = _Target()
+                self._mapping_epoch += 1
+            if seen != self._active_seen:
+                self._targets[GLOBAL].dirty = True  # a new session: re-read its composers now
+        self._active_seen = seen
+
+    def _on_done(self, key: str, _task: asyncio.Task[None]) -> None:
+        self._finished.append(key)
+        self._wake.set()
+
     def _collect(self, now: float) -> bool:
+        """Results of the reads that finished since the last round (only those are visited)."""
         succeeded = False
-        for key, target in self._targets.items():
-            task = target.task
-            if task is None or not task.done():
-                continue
+        while self._finished:
+            key = self._finished.pop()
+            target = self._targets.get(key)
+            task = target.task if target is not None else None
+            if target is None or task is None or not task.done():
+                continue  # cancelled and dropped, or already collected
             target.task = None
             target.due = now + self._interval(key, target)
             if key == GLOBAL:
@@ -411,7 +429,11 @@ class CursorDatabaseMonitor:
         )
         before = state.fingerprint
         published = await self.poller.poll(state, wh, lambda _item: dest)
-        wh.active_reason = self.sessions.active_reason(workspace_hash)
+        now = time.monotonic()
+        if state.fingerprint != before or now >= self._reason_due.get(workspace_hash, 0.0):
+            # Costs a walk over every session: refreshed on change and once per safety poll.
+            wh.active_reason = self.sessions.active_reason(workspace_hash)
+            self._reason_due[workspace_hash] = now + self.cfg.poll_interval_seconds
         if state.missing:
             self._mapping_epoch += 1
             self._states.pop(workspace_hash, None)
