@@ -30,6 +30,8 @@ from blueplane.cursor.db_poller import DatabasePoller, DatabaseState
 from blueplane.cursor.global_db import GLOBAL_HEALTH_PREFIX, GlobalDatabases, GlobalMapper
 from blueplane.cursor.schema_detector import SchemaDetector
 from blueplane.cursor.session_monitor import ActiveSession, SessionMonitor
+from blueplane.cursor.sqlite_ro import CursorDbError, fingerprint
+from blueplane.events import iso_now
 from blueplane.health import Health
 from blueplane.publisher import Destination, Publisher
 
@@ -40,6 +42,7 @@ log = logging.getLogger("blueplane.database_monitor")
 REDIS_RETRY_MIN_S = 0.5
 REDIS_RETRY_MAX_S = 10.0
 GLOBAL = "global"  # the target that reads every global database
+IDLE_OK = frozenset({"ok", "idle"})
 
 
 class MapperLike(GlobalMapper, Protocol):
@@ -101,6 +104,7 @@ class CursorDatabaseMonitor:
         self._redis_run_id: str | None = None
         self._next_identity_check = 0.0
         self.polls = 0  # scheduling rounds run (tests wait on it)
+        self.checks = 0  # timed polls answered by a fingerprint check in the scheduler
 
     @property
     def detector(self) -> SchemaDetector:
@@ -213,6 +217,10 @@ class CursorDatabaseMonitor:
                     if key in self._targets:
                         self._targets[key].dirty = True
         for key, target in self._targets.items():
+            idle_due = target.task is None and not target.dirty and now >= target.due
+            if idle_due and self._unchanged(key):
+                target.due = now + self._interval(key, target)
+                continue
             if target.task is None and (target.dirty or now >= target.due):
                 target.dirty = False
                 target.task = asyncio.create_task(self._read_target(key, active))
@@ -230,6 +238,23 @@ class CursorDatabaseMonitor:
             c.set_counter("watched_folders", info["watched_folders"])
             c.set_counter("polled_folders", info["polled_folders"])
         return succeeded or not active
+
+    def _unchanged(self, key: str) -> bool:
+        """A timed poll of a healthy workspace whose files did not change: two ``stat`` calls
+        here instead of a task, a thread hop and a round (the safety poll of 100 workspaces)."""
+        state = self._states.get(key)
+        wh = self.health.workspaces.get(key)
+        if state is None or state.fingerprint is None or wh is None or wh.status not in IDLE_OK:
+            return False
+        try:
+            same = fingerprint(state.path) == state.fingerprint
+        except CursorDbError:
+            return False  # vanished: the read reports it
+        self.checks += 1
+        if same:
+            wh.last_check = iso_now()
+            wh.status = "idle"
+        return same
 
     def _new_active(self, active: dict[str, list[ActiveSession]]) -> None:
         """Targets for workspaces that became active; the global one when any is."""
