@@ -64,7 +64,7 @@ class FastPathConfig(_Section):
     group: str = FAST_PATH_GROUP
     consumer: str = "fast-path-1"
     # Entries read, stored (one transaction) and acknowledged (one XACK) at a time.
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(2000, ge=1)
     block_ms: int = Field(1000, ge=1)
     # Entries kept on the stream once acknowledged; never trims an entry some consumer group
     # has not acknowledged or the session monitor has not read. Applies with enabled: false too.

@@ -46,9 +46,12 @@ CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT);
 SCHEMA_VERSION = "1"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StoredEvent:
-    """One stream entry, parsed, as it is written to the store."""
+    """One stream entry, parsed, as it is written to the store.
+
+    Not frozen: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, and one is built per event (20 k/s)."""
 
     event_id: str
     stream_id: str
