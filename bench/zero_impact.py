@@ -65,6 +65,9 @@ def run_writer(
     return data
 
 
+EXTRA_SERVER_ENV: dict[str, str] = {}
+
+
 def server_env(home: Path, user: Path, redis_url: str, poll_s: float) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
     env.update(
@@ -76,6 +79,7 @@ def server_env(home: Path, user: Path, redis_url: str, poll_s: float) -> dict[st
         BLUEPLANE_FAST_PATH__BLOCK_MS="100",
         PYTHONUNBUFFERED="1",
     )
+    env.update(EXTRA_SERVER_ENV)
     return env
 
 
@@ -191,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="delete,wal")
     ap.add_argument("--redis-url", default=None, help="default: a private bundled redis-server")
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--server-env", action="append", default=[], metavar="KEY=VALUE",
+        help="extra environment for the server (e.g. a BLUEPLANE_… setting); repeatable",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    EXTRA_SERVER_ENV.update(kv.split("=", 1) for kv in args.server_env)
     with tempfile.TemporaryDirectory(prefix="bp-zero-impact-") as tmp:
         work = Path(tmp)
         bundled: BundledRedis | None = None
@@ -213,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "writer_interval_ms": args.interval_ms,
         "poll_interval_seconds": args.poll,
+        "server_env": dict(EXTRA_SERVER_ENV),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "sqlite": sqlite3.sqlite_version},
         "modes": modes,

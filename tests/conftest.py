@@ -8,6 +8,7 @@ watermarks or sessions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -91,6 +92,19 @@ def wait_until(
     raise AssertionError(
         f"timed out after {timeout} s waiting for {what or predicate} (last={last!r})"
     )
+
+
+async def async_wait_until(predicate: Any, what: str, timeout: float = 15.0) -> Any:
+    """``wait_until`` for the event loop: ``predicate`` may return a coroutine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return got
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass

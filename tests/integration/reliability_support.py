@@ -10,6 +10,7 @@ import json
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,6 +102,21 @@ def project(tmp: Path, name: str) -> str:
     return str(folder)
 
 
+def _stream_traces(client: sync_redis.Redis) -> Iterator[dict[str, str]]:
+    """The fields of every ``database_trace`` entry on the stream, paged, in stream order."""
+    last = "-"
+    while True:
+        batch = client.xrange(STREAM, min=last, max="+", count=5000)
+        if last != "-":
+            batch = batch[1:]
+        if not batch:
+            return
+        for _id, fields in batch:
+            if fields.get("event_type") == "database_trace":
+                yield fields
+        last = batch[-1][0]
+
+
 def stream_generation_ids(
     client: sync_redis.Redis, trace_type: str | None = "generation"
 ) -> Counter[str]:
@@ -109,22 +125,13 @@ def stream_generation_ids(
     ``trace_type=None`` counts every trace by ``event_id`` instead (prompts included).
     """
     out: Counter[str] = Counter()
-    last = "-"
-    while True:
-        batch = client.xrange(STREAM, min=last, max="+", count=5000)
-        if last != "-":
-            batch = batch[1:]
-        if not batch:
-            return out
-        for _id, fields in batch:
-            if fields.get("event_type") != "database_trace":
-                continue
-            payload = json.loads(fields["payload"])
-            if trace_type is None:
-                out[fields["event_id"]] += 1
-            elif payload.get("trace_type") == trace_type:
-                out[payload["generation_id"]] += 1
-        last = batch[-1][0]
+    for fields in _stream_traces(client):
+        payload = json.loads(fields["payload"])
+        if trace_type is None:
+            out[fields["event_id"]] += 1
+        elif payload.get("trace_type") == trace_type:
+            out[payload["generation_id"]] += 1
+    return out
 
 
 def store_generation_ids(home: Path, trace_type: str | None = "generation") -> Counter[str]:
@@ -170,30 +177,21 @@ class TraceEntry:
 def stream_traces(client: sync_redis.Redis) -> list[TraceEntry]:
     """Every ``database_trace`` entry on the stream, in stream order (duplicates kept)."""
     out: list[TraceEntry] = []
-    last = "-"
-    while True:
-        batch = client.xrange(STREAM, min=last, max="+", count=5000)
-        if last != "-":
-            batch = batch[1:]
-        if not batch:
-            return out
-        for _id, fields in batch:
-            if fields.get("event_type") != "database_trace":
-                continue
-            p = json.loads(fields["payload"])
-            meta = json.loads(fields.get("metadata") or "{}")
-            gen = str(p.get("generation_id"))
-            out.append(
-                TraceEntry(
-                    event_id=fields["event_id"],
-                    trace_type=str(p.get("trace_type")),
-                    generation_id=gen,
-                    item_key=str(p.get("item_id") or gen),
-                    revision=int(p.get("revision") or 0),
-                    workspace_hash=str(meta.get("workspace_hash")),
-                )
+    for fields in _stream_traces(client):
+        p = json.loads(fields["payload"])
+        meta = json.loads(fields.get("metadata") or "{}")
+        gen = str(p.get("generation_id"))
+        out.append(
+            TraceEntry(
+                event_id=fields["event_id"],
+                trace_type=str(p.get("trace_type")),
+                generation_id=gen,
+                item_key=str(p.get("item_id") or gen),
+                revision=int(p.get("revision") or 0),
+                workspace_hash=str(meta.get("workspace_hash")),
             )
-        last = batch[-1][0]
+        )
+    return out
 
 
 def store_traces(home: Path) -> list[TraceEntry]:

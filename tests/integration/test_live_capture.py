@@ -89,6 +89,9 @@ def test_file_events_bring_generations_and_bubbles_with_an_hour_long_safety_poll
             ),
             what="both databases watched by file events",
         )
+        # The first sync of the global database reports its progress, finished.
+        catch_up = status_json(env.home)["workspaces"][_global_key(env)]["catch_up"]
+        assert catch_up["percent"] == 100.0 and catch_up["rows_done"] == catch_up["rows_total"]
         gen = ws.db.append_generations(1)[0]
         wait_until(
             lambda: any(

@@ -7,7 +7,6 @@ file-system type (a 9p mount cannot be made here) or a watcher that fails.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,8 @@ import pytest
 from blueplane.cursor.change_watcher import ChangeWatcher, mount_fs_type
 from blueplane.cursor.database_monitor import CursorDatabaseMonitor
 from blueplane.publisher import Publisher
+from tests.conftest import async_wait_until
 from tests.unit.test_database_monitor import STREAM, Rig
-
-
-async def _wait_for(pred: Any, what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _monitor(rig: Rig, watcher: ChangeWatcher) -> CursorDatabaseMonitor:
@@ -44,15 +32,15 @@ async def _run_until_captured(rig: Rig, mon: CursorDatabaseMonitor, ws: Any) -> 
     task = asyncio.create_task(mon.run(stop))
     try:
         await rig.start(ws)
-        await _wait_for(lambda: rig.health.workspaces.get(ws.workspace_hash), "workspace mapped")
+        await async_wait_until(lambda: rig.health.workspaces.get(ws.workspace_hash), "mapped")
         wh = rig.health.workspaces[ws.workspace_hash]
-        await _wait_for(lambda: wh.change_detection == "poll" and wh.database, "poll mode")
+        await async_wait_until(lambda: wh.change_detection == "poll" and wh.database, "poll mode")
         gen = ws.db.append_generations(1)[0]
 
         async def captured() -> bool:
             return any(t["generation_id"] == gen["generationUUID"] for t in await rig.traces())
 
-        await _wait_for(captured, "the generation captured by the fallback poll")
+        await async_wait_until(captured, "the generation captured by the fallback poll")
         return {"reason": wh.change_detection_reason, "status": wh.status}
     finally:
         stop.set()
@@ -98,10 +86,10 @@ async def test_a_write_to_a_watched_database_is_reported_for_its_folder(tmp_path
     task = asyncio.create_task(watcher.run(stop))
     try:
         watcher.set_dirs({ws.db_path.parent})
-        await _wait_for(lambda: watcher.mode(ws.db_path.parent) == "events", "watch in place")
+        await async_wait_until(lambda: watcher.mode(ws.db_path.parent) == "events", "watching")
         watcher.take()
         ws.db.append_generations(1)
-        await _wait_for(lambda: watcher.wake.is_set(), "an event for the write")
+        await async_wait_until(lambda: watcher.wake.is_set(), "an event for the write")
         assert watcher.take() == {ws.db_path.parent}
     finally:
         stop.set()

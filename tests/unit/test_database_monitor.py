@@ -17,6 +17,7 @@ from blueplane.cursor.workspace_mapper import WorkspaceMapper
 from blueplane.events import SessionEvent
 from blueplane.health import Health
 from blueplane.publisher import Publisher
+from tests.conftest import async_wait_until
 from tests.fixtures.cursor_db import UserDir, hold_lock, make_generation, now_ms
 
 STREAM = "telemetry:events"
@@ -205,18 +206,6 @@ async def test_ending_a_session_forgets_even_an_unmapped_workspace(tmp_path: Pat
     assert h not in rig.health.workspaces
 
 
-async def _wait_for(pred, what: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_the_production_scheduler_captures_and_leaves_an_idle_database_unread(
     tmp_path: Path, client
 ) -> None:
@@ -236,15 +225,15 @@ async def test_the_production_scheduler_captures_and_leaves_an_idle_database_unr
         async def n_traces() -> int:
             return len(await rig.traces())
 
-        await _wait_for(lambda: _eq(n_traces(), 3), "both workspaces captured")
+        await async_wait_until(lambda: _eq(n_traces(), 3), "both workspaces captured")
 
         def cycles_now() -> int:  # read cycles, or timed polls answered by a fingerprint
             return mon.poller.cycles + mon.checks
 
         cycles = cycles_now()
-        await _wait_for(lambda: cycles_now() >= cycles + 4, "a few more cycles")
+        await async_wait_until(lambda: cycles_now() >= cycles + 4, "a few more cycles")
         reads, polls, cycles = mon.reads, mon.polls, cycles_now()
-        await _wait_for(
+        await async_wait_until(
             lambda: cycles_now() >= cycles + 20 and mon.polls >= polls + 10,
             "twenty more read cycles over the idle databases",
         )
@@ -257,7 +246,7 @@ async def test_the_production_scheduler_captures_and_leaves_an_idle_database_unr
         async def captured() -> bool:
             return any(t["generation_id"] == gen["generationUUID"] for t in await rig.traces())
 
-        await _wait_for(captured, "the new generation captured by a timed poll")
+        await async_wait_until(captured, "the new generation captured by a timed poll")
         assert mon.reads > reads and await n_traces() == 4
     finally:
         stop.set()
