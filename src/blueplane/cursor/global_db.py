@@ -47,9 +47,11 @@ from blueplane.cursor.sqlite_ro import (
     CursorDbError,
     Fingerprint,
     ReadOnlyDatabase,
+    fingerprint,
     item_value,
     table_names,
 )
+from blueplane.events import iso_now
 from blueplane.health import Health
 from blueplane.keys import attribution_key, database_key, parked_key
 from blueplane.publisher import Destination
@@ -152,6 +154,8 @@ class GlobalDatabases:
             return
         paths = self.paths()
         for path in paths:
+            if self._quiet(path, active):
+                continue
             targets = await self._targets(active, path)
             await self._poll_one(path, targets, active)
         self._health.status = "ok" if paths else "no_global_database"
@@ -186,6 +190,25 @@ class GlobalDatabases:
         await self._unpark(gs, targets, wh)
         await self._save_attribution(path, gs)
         wh.last_poll_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    def _quiet(self, path: Path, active: dict[str, list[ActiveSession]]) -> bool:
+        """Nothing to do: the files did not change, no session started, nothing is parked,
+        nothing streams or catches up. One ``stat`` instead of routing every workspace."""
+        gs = self._states.get(path)
+        if gs is None or gs.db.fingerprint is None or gs.parked or self._must_reread(gs.db):
+            return False
+        if {(h, s[-1].session_id) for h, s in active.items()} - self._replayed:
+            return False
+        try:
+            same = fingerprint(path) == gs.db.fingerprint
+        except CursorDbError:
+            return False
+        wh = self.health.workspaces.get(f"{GLOBAL_HEALTH_PREFIX}{database_key(str(path))}")
+        if same and wh is not None:
+            wh.last_check = iso_now()
+            if wh.status == "ok":
+                wh.status = "idle"
+        return same
 
     def _must_reread(self, state: DatabaseState) -> bool:
         """Read although the file did not change: a catch-up goes on, or a bubble may settle."""
