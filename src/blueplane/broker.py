@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from blueplane.aio import sleep_or_stop
+from blueplane.aio import Backoff, sleep_or_stop
 from blueplane.config import DEFAULT_REDIS_URL, Settings
 
 log = logging.getLogger("blueplane.broker")
@@ -262,7 +262,7 @@ async def wait_for_redis(
     client: aioredis.Redis, url: str, stop: asyncio.Event, backoff_s: float = 1.0
 ) -> bool:
     """Block until Redis answers (True) or ``stop`` is set (False), logging once per outage."""
-    delay = backoff_s
+    delay = Backoff(backoff_s, cap=30.0)
     warned = False
     while not stop.is_set():
         try:
@@ -274,6 +274,5 @@ async def wait_for_redis(
             if not warned:
                 log.error("Redis at %s does not answer (%s); retrying with backoff", url, exc)
                 warned = True
-        await sleep_or_stop(stop, delay)
-        delay = min(delay * 2, 30.0)
+        await sleep_or_stop(stop, delay.next())
     return False

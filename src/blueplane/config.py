@@ -3,22 +3,35 @@
 Precedence, highest first: the documented variables (``BLUEPLANE_HOME``,
 ``BLUEPLANE_REDIS_URL``, ``BLUEPLANE_CURSOR_DIRS``), nested variables such as
 ``BLUEPLANE_CURSOR_DATABASE_MONITOR__POLL_INTERVAL_SECONDS=5``, the config file, defaults.
+The file is read by pydantic-settings' ``YamlConfigSettingsSource``; this module only adds the
+one-line errors that name the file and the cause.
 """
 
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, STREAM
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_CONFIG_FILE = Path("config/blueplane.yaml")
+
+# The file ``load_settings`` chose, for ``Settings.settings_customise_sources`` (a classmethod,
+# so the path cannot be passed as an argument). None: no file, defaults and environment only.
+_yaml_file: ContextVar[Path | None] = ContextVar("blueplane_config_file", default=None)
 
 
 class ConfigError(Exception):
@@ -136,8 +149,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's values arrive as init kwargs; the environment overrides them.
-        return (env_settings, init_settings)
+        # The environment overrides keyword overrides, which override the file.
+        return (env_settings, init_settings, _YamlFile(settings_cls, _yaml_file.get()))
 
     # ----------------------------------------------------------------- derived paths
     @property
@@ -182,22 +195,28 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: key '{key}': {err['msg']}{given_text}{more}"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}: not valid YAML{where}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: top level must be a mapping of keys")
-    return data
+class _YamlFile(YamlConfigSettingsSource):
+    """The library's YAML source; a file it cannot use becomes one ConfigError line."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        if path is not None and not path.is_file():
+            # The library skips a missing file silently; a named one must exist.
+            cause = "not a file" if path.exists() else "no such file"
+            raise ConfigError(f"config file {path}: cannot be read: {cause}")
+        super().__init__(settings_cls, yaml_file=path, yaml_file_encoding="utf-8")
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except OSError as exc:
+            raise ConfigError(f"config file {file_path}: cannot be read: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {file_path}: not valid YAML{where}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file_path}: top level must be a mapping of keys")
+        return data
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -206,16 +225,19 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     path = config_file or (Path(env_file) if env_file else None)
     if path is None and DEFAULT_CONFIG_FILE.is_file():
         path = DEFAULT_CONFIG_FILE
-    data: dict[str, Any] = _read_yaml(path) if path is not None else {}
-    data.update(overrides)
+    data: dict[str, Any] = dict(overrides)
     redis_env = os.environ.get("BLUEPLANE_REDIS_URL")
     if redis_env:
+        # Deep-merged over the file's ``redis`` section by pydantic-settings.
         section = data.get("redis")
         data["redis"] = {**(section if isinstance(section, dict) else {}), "url": redis_env}
     source = f"config file {path}" if path else "configuration"
+    token = _yaml_file.set(path)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from exc
+    finally:
+        _yaml_file.reset(token)
     settings._config_file = path
     return settings

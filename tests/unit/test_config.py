@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic_settings import YamlConfigSettingsSource
 
-from blueplane.config import ConfigError, load_settings
+from blueplane.config import ConfigError, Settings, _yaml_file, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +98,46 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     cfg.write_text("a: 1\nb: [unclosed\n")
     with pytest.raises(ConfigError, match="line"):
         load_settings(cfg)
+
+
+@pytest.mark.parametrize(
+    ("setup", "cause"),
+    [
+        (lambda p: None, "cannot be read: no such file"),
+        (lambda p: p.mkdir(), "cannot be read: not a file"),
+        (lambda p: p.write_text("- a\n- b\n"), "top level must be a mapping"),
+        (lambda p: p.write_text("just words\n"), "top level must be a mapping"),
+    ],
+)
+def test_unusable_file_is_one_error_naming_file_and_cause(
+    tmp_path: Path, setup: Callable[[Path], object], cause: str
+) -> None:
+    # The library source skips a missing file and chokes on a non-mapping one; neither may pass.
+    cfg = tmp_path / "named.yaml"
+    setup(cfg)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert str(cfg) in str(info.value) and cause in str(info.value)
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text("# nothing set yet\n")
+    assert load_settings(cfg).model_dump() == load_settings().model_dump()
+
+
+def test_file_is_read_by_the_library_yaml_source(tmp_path: Path) -> None:
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text("fast_path: {batch_size: 7}\n")
+    s = load_settings(cfg)
+    assert s.fast_path.batch_size == 7 and s.config_file == cfg
+    token = _yaml_file.set(cfg)
+    try:
+        built = Settings.settings_customise_sources(Settings, *([None] * 4))
+    finally:
+        _yaml_file.reset(token)
+    assert any(isinstance(src, YamlConfigSettingsSource) for src in built)
+    assert Settings().fast_path.batch_size == 2000  # no file outside load_settings
 
 
 def test_cli_exits_2_with_one_clear_line(tmp_path: Path) -> None:

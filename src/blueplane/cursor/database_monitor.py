@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from blueplane.aio import sleep_or_stop, wait_any
+from blueplane.aio import Backoff, sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import CursorDatabaseMonitorConfig
 from blueplane.cursor.change_watcher import ChangeWatcher
@@ -138,7 +138,7 @@ class CursorDatabaseMonitor:
 
     async def _loop(self, stop: asyncio.Event) -> None:
         down_since: float | None = None
-        redis_delay = REDIS_RETRY_MIN_S
+        redis_delay = Backoff(REDIS_RETRY_MIN_S, REDIS_RETRY_MAX_S)
         while not stop.is_set():
             sessions_changed = self.sessions.changed.is_set()
             self.sessions.changed.clear()
@@ -156,11 +156,9 @@ class CursorDatabaseMonitor:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("database monitor: Redis unavailable (%s); will catch up", exc)
-                else:
-                    redis_delay = min(redis_delay * 2, REDIS_RETRY_MAX_S)
                 for target in self._targets.values():
                     target.dirty = True  # read everything again once Redis answers
-                await sleep_or_stop(stop, redis_delay)
+                await sleep_or_stop(stop, redis_delay.next())
                 continue
             if down_since is None or healthy:
                 self._component.status = "ok"
@@ -169,7 +167,8 @@ class CursorDatabaseMonitor:
                     "database monitor: Redis answers again after %.1f s; caught up",
                     time.monotonic() - down_since,
                 )
-                down_since, redis_delay = None, REDIS_RETRY_MIN_S
+                down_since = None
+                redis_delay.reset()
             waits = [stop, self.sessions.changed, self._wake]
             if self.watcher is not None:
                 waits.append(self.watcher.wake)

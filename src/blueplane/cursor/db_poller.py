@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blueplane.aio import Backoff
 from blueplane.config import CursorDatabaseMonitorConfig
 from blueplane.cursor.layouts.base import (
     Layout,
@@ -242,20 +243,20 @@ class DatabasePoller:
     async def _read_with_retries(
         self, db: ReadOnlyDatabase, watermarks: dict[str, Watermark], workspace_hash: str
     ) -> Fetched:
-        attempt = 0
+        # backoff × 2^attempt × (0.5 + jitter), uncapped: max_retries bounds it.
+        backoff = Backoff(self.cfg.retry_backoff_seconds, jitter=lambda: 0.5 + self.jitter())
         while True:
             try:
                 self.reads += 1
                 return await db.read(lambda conn: self._fetch(conn, watermarks))
             except RETRYABLE as exc:
-                if attempt >= self.cfg.max_retries:
+                if backoff.attempts >= self.cfg.max_retries:
                     raise
-                delay = self.cfg.retry_backoff_seconds * (2**attempt) * (0.5 + self.jitter())
+                delay = backoff.next()
                 log.debug(
                     "workspace %s: %s; retry %d/%d in %.2f s",
-                    workspace_hash, exc, attempt + 1, self.cfg.max_retries, delay,
+                    workspace_hash, exc, backoff.attempts, self.cfg.max_retries, delay,
                 )  # fmt: skip
-                attempt += 1
                 await self.sleep(delay)
 
     def _fetch(self, conn: Any, watermarks: dict[str, Watermark]) -> Fetched:

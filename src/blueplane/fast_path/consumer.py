@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from blueplane.aio import sleep_or_stop, wait_any
+from blueplane.aio import Backoff, sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import FastPathConfig
 from blueplane.events import MalformedEntry, iso_now, parse_iso_ms
@@ -225,7 +225,7 @@ class FastPathConsumer:
                         log.warning("fast path: last batch not acknowledged at stop: %s", exc)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        backoff = 1.0
+        backoff = Backoff(1.0, MAX_BACKOFF_S)
         while not stop.is_set():
             try:
                 if not self._group_ready:
@@ -234,16 +234,16 @@ class FastPathConsumer:
                 await self.step(block_ms=self.cfg.block_ms)
                 if self._store_down_since is None:
                     self.health.status = "ok"
-                backoff = 1.0
+                backoff.reset()
             except _Stopping:
                 return
             except REDIS_DOWN as exc:
                 self.health.fail("redis_unavailable", f"Redis unavailable: {exc}")
-                log.warning("fast path: Redis unavailable (%s); retrying in %.0f s", exc, backoff)
+                delay = backoff.next()
+                log.warning("fast path: Redis unavailable (%s); retrying in %.0f s", exc, delay)
                 self._drained = False  # re-drain our pending entries after reconnecting
                 self._group_ready = False
-                await sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await sleep_or_stop(stop, delay)
             except ResponseError as exc:
                 self._group_ready = False
                 if "NOGROUP" in str(exc):  # stream or group deleted under us: recreate
@@ -251,11 +251,11 @@ class FastPathConsumer:
                     continue
                 # e.g. OOM under maxmemory, READONLY replica: an answer, not a crash
                 self.health.fail("redis_error", f"Redis refused a command: {exc}")
+                delay = backoff.next()
                 log.error("fast path: Redis refused a command (%s); retrying in %.0f s", exc,
-                          backoff)  # fmt: skip
+                          delay)  # fmt: skip
                 self._drained = False
-                await sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await sleep_or_stop(stop, delay)
 
     async def step(self, block_ms: int | None = None) -> int:
         """Drain pending first, then claim stale, then read new; returns entries handled.
@@ -433,16 +433,16 @@ class FastPathConsumer:
         The entries stay pending (not acknowledged) meanwhile. The batch is kept in memory and
         retried as is, so a long outage does not raise their delivery count.
         """
-        backoff = self.cfg.store_retry_initial_seconds
+        backoff = Backoff(self.cfg.store_retry_initial_seconds, self.cfg.store_retry_max_seconds)
         while True:
             try:
                 result = await self._write(events)
             except sqlite3.Error as exc:
-                self._store_failed(exc, len(events), backoff)
-                await wait_any([self._stop, self._halt], backoff)
+                delay = backoff.next()
+                self._store_failed(exc, len(events), delay)
+                await wait_any([self._stop, self._halt], delay)
                 if self._stop.is_set() or self._halt.is_set():
                     raise _Stopping from exc
-                backoff = min(backoff * 2, self.cfg.store_retry_max_seconds)
                 continue
             if self._store_down_since is not None:
                 log.warning(
