@@ -102,7 +102,7 @@ def project(tmp: Path, name: str) -> str:
     return str(folder)
 
 
-def _stream_traces(client: sync_redis.Redis) -> Iterator[dict[str, str]]:
+def stream_trace_fields(client: sync_redis.Redis) -> Iterator[dict[str, str]]:
     """The fields of every ``database_trace`` entry on the stream, paged, in stream order."""
     last = "-"
     while True:
@@ -125,7 +125,7 @@ def stream_generation_ids(
     ``trace_type=None`` counts every trace by ``event_id`` instead (prompts included).
     """
     out: Counter[str] = Counter()
-    for fields in _stream_traces(client):
+    for fields in stream_trace_fields(client):
         payload = json.loads(fields["payload"])
         if trace_type is None:
             out[fields["event_id"]] += 1
@@ -177,7 +177,7 @@ class TraceEntry:
 def stream_traces(client: sync_redis.Redis) -> list[TraceEntry]:
     """Every ``database_trace`` entry on the stream, in stream order (duplicates kept)."""
     out: list[TraceEntry] = []
-    for fields in _stream_traces(client):
+    for fields in stream_trace_fields(client):
         p = json.loads(fields["payload"])
         meta = json.loads(fields.get("metadata") or "{}")
         gen = str(p.get("generation_id"))

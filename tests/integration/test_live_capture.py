@@ -19,7 +19,7 @@ from tests.fixtures.cursor_db import (
     make_workspace_identifier,
     snapshot_files,
 )
-from tests.integration.reliability_support import status_json
+from tests.integration.reliability_support import status_json, stream_trace_fields
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,8 @@ def _project(tmp: Path, name: str) -> str:
 
 
 def _on_stream(client: sync_redis.Redis, trace_type: str) -> list[dict]:
-    out = []
-    for _id, fields in client.xrange("telemetry:events"):
-        if fields.get("event_type") != "database_trace":
-            continue
-        payload = json.loads(fields["payload"])
-        if payload.get("trace_type") == trace_type:
-            out.append(payload)
-    return out
+    payloads = (json.loads(f["payload"]) for f in stream_trace_fields(client))
+    return [p for p in payloads if p.get("trace_type") == trace_type]
 
 
 def _detection(env: BlueplaneEnv, key: str) -> str | None:
