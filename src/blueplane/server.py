@@ -122,9 +122,14 @@ class Server:
             )  # fmt: skip
             tasks.append(asyncio.create_task(trimmer.run(self.stop_event), name="trimmer"))
             self.health.server["state"] = "running"
+            detection = (
+                f"file events, safety poll every {mon.poll_interval_seconds:g} s"
+                if mon.watch_files
+                else f"polling every {mon.poll_interval_seconds:g} s"
+            )
             log.info(
-                "Blueplane Monitor %s running: Redis %s, store %s, polling every %g s",
-                __version__, url, s.store_path, mon.poll_interval_seconds,
+                "Blueplane Monitor %s running: Redis %s, store %s, %s",
+                __version__, url, s.store_path, detection,
             )  # fmt: skip
             await self._supervise(tasks)
         finally:
