@@ -483,6 +483,7 @@ class SessionMonitor:
                     jump / 3600, self.expiry_grace_s,
                 )  # fmt: skip
                 grace_until = mono + self.expiry_grace_s
+                self.health.count("clock_jumps")
             last_wall, last_mono = wall, mono
             try:
                 await self.flush_activity()
