@@ -10,10 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from blueplane.cli.common import JsonOpt, app, out, settings_or_exit
+from blueplane.cli.common import JsonOpt, app, open_store_or_exit, out, settings_or_exit
 from blueplane.cli.formatting import trace_cells
 from blueplane.events import normalise_workspace_path, parse_iso_ms, workspace_hash
-from blueplane.store import TraceStore
+from blueplane.stores import store_exists
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -48,10 +48,10 @@ def traces(
     whash = workspace
     if workspace and not re.fullmatch(r"[0-9a-f]{16}", workspace):
         whash = workspace_hash(normalise_workspace_path(workspace))
-    if not settings.store_path.exists():
+    if not store_exists(settings):
         rows: list[dict[str, Any]] = []
     else:
-        store = TraceStore(settings.store_path, readonly=True)
+        store = open_store_or_exit(settings)
         try:
             rows = store.traces(whash, since_ms, limit, trace_type)
         finally:
