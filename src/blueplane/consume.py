@@ -87,7 +87,7 @@ class ConsumeServer:
             )  # fmt: skip
             trimmer = StreamTrimmer(
                 redis, s.redis.stream, s.fast_path.max_stream_length, self.health,
-                s.fast_path.trim_interval_seconds,
+                s.fast_path.trim_interval_seconds, position_required=False,
             )  # fmt: skip
             tasks = [
                 asyncio.create_task(consumer.run(self.stop_event), name="consumer"),
