@@ -243,7 +243,7 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if answers(MACHINE_PG):
         yield MACHINE_PG
         return
-    cluster = PgCluster(tmp_path_factory.mktemp("pg")).start()
+    cluster = PgCluster().start()
     try:
         yield cluster.url
     finally:

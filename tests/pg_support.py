@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -49,8 +50,10 @@ class PgCluster:
     """``initdb`` + ``pg_ctl`` on a free loopback port under ``data_dir`` (as user ``postgres``
     when the tests run as root: PostgreSQL refuses to run as root)."""
 
-    def __init__(self, data_dir: Path, *, password: str | None = None) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Path | None = None, *, password: str | None = None) -> None:
+        # Not under pytest's basetemp: user postgres must be able to reach the folder.
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="bp-pg-"))
+        self.data_dir.chmod(0o755)
         self.password = password
         self.port = free_port()
         self._as: list[str] = []
@@ -96,6 +99,7 @@ class PgCluster:
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.pg_ctl("stop")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def create_database(server_url: str, prefix: str = "bp_test") -> str:

@@ -123,9 +123,11 @@ class PgTraceStore(TraceStore):
         self._readonly = readonly
         self._write_conn: psycopg.Connection[Any] | None = None
         self.conn = _PgConn(connect(url))  # type: ignore[assignment]
-        if readonly:
+        if readonly and self._stored_version() is not None:
             self._check_version()
         else:
+            # a reader of a database no consumer has written yet creates the empty tables,
+            # so its queries answer "nothing" (as for a SQLite file not there yet)
             self._migrate()
 
     @property
