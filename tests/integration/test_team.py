@@ -326,3 +326,126 @@ def test_consume_trims_without_a_session_position_but_never_past_pending(
     time.sleep(0.6)  # a few more trim rounds: still bounded by the other group's pending
     first = redis_client.xrange(STREAM, count=1)[0][0]
     assert first == ids[300]
+
+
+@pytest.fixture
+def own_pg() -> PgCluster:
+    """A PostgreSQL of the test's own (trust), which it may restart."""
+    if not pg_bin("initdb"):
+        pytest.skip("initdb not installed (apt-get install postgresql)")
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+def test_a_postgres_restart_mid_burst_loses_and_duplicates_nothing(
+    bp_env: BlueplaneEnv, own_pg: PgCluster, redis_client: sync_redis.Redis,
+    consumers: list[ConsumeProcess],
+) -> None:  # fmt: skip
+    from tests.pg_support import create_database
+
+    url = create_database(own_pg.url)
+    env = _consume_env(bp_env, url)
+    env.extra["BLUEPLANE_FAST_PATH__STORE_RETRY_INITIAL_SECONDS"] = "0.2"
+    env.extra["BLUEPLANE_FAST_PATH__STORE_RETRY_MAX_SECONDS"] = "1"
+    n = 20_000
+    c = ConsumeProcess(env, "central-1")
+    consumers.append(c)
+    c.start()
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(STREAM, trace_entry(i))
+    pipe.execute()
+    wait_until(lambda: row_count(url) >= 2000, timeout=60, what="the burst to be stored")
+    own_pg.pg_ctl("restart")  # mid-burst: connections cut, transactions rolled back
+    wait_until(lambda: row_count(url) == n, timeout=120, what=f"all {n} after the restart")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(DISTINCT event_id) FROM events").fetchone() == (n,)
+    wait_until(lambda: redis_client.xinfo_groups(STREAM)[0]["pending"] == 0, what="all acked")
+    assert "cannot write the store" in c.log() or "writable again" in c.log(), c.log()[-3000:]
+    assert c.stop() == 0
+
+
+def _make_tls_files(folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1, made with the openssl command."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = {k: folder / f"{k}.pem" for k in ("ca", "ca-key", "server", "server-key", "csr")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bp-test-ca",
+        "-keyout", str(f["ca-key"]), "-out", str(f["ca"]))  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", str(f["server-key"]), "-out", str(f["csr"]))  # fmt: skip
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", str(f["csr"]), "-CA", str(f["ca"]), "-CAkey",
+        str(f["ca-key"]), "-CAcreateserial", "-days", "2", "-extfile", str(ext),
+        "-out", str(f["server"]))  # fmt: skip
+    return f
+
+
+def test_a_producer_publishes_over_tls_with_a_user_and_password(
+    tmp_path: Path, pg_url: str, consumers: list[ConsumeProcess]
+) -> None:
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if not binary or not shutil.which("openssl"):
+        pytest.skip("needs redis-server and openssl")
+    tls = _make_tls_files(tmp_path / "tls")
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(tls["server"]), "--tls-key-file", str(tls["server-key"]),
+         "--tls-ca-cert-file", str(tls["ca"]), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        admin = sync_redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(tls["ca"]))
+        wait_until(lambda: _pings(admin), timeout=15, what="the TLS Redis")
+        if server.poll() is not None:
+            pytest.skip("redis-server without TLS support")
+        admin.acl_setuser("dev", enabled=True, passwords=["+Tl5Secret"], keys=["*"],
+                          channels=["*"], commands=["+@all"])  # fmt: skip
+        url = f"rediss://dev:Tl5Secret@127.0.0.1:{port}/0"
+        producer = own_env(tmp_path / "laptop", url)
+        producer.extra.update(
+            BLUEPLANE_FAST_PATH__ENABLED="false",
+            BLUEPLANE_REDIS__SSL_CA_CERTS=str(tls["ca"]),
+            BLUEPLANE_CURSOR_DATABASE_MONITOR__POLL_INTERVAL_SECONDS="0.1",
+        )
+        central = own_env(tmp_path / "central", url)
+        central.extra.update(
+            BLUEPLANE_STORE_URL=pg_url, BLUEPLANE_REDIS__SSL_CA_CERTS=str(tls["ca"])
+        )
+        ws = UserDir(producer.cursor_dirs[0]).add_workspace(project(tmp_path, "p"))
+        ws.db.append_generations(4)
+        sp = ServerProcess(producer).start()
+        producer.cli("session", "start", "--workspace", str(ws.folder_path), "--session-id", "s")
+        c = ConsumeProcess(central, "tls-1")
+        consumers.append(c)
+        c.start()
+        gen_count = "SELECT count(*) FROM events WHERE trace_type='generation'"
+        wait_until(lambda: row_count(pg_url, gen_count) == 4, timeout=30, what="4 over TLS")
+        status = producer.cli_json("status")
+        assert status["stream"]["reachable"] is True
+        assert status["stream"]["url"] == f"rediss://dev:***@127.0.0.1:{port}/0"
+        assert "Tl5Secret" not in sp.log() + c.log() + json.dumps(status)
+        # without the CA the server's certificate is refused: reachable false, said so
+        producer.extra.pop("BLUEPLANE_REDIS__SSL_CA_CERTS")
+        bad = producer.cli_json("status")["stream"]
+        assert bad["reachable"] is False and "certificate" in bad["error"].lower()
+        assert sp.stop() == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pings(client: sync_redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (sync_redis.ConnectionError, OSError):
+        return False
