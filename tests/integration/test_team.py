@@ -156,6 +156,9 @@ def test_two_consumers_share_one_group_and_a_killed_one_loses_nothing(
     assert {"team-a", "team-b"} <= names
     assert status["stream"]["pending"] == 0
     assert status["store"]["counts"] == {"generation": n}
+    procs = status["consume_processes"]
+    assert procs["team-b"]["running"] is True and procs["team-a"]["running"] is False
+    assert procs["team-b"]["components"]["fast_path_consumer"]["counters"]["stored"] > 0
     assert b.stop() == 0
 
 

@@ -29,6 +29,25 @@ def pid_alive(pid: object) -> bool:
     return True
 
 
+def consume_processes(settings: Settings) -> dict[str, Any]:
+    """The ``blueplane consume`` processes of this home (``consume-<name>.json``): state, pid,
+    components; ``running`` is checked against the pid."""
+    out: dict[str, Any] = {}
+    for path in sorted(settings.home.glob("consume-*.json")):
+        try:
+            snap = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        server = snap.get("server", {})
+        name = server.get("consumer") or path.stem.removeprefix("consume-")
+        out[name] = {
+            "running": server.get("state") == "running" and pid_alive(server.get("pid")),
+            "server": server,
+            "components": snap.get("components", {}),
+        }
+    return out
+
+
 def store_stats(settings: Settings) -> dict[str, Any]:
     """The store's URL (masked) and its event counts by type, or why they cannot be read."""
     stats: dict[str, Any] = {"url": mask_url(settings.store_url), "counts": {}}
@@ -67,6 +86,7 @@ def status(json_out: JsonOpt = False) -> None:
         "workspaces": snapshot.get("workspaces", {}),
         "written_at": snapshot.get("written_at"),
         "store": store_stats(settings),
+        "consume_processes": consume_processes(settings),
     }
     if json_out:
         out.print_json(json.dumps(result))
@@ -90,6 +110,11 @@ def status(json_out: JsonOpt = False) -> None:
         out.print(
             f"Redis {st['url']}: [red]unreachable[/red] {st.get('error', '')}", highlight=False
         )
+    for name, proc in result["consume_processes"].items():
+        state = "[green]running[/green]" if proc["running"] else "[yellow]not running[/yellow]"
+        out.print(f"consume {name}: {state}  pid {proc['server'].get('pid', '-')}")
+        for cname, comp in proc["components"].items():
+            out.print("  " + component_line(cname, comp), highlight=False)
     for c in st.get("consumers", []):
         age = c.get("oldest_pending_age_ms")
         out.print(
