@@ -497,7 +497,12 @@ def main(argv: list[str] | None = None) -> int:
         faults: list[dict[str, Any]] = []
         time.sleep(s.burst_s * 0.2)
         victim = consumers["central-2"]
-        pending = {c["name"].decode(): c["pending"] for c in r.xinfo_consumers(STREAM, GROUP)}
+        deadline = time.monotonic() + 5  # kill it mid-batch: while it holds unacked entries
+        while True:
+            pending = {c["name"].decode(): c["pending"] for c in r.xinfo_consumers(STREAM, GROUP)}
+            if pending.get("central-2") or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         victim.kill()
         faults.append({"at_s": round(time.time() - b0, 1), "what": "SIGKILL central-2",
                        "its_pending": pending.get("central-2")})  # fmt: skip
