@@ -15,6 +15,15 @@ To add a table: append a ``Table`` to ``TABLES`` (it is created on the next star
 store, ``CREATE TABLE IF NOT EXISTS``) and bump ``SCHEMA_VERSION`` with a ``Migration`` that
 needs no statements. To add columns to an existing table: add them to its ``Table`` and to a
 new ``Migration``'s ``add_columns``.
+
+Queries: write them once, on ``self.conn.execute(sql, params)`` in the SQLite spelling with
+``?``; on PostgreSQL ``store_pg._PgConn`` runs them through ``POSTGRES.sql``. Keep to SQL both
+engines know (``COALESCE``, ``GROUP BY``, ``LIMIT``, ``INSERT … ON CONFLICT (k) DO UPDATE``
+rather than ``INSERT OR REPLACE``); reach into JSON with ``self.dialect.json_text(col, key)``;
+anything else engine-specific (full-text search: FTS5 vs ``tsvector``) becomes one more
+``Dialect`` method. Rows a writer maintains in the batch's transaction are written inside
+``TraceStore.write_batch`` (SQLite) and ``PgTraceStore.write_batch`` (after the move from
+``_bp_batch``, same transaction).
 """
 
 from __future__ import annotations
