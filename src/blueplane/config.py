@@ -103,6 +103,25 @@ class SessionMonitorConfig(_Section):
     session_idle_expiry_hours: float = Field(12.0, ge=0)
 
 
+class FeatureFlagsConfig(_Section):
+    """The migration from the TypeScript monitor (rules in ``blueplane.rollout``)."""
+
+    # The master switch: false publishes nothing for any workspace (each is still tracked).
+    python_db_monitor_enabled: bool = True
+    # Share of workspaces (by a stable hash bucket) whose databases the Python monitor publishes.
+    python_db_monitor_rollout_percent: int = Field(100, ge=0, le=100)
+    # Workspace hashes or folder paths always in / always out of the rollout; exclude wins.
+    python_db_monitor_include: list[str] = Field(default_factory=list)
+    python_db_monitor_exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("python_db_monitor_include", "python_db_monitor_exclude", mode="before")
+    @classmethod
+    def _entries(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "a,b" from a plain environment variable
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
 def _default_home() -> Path:
     return Path("~/.blueplane").expanduser()
 
@@ -127,6 +146,7 @@ class Settings(BaseSettings):
     )
     session_monitor: SessionMonitorConfig = Field(default_factory=SessionMonitorConfig)
     fast_path: FastPathConfig = Field(default_factory=FastPathConfig)
+    feature_flags: FeatureFlagsConfig = Field(default_factory=FeatureFlagsConfig)
 
     _config_file: Path | None = None
 

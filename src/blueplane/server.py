@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -27,6 +28,7 @@ from blueplane.broker import (
     wait_for_redis,
 )
 from blueplane.config import Settings
+from blueplane.config_reloader import ConfigReloader
 from blueplane.cursor.database_monitor import CursorDatabaseMonitor
 from blueplane.cursor.paths import resolve_user_dirs
 from blueplane.cursor.session_monitor import SessionMonitor
@@ -37,6 +39,7 @@ from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
 from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.publisher import Publisher
+from blueplane.rollout import Rollout, describe
 from blueplane.store import TraceStore
 
 log = logging.getLogger("blueplane.server")
@@ -56,6 +59,13 @@ class Server:
         self.stop_event = asyncio.Event()
         self.bundled: BundledRedis | None = None
         self.lock: InstanceLock | None = None
+        self.rollout = Rollout(settings.feature_flags)
+        self.reloader: ConfigReloader | None = None
+
+    def request_reload(self) -> None:
+        """SIGHUP: reread the config (only the feature flags apply without a restart)."""
+        if self.reloader is not None:
+            self.reloader.request()
 
     def request_stop(self, reason: str = "stop requested") -> None:
         if not self.stop_event.is_set():
@@ -107,8 +117,18 @@ class Server:
             publisher = Publisher(redis, s.redis.stream, mon.dedup_window_hours * 3600)
             await sessions.load()
             tasks.append(asyncio.create_task(sessions.run(self.stop_event), name="sessions"))
+            reloader = ConfigReloader(
+                s, self.rollout, self.health,
+                known_workspaces=_known_workspaces(mapper, sessions),
+            )  # fmt: skip
+            self.reloader = reloader
+            log.info("%s", describe(s.feature_flags))
+            await reloader.warn_unknown_entries()
+            tasks.append(asyncio.create_task(reloader.run(self.stop_event), name="config"))
             if mon.enabled:
-                monitor = CursorDatabaseMonitor(mon, sessions, mapper, publisher, self.health)
+                monitor = CursorDatabaseMonitor(
+                    mon, sessions, mapper, publisher, self.health, rollout=self.rollout
+                )
                 tasks.append(asyncio.create_task(monitor.run(self.stop_event), name="monitor"))
             if s.fast_path.enabled:
                 consumer = FastPathConsumer(
@@ -225,10 +245,27 @@ class Server:
         )  # fmt: skip
 
 
+def _known_workspaces(
+    mapper: WorkspaceMapper, sessions: SessionMonitor
+) -> Callable[[], list[tuple[str, str | None]]]:
+    """Workspaces Cursor has opened and those with a session: what include/exclude can name."""
+
+    def known() -> list[tuple[str, str | None]]:
+        out: list[tuple[str, str | None]] = [
+            (f.workspace_hash, f.local_path) for f in mapper.discover() if f.workspace_hash
+        ]
+        for h, active in sessions.active_workspaces().items():
+            out.append((h, active[-1].workspace_path or None))
+        return out
+
+    return known
+
+
 def install_signal_handlers(server: Server) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.request_stop, signal.Signals(sig).name)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
 
 
 async def serve(settings: Settings) -> None:
