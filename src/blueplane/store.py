@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blueplane import trace_sources
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     event_id        TEXT PRIMARY KEY,
@@ -71,6 +73,8 @@ class StoredEvent:
     # The JSON text as it came off the stream: stored as is, not serialised a second time.
     payload_json: str | None = None
     metadata_json: str | None = None
+    # Which monitor reported it (metadata ``source``; ``extension`` for the TypeScript monitor).
+    source: str | None = None
 
     @property
     def is_trace(self) -> bool:
@@ -92,6 +96,8 @@ WHERE ? IS NULL OR NOT EXISTS (
     SELECT 1 FROM events WHERE session_id=? AND trace_type IS ? AND item_key=? AND revision=?
     AND received_at_ms>=? AND event_id<>? LIMIT 1)
 """
+# A generation with a workspace: also one trace whichever monitors report it (trace_sources).
+_INSERT_GENERATION = _INSERT + trace_sources.NOT_FIRST
 
 
 class TraceStore:
@@ -115,6 +121,7 @@ class TraceStore:
         self.conn.execute("PRAGMA journal_size_limit=67108864")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.conn.executescript(SCHEMA)
+        self.conn.executescript(trace_sources.SCHEMA)
         self.conn.execute(
             "INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
         )
@@ -138,8 +145,42 @@ class TraceStore:
         """
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
+        keyed = trace_sources.is_keyed_generation
+        generations = [ev for ev in events if keyed(ev)]
+        if generations:
+            others = [ev for ev in events if not keyed(ev)]
+            source_rows = trace_sources.rows(generations, now_ms)
+        else:
+            others, source_rows = list(events), []
+        rows = self._rows(others, now_ms, since_ms)
+        gen_rows = [
+            (*row, *trace_sources.not_first_args(ev))
+            for row, ev in zip(self._rows(generations, now_ms, since_ms), generations, strict=True)
+        ]
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"store {self.path} is closed")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                if source_rows:
+                    # First: every source is recorded, even when its trace is a duplicate.
+                    self.conn.executemany(trace_sources.INSERT, source_rows)
+                before = self.conn.total_changes
+                self.conn.executemany(_INSERT, rows)
+                if gen_rows:
+                    self.conn.executemany(_INSERT_GENERATION, gen_rows)
+                inserted = self.conn.total_changes - before
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        return WriteResult(inserted, len(events) - inserted)
+
+    @staticmethod
+    def _rows(events: Sequence[StoredEvent], now_ms: int, since_ms: int) -> list[tuple[Any, ...]]:
         dumps = json.dumps
-        rows = [
+        return [
             (
                 ev.event_id, ev.stream_id, ev.event_type, ev.hook_type, ev.platform,
                 ev.trace_type, ev.session_id, ev.workspace_hash, ev.generation_id,
@@ -155,20 +196,6 @@ class TraceStore:
             )
             for ev in events
         ]  # fmt: skip
-        with self._lock:
-            if self._closed:
-                raise sqlite3.ProgrammingError(f"store {self.path} is closed")
-            before = self.conn.total_changes
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.executemany(_INSERT, rows)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-            inserted = self.conn.total_changes - before
-        return WriteResult(inserted, len(rows) - inserted)
 
     # ----------------------------------------------------------------- queries
     def traces(
@@ -201,7 +228,30 @@ class TraceStore:
             " ORDER BY COALESCE(timestamp_ms, received_at_ms) DESC, stream_id DESC LIMIT ?"
         )
         rows = self.conn.execute(sql, (*args, limit)).fetchall()
-        return [_trace_row(r) for r in reversed(rows)]
+        out = [_trace_row(r) for r in reversed(rows)]
+        self._add_sources(out)
+        return out
+
+    def _add_sources(self, records: list[dict[str, Any]]) -> None:
+        """``"sources"`` of each trace: every monitor that reported its generation."""
+        keys = [
+            (r["workspace_hash"], r["generation_id"])
+            for r in records
+            if r["trace_type"] == "generation" and r["workspace_hash"] and r["generation_id"]
+        ]
+        try:
+            known = trace_sources.sources_for(self.conn, keys) if keys else {}
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            known = {}  # a store written before trace_sources existed
+        for r in records:
+            found = known.get((r["workspace_hash"], r["generation_id"]))
+            if found is None:
+                meta = r["metadata"]
+                own = meta.get("source") if isinstance(meta, dict) else None
+                found = [own if isinstance(own, str) else trace_sources.UNKNOWN_SOURCE]
+            r["sources"] = found
 
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute(

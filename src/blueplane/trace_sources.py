@@ -1,0 +1,148 @@
+"""Which monitors reported each generation: the ``trace_sources`` table of the store.
+
+During the migration both the Python monitor (``source: python_monitor``) and the extension's
+TypeScript monitor (``source: extension``) report the same generations. The store keeps ONE
+trace per generation (the first report wins the ``events`` row), and this table keeps one row
+per (workspace_hash, generation_id, source), written by the store's writer in the same
+transaction as the batch. So the consumer's dedup never hides a source, ``traces`` shows every
+source, and ``compare`` reads each side's own facts (description, type, generation time).
+
+The SQL is standard apart from ``INSERT OR IGNORE`` and the SQLite ``INTEGER PRIMARY KEY``
+(both isolated here for the PostgreSQL backend: ``ON CONFLICT DO NOTHING`` and an identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from blueplane.events import parse_iso_ms
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from blueplane.store import StoredEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trace_sources (
+    seq              INTEGER PRIMARY KEY,
+    workspace_hash   TEXT NOT NULL,
+    generation_id    TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    event_id         TEXT NOT NULL,
+    stream_id        TEXT NOT NULL,
+    session_id       TEXT,
+    received_at_ms   INTEGER NOT NULL,
+    timestamp_ms     INTEGER,
+    generation_ms    INTEGER,
+    generation_type  TEXT,
+    description      TEXT,
+    UNIQUE (workspace_hash, generation_id, source)
+);
+CREATE INDEX IF NOT EXISTS trace_sources_by_time
+    ON trace_sources (COALESCE(generation_ms, timestamp_ms, received_at_ms));
+"""
+
+UNKNOWN_SOURCE = "unknown"
+EXTENSION = "extension"
+PYTHON = "python_monitor"
+
+INSERT = """
+INSERT OR IGNORE INTO trace_sources
+    (workspace_hash, generation_id, source, event_id, stream_id, session_id, received_at_ms,
+     timestamp_ms, generation_ms, generation_type, description)
+VALUES (?,?,?,?,?,?,?,?,?,?,?)
+"""
+
+# Appended to the store's insert of a generation: another source reported it first, so its
+# trace is already (or in this batch, earlier) the one stored; this report is only a source.
+NOT_FIRST = """
+AND NOT EXISTS (
+    SELECT 1 FROM trace_sources o WHERE o.workspace_hash=? AND o.generation_id=?
+    AND o.source<>? AND o.seq < (
+        SELECT m.seq FROM trace_sources m
+        WHERE m.workspace_hash=? AND m.generation_id=? AND m.source=?))
+"""
+
+
+def is_keyed_generation(ev: StoredEvent) -> bool:
+    """A generation trace with the identity ``compare`` and the sources use."""
+    return (
+        ev.event_type == "database_trace"
+        and ev.trace_type == "generation"
+        and bool(ev.workspace_hash)
+        and bool(ev.generation_id)
+    )
+
+
+def source_of(ev: StoredEvent) -> str:
+    return ev.source or UNKNOWN_SOURCE
+
+
+def _int_ms(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) and value == value and abs(value) < 1e15:
+        return int(value)
+    if isinstance(value, str) and value:
+        try:
+            return parse_iso_ms(value)
+        except ValueError:
+            return None
+    return None
+
+
+def generation_facts(
+    payload: dict[str, Any], source: str
+) -> tuple[str | None, str | None, int | None]:
+    """(description, type, generation time in ms) from either monitor's payload."""
+    if source != EXTENSION:  # ours
+        ms = _int_ms(payload.get("generation_timestamp_ms"))
+        return _str(payload.get("description")), _str(payload.get("generation_type")), ms
+    full = payload.get("full_generation_data") or payload.get("fullGenerationData")
+    full = full if isinstance(full, dict) else {}
+    ms = _int_ms(full.get("unixMs"))
+    if ms is None:
+        ms = _int_ms(payload.get("generation_timestamp") or payload.get("generationTimestamp"))
+    return _str(full.get("textDescription")), _str(full.get("type")), ms
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def rows(events: Iterable[StoredEvent], received_at_ms: int) -> list[tuple[Any, ...]]:
+    out = []
+    for ev in events:
+        description, gtype, gen_ms = generation_facts(ev.payload, source_of(ev))
+        out.append(
+            (
+                ev.workspace_hash, ev.generation_id, source_of(ev), ev.event_id, ev.stream_id,
+                ev.session_id, received_at_ms, ev.timestamp_ms, gen_ms, gtype, description,
+            )
+        )  # fmt: skip
+    return out
+
+
+def not_first_args(ev: StoredEvent) -> tuple[Any, ...]:
+    src = source_of(ev)
+    return (ev.workspace_hash, ev.generation_id, src, ev.workspace_hash, ev.generation_id, src)
+
+
+def sources_for(
+    conn: sqlite3.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """Sources of each (workspace_hash, generation_id), in the order they reported it."""
+    out: dict[tuple[str, str], list[str]] = {}
+    wanted = sorted(set(keys))
+    for i in range(0, len(wanted), 400):
+        chunk = wanted[i : i + 400]
+        cond = " OR ".join(["(workspace_hash=? AND generation_id=?)"] * len(chunk))
+        args = [v for k in chunk for v in k]
+        for wh, gid, src in conn.execute(
+            f"SELECT workspace_hash, generation_id, source FROM trace_sources WHERE {cond}"
+            " ORDER BY seq",
+            args,
+        ):
+            out.setdefault((wh, gid), []).append(src)
+    return out
