@@ -250,7 +250,8 @@ class TraceStore:
             if found is None:
                 meta = r["metadata"]
                 own = meta.get("source") if isinstance(meta, dict) else None
-                found = [own if isinstance(own, str) else trace_sources.UNKNOWN_SOURCE]
+                # Only the extension's TypeScript monitor sends traces without a source.
+                found = [own if isinstance(own, str) else trace_sources.EXTENSION]
             r["sources"] = found
 
     def counts(self) -> dict[str, int]:
