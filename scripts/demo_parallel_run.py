@@ -23,9 +23,11 @@ import redis as sync_redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blueplane.broker import BundledRedis  # noqa: E402
 from tests.fixtures.cursor_db import UserDir, make_generation, now_ms  # noqa: E402
 from tests.integration.test_parallel_run import extension_event  # noqa: E402
+
+from blueplane.broker import BundledRedis  # noqa: E402
+from blueplane.events import normalise_workspace_path, workspace_hash  # noqa: E402
 
 
 def wait(predicate, what: str, timeout: float = 30.0) -> None:
@@ -34,6 +36,11 @@ def wait(predicate, what: str, timeout: float = 30.0) -> None:
         if time.monotonic() > end:
             raise SystemExit(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def show(w: dict) -> None:
+    keys = ("workspace_hash", "status", "rollout")
+    print(json.dumps({k: w.get(k) for k in keys}, ensure_ascii=False))
 
 
 def main() -> None:
@@ -47,28 +54,53 @@ def main() -> None:
     cfg = tmp / "blueplane.yaml"
     cfg.write_text("feature_flags:\n  python_db_monitor_rollout_percent: 100\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
-    env.update(BLUEPLANE_HOME=str(home), BLUEPLANE_REDIS_URL=url, BLUEPLANE_CURSOR_DIRS=str(user),
-               BLUEPLANE_CONFIG=str(cfg), COLUMNS="120")  # fmt: skip
+    env.update(
+        BLUEPLANE_HOME=str(home),
+        BLUEPLANE_REDIS_URL=url,
+        BLUEPLANE_CURSOR_DIRS=str(user),
+        BLUEPLANE_CONFIG=str(cfg),
+        COLUMNS="120",
+    )
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "blueplane.cli", *args], env=env,
-                              capture_output=True, text=True, cwd=home)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "blueplane.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=home,
+        )
 
     folder = tmp / "projects" / "shop"
     folder.mkdir(parents=True)
     ws = UserDir(user).add_workspace(str(folder))
-    server = subprocess.Popen([sys.executable, "-m", "blueplane.cli", "run"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=home)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "blueplane.cli", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=home,
+    )
     client = sync_redis.Redis.from_url(url, decode_responses=True)
     try:
-        wait(lambda: (home / "status.json").exists() and json.loads(
-            (home / "status.json").read_text())["server"].get("state") == "running", "server")  # fmt: skip
+        wait(
+            lambda: (
+                (home / "status.json").exists()
+                and json.loads((home / "status.json").read_text())["server"].get("state")
+                == "running"
+            ),
+            "server",
+        )
         cli("session", "start", "--workspace", str(folder), "--session-id", "demo-session")
-        from blueplane.events import normalise_workspace_path, workspace_hash
-
         h = workspace_hash(normalise_workspace_path(str(folder)))
-        texts = ["add a cart endpoint", "write tests for cart", "fix the 500 on checkout",
-                 "rename Basket to Cart", "explain the tax rules", "speed up the product page"]  # fmt: skip
+        texts = [
+            "add a cart endpoint",
+            "write tests for cart",
+            "fix the 500 on checkout",
+            "rename Basket to Cart",
+            "explain the tax rules",
+            "speed up the product page",
+        ]
         gens = [make_generation(now_ms() + i, "composer", t) for i, t in enumerate(texts)]
         ws.db.append_generations(gens)
         wait(lambda: len(json.loads(cli("traces", "--json").stdout)) == len(gens), "traces")
@@ -99,8 +131,14 @@ def main() -> None:
                 )
             )
         cfg.write_text("feature_flags:\n  python_db_monitor_rollout_percent: 10\n")
-        wait(lambda: "not in rollout" in json.dumps(json.loads(
-            (home / "status.json").read_text())["workspaces"]), "rollout 10 %", 10)  # fmt: skip
+        wait(
+            lambda: (
+                "not in rollout"
+                in json.dumps(json.loads((home / "status.json").read_text())["workspaces"])
+            ),
+            "rollout 10 %",
+            10,
+        )
         status = json.loads(cli("status", "--json").stdout)
         print("\n# after setting python_db_monitor_rollout_percent: 10 (no restart)")
         for w in status["workspaces"].values():
