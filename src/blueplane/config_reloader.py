@@ -61,6 +61,7 @@ class ConfigReloader:
         self.path = settings.config_file
         self.rollout = rollout
         self.health = health.component("config")
+        self._server = health.server  # its "warnings" list is shown by `status`
         self.known_workspaces = known_workspaces
         self._load = load
         self._requested = asyncio.Event()
@@ -117,16 +118,26 @@ class ConfigReloader:
 
     async def warn_unknown_entries(self) -> list[str]:
         """One warning line per include/exclude entry that names no known workspace."""
-        if self.known_workspaces is None:
-            return []
         f = self.rollout.flags
-        if not (f.python_db_monitor_include or f.python_db_monitor_exclude):
+        if self.known_workspaces is None or not (
+            f.python_db_monitor_include or f.python_db_monitor_exclude
+        ):
+            self._show_warnings([])
             return []
         known = await asyncio.to_thread(lambda: list(self.known_workspaces()))  # type: ignore[misc]
         warnings = self.rollout.unknown_entries(known)
         for w in warnings:
             log.warning("%s", w)
+        self._show_warnings(warnings)
         return warnings
+
+    def _show_warnings(self, warnings: list[str]) -> None:
+        """The flags' warnings in ``status`` (replacing those of the previous flags)."""
+        kept = [w for w in self._server.get("warnings", []) if not w.startswith("feature_flags.")]
+        if kept or warnings:
+            self._server["warnings"] = kept + warnings
+        else:
+            self._server.pop("warnings", None)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Request a reload whenever the file itself changed (created, replaced, written)."""

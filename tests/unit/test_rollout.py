@@ -200,3 +200,28 @@ async def test_file_change_applies_within_a_second_and_bad_config_keeps_the_old(
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_unknown_entries_warn_once_each_and_show_in_status(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = str(tmp_path / "known")
+    cfg = tmp_path / "blueplane.yaml"
+    cfg.write_text(f"feature_flags:\n  python_db_monitor_include: ['{folder}', '/typo/path']\n")
+    settings = load_settings(cfg)
+    health = Health()
+    reloader = ConfigReloader(
+        settings, Rollout(settings.feature_flags), health,
+        known_workspaces=lambda: [(workspace_hash(folder), folder)],
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="blueplane.config_reloader"):
+        warnings = await reloader.warn_unknown_entries()
+    assert warnings == [
+        "feature_flags.python_db_monitor_include: '/typo/path' names no known workspace "
+        "(neither a workspace hash nor a folder Cursor has opened)"
+    ]
+    assert [r.getMessage() for r in caplog.records] == warnings
+    assert health.server["warnings"] == warnings
+    cfg.write_text(f"feature_flags:\n  python_db_monitor_include: ['{folder}']\n")
+    assert await reloader.reload()
+    assert "warnings" not in health.server
