@@ -106,6 +106,7 @@ class TraceStore:
         # Held for the whole of a write (in a worker thread) and by close(): never both at once.
         self._lock = threading.Lock()
         self._closed = False
+        self._next_seq = 0
         if readonly:
             # The CLI's view: never writes, never blocks the consumer.
             self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -149,13 +150,16 @@ class TraceStore:
         generations = [ev for ev in events if keyed(ev)]
         if generations:
             others = [ev for ev in events if not keyed(ev)]
-            source_rows = trace_sources.rows(generations, now_ms)
+            # Reports of one generation are ordered by seq: never backwards in this process.
+            seq = max(now_ms * trace_sources.SEQ_PER_MS, self._next_seq)
+            self._next_seq = seq + len(generations)
+            source_rows = trace_sources.rows(generations, now_ms, seq)
         else:
             others, source_rows = list(events), []
         rows = self._rows(others, now_ms, since_ms)
         gen_rows = [
-            (*row, *trace_sources.not_first_args(ev))
-            for row, ev in zip(self._rows(generations, now_ms, since_ms), generations, strict=True)
+            (*row, *trace_sources.not_first_args(src))
+            for row, src in zip(self._rows(generations, now_ms, since_ms), source_rows, strict=True)
         ]
         with self._lock:
             if self._closed:

@@ -7,8 +7,8 @@ per (workspace_hash, generation_id, source), written by the store's writer in th
 transaction as the batch. So the consumer's dedup never hides a source, ``traces`` shows every
 source, and ``compare`` reads each side's own facts (description, type, generation time).
 
-The SQL is standard apart from ``INSERT OR IGNORE`` and the SQLite ``INTEGER PRIMARY KEY``
-(both isolated here for the PostgreSQL backend: ``ON CONFLICT DO NOTHING`` and an identity).
+The SQL is standard apart from ``INSERT OR IGNORE`` and ``WITHOUT ROWID`` (both isolated here;
+PostgreSQL: ``ON CONFLICT DO NOTHING`` and a plain table).
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ if TYPE_CHECKING:
 
     from blueplane.store import StoredEvent
 
+# One B-tree (WITHOUT ROWID, keyed by the identity): one index update per generation written.
+# ``seq`` orders the reports of one generation: the write's time in ms times 10^6 plus the
+# event's place in its batch.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS trace_sources (
-    seq              INTEGER PRIMARY KEY,
     workspace_hash   TEXT NOT NULL,
     generation_id    TEXT NOT NULL,
     source           TEXT NOT NULL,
+    seq              INTEGER NOT NULL,
     event_id         TEXT NOT NULL,
     stream_id        TEXT NOT NULL,
     session_id       TEXT,
@@ -37,11 +40,10 @@ CREATE TABLE IF NOT EXISTS trace_sources (
     generation_ms    INTEGER,
     generation_type  TEXT,
     description      TEXT,
-    UNIQUE (workspace_hash, generation_id, source)
-);
-CREATE INDEX IF NOT EXISTS trace_sources_by_time
-    ON trace_sources (COALESCE(generation_ms, timestamp_ms, received_at_ms));
+    PRIMARY KEY (workspace_hash, generation_id, source)
+) WITHOUT ROWID;
 """
+SEQ_PER_MS = 1_000_000
 
 UNKNOWN_SOURCE = "unknown"
 EXTENSION = "extension"
@@ -49,19 +51,18 @@ PYTHON = "python_monitor"
 
 INSERT = """
 INSERT OR IGNORE INTO trace_sources
-    (workspace_hash, generation_id, source, event_id, stream_id, session_id, received_at_ms,
-     timestamp_ms, generation_ms, generation_type, description)
-VALUES (?,?,?,?,?,?,?,?,?,?,?)
+    (workspace_hash, generation_id, source, seq, event_id, stream_id, session_id,
+     received_at_ms, timestamp_ms, generation_ms, generation_type, description)
+VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
 """
 
-# Appended to the store's insert of a generation: another source reported it first, so its
-# trace is already (or in this batch, earlier) the one stored; this report is only a source.
+# Appended to the store's insert of a generation: another source reported it before this
+# write, so its trace is already (or, in this batch, earlier) the one stored; this report is
+# only a source. (A resend of the first reporter is dropped here too: its trace is stored.)
 NOT_FIRST = """
 AND NOT EXISTS (
     SELECT 1 FROM trace_sources o WHERE o.workspace_hash=? AND o.generation_id=?
-    AND o.source<>? AND o.seq < (
-        SELECT m.seq FROM trace_sources m
-        WHERE m.workspace_hash=? AND m.generation_id=? AND m.source=?))
+    AND o.source<>? AND o.seq<?)
 """
 
 
@@ -111,22 +112,26 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def rows(events: Iterable[StoredEvent], received_at_ms: int) -> list[tuple[Any, ...]]:
+def rows(
+    events: Iterable[StoredEvent], received_at_ms: int, seq_base: int
+) -> list[tuple[Any, ...]]:
     out = []
-    for ev in events:
-        description, gtype, gen_ms = generation_facts(ev.payload, source_of(ev))
+    base = seq_base
+    for i, ev in enumerate(events):
+        src = source_of(ev)
+        description, gtype, gen_ms = generation_facts(ev.payload, src)
         out.append(
             (
-                ev.workspace_hash, ev.generation_id, source_of(ev), ev.event_id, ev.stream_id,
+                ev.workspace_hash, ev.generation_id, src, base + i, ev.event_id, ev.stream_id,
                 ev.session_id, received_at_ms, ev.timestamp_ms, gen_ms, gtype, description,
             )
         )  # fmt: skip
     return out
 
 
-def not_first_args(ev: StoredEvent) -> tuple[Any, ...]:
-    src = source_of(ev)
-    return (ev.workspace_hash, ev.generation_id, src, ev.workspace_hash, ev.generation_id, src)
+def not_first_args(source_row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The NOT_FIRST parameters of an event, from its ``rows`` entry."""
+    return source_row[:4]
 
 
 def sources_for(
