@@ -55,6 +55,7 @@ class ConfigReloader:
         health: Health,
         *,
         known_workspaces: KnownWorkspaces | None = None,
+        active_workspaces: KnownWorkspaces | None = None,
         load: Callable[[Path | None], Settings] = load_settings,
     ) -> None:
         self.settings = settings
@@ -62,7 +63,10 @@ class ConfigReloader:
         self.rollout = rollout
         self.health = health.component("config")
         self._server = health.server  # its "warnings" list is shown by `status`
+        # What include/exclude entries can name: ``known_workspaces`` may block (it scans
+        # Cursor's folders: run in a thread), ``active_workspaces`` is read on the loop.
         self.known_workspaces = known_workspaces
+        self.active_workspaces = active_workspaces
         self._load = load
         self._requested = asyncio.Event()
         self._signature = _signature(self.path)
@@ -124,7 +128,9 @@ class ConfigReloader:
         ):
             self._show_warnings([])
             return []
+        active = list(self.active_workspaces()) if self.active_workspaces is not None else []
         known = await asyncio.to_thread(lambda: list(self.known_workspaces()))  # type: ignore[misc]
+        known += active
         warnings = self.rollout.unknown_entries(known)
         for w in warnings:
             log.warning("%s", w)

@@ -119,7 +119,8 @@ class Server:
             tasks.append(asyncio.create_task(sessions.run(self.stop_event), name="sessions"))
             reloader = ConfigReloader(
                 s, self.rollout, self.health,
-                known_workspaces=_known_workspaces(mapper, sessions),
+                known_workspaces=_known_workspaces(mapper),
+                active_workspaces=_active_workspaces(sessions),
             )  # fmt: skip
             self.reloader = reloader
             log.info("%s", describe(s.feature_flags))
@@ -245,20 +246,16 @@ class Server:
         )  # fmt: skip
 
 
-def _known_workspaces(
-    mapper: WorkspaceMapper, sessions: SessionMonitor
-) -> Callable[[], list[tuple[str, str | None]]]:
-    """Workspaces Cursor has opened and those with a session: what include/exclude can name."""
+def _known_workspaces(mapper: WorkspaceMapper) -> Callable[[], list[tuple[str, str | None]]]:
+    """Workspaces Cursor has opened on this machine: what include/exclude can name."""
+    return lambda: [(f.workspace_hash, f.local_path) for f in mapper.discover() if f.workspace_hash]
 
-    def known() -> list[tuple[str, str | None]]:
-        out: list[tuple[str, str | None]] = [
-            (f.workspace_hash, f.local_path) for f in mapper.discover() if f.workspace_hash
-        ]
-        for h, active in sessions.active_workspaces().items():
-            out.append((h, active[-1].workspace_path or None))
-        return out
 
-    return known
+def _active_workspaces(sessions: SessionMonitor) -> Callable[[], list[tuple[str, str | None]]]:
+    """Workspaces with a session (read on the event loop, where the sessions live)."""
+    return lambda: [
+        (h, active[-1].workspace_path or None) for h, active in sessions.active_workspaces().items()
+    ]
 
 
 def install_signal_handlers(server: Server) -> None:

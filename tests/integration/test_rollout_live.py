@@ -72,6 +72,14 @@ def _workspace(env: BlueplaneEnv, h: str) -> dict[str, Any]:
     return status.get("workspaces", {}).get(h, {})
 
 
+def _component(env: BlueplaneEnv, name: str) -> dict[str, Any]:
+    try:
+        status = json.loads((env.home / "status.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return status.get("components", {}).get(name, {})
+
+
 def _same_signature_write(path: Path, text: str) -> None:
     """New content, same inode, size and mtime: invisible to the file watch, so only SIGHUP
     can make the server see it."""
@@ -179,3 +187,34 @@ def test_flag_off_and_on_at_runtime_loses_nothing_and_sends_nothing_twice(
     assert all(t["sources"] == ["python_monitor"] for t in bp_env.traces())
     log = sp.log()
     assert "feature flags reloaded" in log and "SIGHUP: rereading the config" in log
+
+
+def test_server_warns_about_unknown_entries_and_keeps_its_config_on_a_bad_reload(
+    bp_env: BlueplaneEnv, server, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "blueplane.yaml"
+    cfg.write_text("feature_flags:\n  python_db_monitor_exclude: ['/no/such/folder']\n")
+    bp_env.extra["BLUEPLANE_CONFIG"] = str(cfg)
+    sp = server()
+    warning = "feature_flags.python_db_monitor_exclude: '/no/such/folder' names no known workspace"
+    wait_until(lambda: warning in sp.log(), what="the warning naming the key")
+    status = bp_env.cli_json("status")
+    assert any(warning in w for w in status["server"].get("warnings", []))
+
+    _replace(cfg, "feature_flags:\n  python_db_monitor_rollout_percent: 150\n")
+    wait_until(lambda: "config reload rejected" in sp.log(), what="the rejected reload")
+    lines = [ln for ln in sp.log().splitlines() if "config reload rejected" in ln]
+    assert len(lines) == 1
+    assert "python_db_monitor_rollout_percent" in lines[0] and "stays in force" in lines[0]
+    # (`blueplane status` itself refuses the bad file; the server's status file says it)
+    wait_until(
+        lambda: _component(bp_env, "config").get("status") == "invalid",
+        what="status to show the config invalid",
+    )
+    assert sp.proc is not None and sp.proc.poll() is None  # still running, old config
+    sp.proc.send_signal(signal.SIGHUP)  # the same bad file again: one more line, still running
+    wait_until(
+        lambda: sum("config reload rejected" in ln for ln in sp.log().splitlines()) == 2,
+        what="the second rejection",
+    )
+    assert sp.proc.poll() is None
