@@ -154,7 +154,13 @@ def compare(
     """The report for the window; ``dead_letters`` are the extension's rejected entries
     (None: the dead-letter stream could not be read, which the report says)."""
     report = CompareReport(since_ms, until_ms, workspace)
-    by_key = _generations(conn, since_ms, until_ms, workspace)
+    try:
+        by_key = _generations(conn, since_ms, until_ms, workspace)
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        by_key = {}  # a store no server of this version has opened yet
+        report.notes.append("the store has no trace sources yet: start the server once")
     for key in sorted(by_key):
         facts = by_key[key]
         ws = report.workspaces.setdefault(key[0], WorkspaceCounts())

@@ -142,3 +142,11 @@ def test_compare_without_a_store_is_bad_input(bp_env: BlueplaneEnv) -> None:
     bp_env.home.mkdir(parents=True)
     proc = bp_env.cli("compare", "--json", check=False)
     assert proc.returncode == 2 and "no store" in proc.stderr
+
+
+def test_compare_on_a_store_that_cannot_be_read_is_bad_input(bp_env: BlueplaneEnv) -> None:
+    bp_env.home.mkdir(parents=True)
+    (bp_env.home / "telemetry.db").write_bytes(b"this is not a database" * 100)
+    proc = bp_env.cli("compare", check=False)
+    assert proc.returncode == 2 and "cannot read the store" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

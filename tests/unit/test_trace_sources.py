@@ -127,3 +127,29 @@ def test_sources_and_compare_straight_from_the_store(store: TraceStore) -> None:
     assert report["unusable_extension_events"] == 1
     assert report["unusable_reasons"] == {"no workspace_hash in metadata": 1}
     assert report["workspaces"][WS]["missing_in_python"] == 1
+
+
+def test_a_store_from_before_trace_sources_still_reads(tmp_path: Path) -> None:
+    import sqlite3
+
+    from blueplane.store import SCHEMA
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    conn.execute(
+        "INSERT INTO events (event_id, stream_id, event_type, trace_type, workspace_hash,"
+        " generation_id, received_at_ms, payload, metadata) VALUES"
+        " ('e1', '1-0', 'database_trace', 'generation', ?, 'g1', 1, '{}', ?)",
+        (WS, json.dumps({"source": "python_monitor"})),
+    )
+    conn.commit()
+    conn.close()
+    ro = TraceStore(path, readonly=True)
+    try:
+        assert [r["sources"] for r in ro.traces()] == [["python_monitor"]]
+        report = compare(ro.conn, 0, 2_000_000_000_000, None, dead_letters=[])
+        assert report.exit_code == 0
+        assert any("no trace sources yet" in n for n in report.notes)
+    finally:
+        ro.close()
