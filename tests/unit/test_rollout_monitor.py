@@ -55,10 +55,14 @@ async def test_out_of_rollout_workspace_is_mapped_silent_then_resumes_once(
     assert wb.status == "rollout_off" and wb.database is not None  # tracked and mapped
     assert wb.items_published == 0
 
-    # Written while off: nothing goes out.
+    # Written while off: nothing goes out, but it counts as activity (the session stays alive).
+    before = rig.sessions.last_activity(hb)
+    time.sleep(0.01)
     gen_b += b.db.append_generations([make_generation(now_ms(), "composer", "b2")])
     await rig.monitor.poll_once()
     assert len(await rig.traces()) == len(got)
+    after = rig.sessions.last_activity(hb)
+    assert after is not None and after != before and after[1] == "database change"
 
     # On: its database from the watermarks, its global conversation by session replay.
     rollout.update(FeatureFlagsConfig())

@@ -82,6 +82,7 @@ class CursorDatabaseMonitor:
         self.rollout = rollout if rollout is not None else Rollout()
         self._rollout_epoch = self.rollout.epoch
         self._rollout_on: dict[str, bool] = {}
+        self._off_fingerprints: dict[str, Any] = {}  # files of out-of-rollout workspaces
         self.sessions = sessions
         self.mapper = mapper
         self.health = health
@@ -422,6 +423,7 @@ class CursorDatabaseMonitor:
             self._states.pop(gone, None)
             self.poller.forget(gone)
             self._rollout_on.pop(gone, None)
+            self._off_fingerprints.pop(gone, None)
             self.health.workspaces.pop(gone, None)
             self._cancel(gone)
 
@@ -490,10 +492,20 @@ class CursorDatabaseMonitor:
                 workspace_hash, mapping.database, mapping.strategy, self.cfg.sync_window_hours,
             )  # fmt: skip
         if not decision.enabled:
-            # Tracked and mapped, never read: its watermarks wait where they are.
+            # Tracked and mapped, never read: its watermarks wait where they are. A change of
+            # its files is still activity (a stat, no read), so its session does not expire.
             wh.status = "rollout_off"
             wh.last_check = iso_now()
+            try:
+                fp = fingerprint(state.path)
+            except CursorDbError:
+                return
+            if self._off_fingerprints.get(workspace_hash) != fp:
+                if workspace_hash in self._off_fingerprints:
+                    self.sessions.touch(workspace_hash)
+                self._off_fingerprints[workspace_hash] = fp
             return
+        self._off_fingerprints.pop(workspace_hash, None)
         dest = Destination(
             workspace_hash=workspace_hash,
             session_id=newest.session_id,
