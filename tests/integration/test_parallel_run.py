@@ -99,6 +99,9 @@ def test_parallel_run_compare_reports_exactly_what_each_side_saw(
         assert traces[gid]["sources"] == ["python_monitor"]
     assert traces[unseen["generationUUID"]]["sources"] == ["extension"]
 
+    human = bp_env.cli("traces", "--limit", "100").stdout
+    assert "python_monitor, extension" in human and "extension, python_monitor" in human
+
     proc = bp_env.cli("compare", "--json", check=False)
     assert proc.returncode == 1, proc.stderr
     report = json.loads(proc.stdout)
