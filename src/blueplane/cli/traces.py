@@ -70,8 +70,9 @@ def traces(
         "model",
         "tokens",
         "text",
+        "sources",
     ):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(*trace_cells(r))
+        table.add_row(*trace_cells(r), ", ".join(r.get("sources", [])))
     out.print(table)
