@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blueplane import conversation_index
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     event_id        TEXT PRIMARY KEY,
@@ -44,6 +46,9 @@ CREATE INDEX IF NOT EXISTS events_by_trace
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT);
 """
 SCHEMA_VERSION = "1"
+# Set once the conversation tables hold every stored event (conversation_index.py).
+CONVERSATIONS_META = "conversations_indexed"
+BACKFILL_CHUNK = 5000
 
 
 @dataclass(slots=True)
@@ -115,9 +120,47 @@ class TraceStore:
         self.conn.execute("PRAGMA journal_size_limit=67108864")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.conn.executescript(SCHEMA)
+        self._indexer = conversation_index.ConversationIndexer(self.conn)
         self.conn.execute(
             "INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
         )
+        conversation_index.create_schema(self.conn)
+        self._backfill_conversations()
+
+    def _backfill_conversations(self) -> None:
+        """A store written before the conversation tables existed: index what it holds, once.
+
+        Chunked transactions; re-running after a crash is harmless (the index is idempotent).
+        """
+        done = self.conn.execute(
+            "SELECT value FROM store_meta WHERE key = ?", (CONVERSATIONS_META,)
+        ).fetchone()
+        if done is not None:
+            return
+        indexer = conversation_index.ConversationIndexer(self.conn)
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT rowid, event_id, stream_id, event_type, hook_type, platform, trace_type,"
+                " session_id, workspace_hash, generation_id, item_key, revision, timestamp,"
+                " timestamp_ms, payload, metadata FROM events WHERE rowid > ? AND"
+                " (hook_type = 'CursorHook' OR trace_type IN ('message', 'composer',"
+                " 'transcript_message')) ORDER BY rowid LIMIT ?",
+                (last, BACKFILL_CHUNK),
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            events = [_stored_from_row(r[1:]) for r in rows]
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                indexer.apply(events)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        self.conn.execute("INSERT OR IGNORE INTO store_meta VALUES (?, '1')", (CONVERSATIONS_META,))
 
     def close(self) -> None:
         """Close, after any write still running in another thread has finished."""
@@ -162,6 +205,8 @@ class TraceStore:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 self.conn.executemany(_INSERT, rows)
+                # Same transaction: the conversation view never disagrees with the traces.
+                self._indexer.apply(events)
                 self.conn.execute("COMMIT")
             except BaseException:
                 if self.conn.in_transaction:
@@ -208,6 +253,25 @@ class TraceStore:
             "SELECT COALESCE(trace_type, event_type), COUNT(*) FROM events GROUP BY 1"
         ).fetchall()
         return {str(k): int(v) for k, v in rows}
+
+
+def _stored_from_row(r: Sequence[Any]) -> StoredEvent:
+    (event_id, stream_id, event_type, hook_type, platform, trace_type, session_id, whash,
+     gen_id, item_key, revision, ts, ts_ms, payload, metadata) = r  # fmt: skip
+    return StoredEvent(
+        event_id=event_id, stream_id=stream_id, event_type=event_type, hook_type=hook_type,
+        platform=platform, trace_type=trace_type, session_id=session_id, workspace_hash=whash,
+        generation_id=gen_id, item_key=item_key, revision=revision or 0, timestamp=ts,
+        timestamp_ms=ts_ms, payload=_object(payload), metadata=_object(metadata),
+    )  # fmt: skip
+
+
+def _object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _trace_row(r: Iterable[Any]) -> dict[str, Any]:

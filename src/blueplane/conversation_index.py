@@ -1,0 +1,483 @@
+"""The reconciled conversation tables, maintained by the store's writer inside each batch.
+
+The same turn of a Cursor conversation is seen by up to three sources: the database monitor
+(``message`` and ``composer`` traces), the hook command (``CursorHook`` events) and the
+transcript follower (``transcript_message`` traces). Reading a conversation must not mean
+re-reading and re-joining millions of traces, so every batch the fast path stores also
+updates these tables, in the same transaction (``TraceStore.write_batch``):
+
+- ``conv_conversations``: one row per conversation (workspace, title, parent, first/last time);
+- ``conv_turns``: one row per turn, joined on ``(conversation_id, generation_id)``; a source
+  that knows no generation id (a transcript) joins by the turn's position in the conversation;
+- ``conv_tokens``: the token counts each source reported for a turn; the turn's four counts are
+  taken from hooks (``afterAgentResponse``, else ``stop``: never both), else from the
+  database's bubbles, else they stay NULL;
+- ``conv_parts``: texts (prompt and response pieces) by source, so content comes from whichever
+  source has it;
+- ``conv_tools``: tool calls by their id (one row when hook and database both saw it);
+- ``conv_sources``: which sources saw each turn (``turn_key`` ``''``: the conversation itself).
+
+Applying an event twice changes nothing (every write is an upsert keyed by the event's own
+item), so a redelivered or duplicate event needs no special case. The SQL is standard
+(``INSERT … ON CONFLICT … DO UPDATE``, ``CASE``, no SQLite-only functions) so the PostgreSQL
+store can run it too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conv_conversations (
+    conversation_id         TEXT PRIMARY KEY,
+    workspace_hash          TEXT,
+    workspace_path          TEXT,
+    title                   TEXT,
+    parent_conversation_id  TEXT,
+    first_ms                INTEGER,
+    last_ms                 INTEGER
+);
+CREATE INDEX IF NOT EXISTS conv_by_last ON conv_conversations (last_ms);
+CREATE INDEX IF NOT EXISTS conv_by_workspace ON conv_conversations (workspace_hash, last_ms);
+CREATE TABLE IF NOT EXISTS conv_turns (
+    conversation_id     TEXT NOT NULL,
+    turn_key            TEXT NOT NULL,
+    generation_id       TEXT,
+    ordinal             INTEGER NOT NULL,
+    tx_ordinal          INTEGER,
+    model               TEXT,
+    input_tokens        INTEGER,
+    output_tokens       INTEGER,
+    cache_read_tokens   INTEGER,
+    cache_write_tokens  INTEGER,
+    token_source        TEXT,
+    started_ms          INTEGER,
+    ended_ms            INTEGER,
+    PRIMARY KEY (conversation_id, turn_key)
+);
+CREATE INDEX IF NOT EXISTS conv_turns_by_gen ON conv_turns (conversation_id, generation_id);
+CREATE INDEX IF NOT EXISTS conv_turns_by_time ON conv_turns (started_ms);
+CREATE TABLE IF NOT EXISTS conv_tokens (
+    conversation_id     TEXT NOT NULL,
+    token_key           TEXT NOT NULL,
+    turn_key            TEXT NOT NULL,
+    kind                TEXT NOT NULL,
+    input_tokens        INTEGER,
+    output_tokens       INTEGER,
+    cache_read_tokens   INTEGER,
+    cache_write_tokens  INTEGER,
+    PRIMARY KEY (conversation_id, token_key)
+);
+CREATE INDEX IF NOT EXISTS conv_tokens_by_turn ON conv_tokens (conversation_id, turn_key);
+CREATE TABLE IF NOT EXISTS conv_parts (
+    conversation_id TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    part_key        TEXT NOT NULL,
+    turn_key        TEXT,
+    role            TEXT NOT NULL,
+    at_ms           INTEGER,
+    seq             INTEGER,
+    text            TEXT,
+    PRIMARY KEY (conversation_id, source, part_key)
+);
+CREATE TABLE IF NOT EXISTS conv_tools (
+    conversation_id TEXT NOT NULL,
+    tool_key        TEXT NOT NULL,
+    turn_key        TEXT NOT NULL,
+    name            TEXT,
+    duration_ms     INTEGER,
+    ok              INTEGER,
+    at_ms           INTEGER,
+    PRIMARY KEY (conversation_id, tool_key)
+);
+CREATE TABLE IF NOT EXISTS conv_sources (
+    conversation_id TEXT NOT NULL,
+    turn_key        TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, turn_key, source)
+);
+"""
+
+DATABASE, HOOK, TRANSCRIPT = "database", "hook", "transcript"
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+# Token counts of a turn, best first: afterAgentResponse and stop carry the same numbers.
+TOKEN_PRIORITY = ("afterAgentResponse", "stop", DATABASE)
+# A source without generation ids is matched to an existing turn no further away than this.
+ADOPT_WINDOW_MS = 30 * 60 * 1000
+INDEXED_TRACE_TYPES = ("message", "composer", "transcript_message")
+
+
+def relevant(event_type: str, hook_type: str | None, trace_type: str | None) -> bool:
+    """Whether an event feeds the conversation tables."""
+    if hook_type == "CursorHook":
+        return True
+    return event_type == "database_trace" and trace_type in INDEXED_TRACE_TYPES
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value:
+        return int(value)
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class ConversationIndexer:
+    """Applies stored events to the conversation tables on one connection (in its transaction)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def apply(self, events: Iterable[Any]) -> int:
+        """Apply every relevant event (``StoredEvent``-like); returns how many were applied."""
+        n = 0
+        for ev in events:
+            if not relevant(ev.event_type, ev.hook_type, ev.trace_type):
+                continue
+            if ev.hook_type == "CursorHook":
+                self._hook(ev)
+            elif ev.trace_type == "message":
+                self._message(ev)
+            elif ev.trace_type == "composer":
+                self._composer(ev)
+            else:
+                self._transcript(ev)
+            n += 1
+        return n
+
+    # ----------------------------------------------------------------- rows
+    def _conversation(
+        self,
+        cid: str,
+        at_ms: int | None,
+        workspace_hash: str | None = None,
+        workspace_path: str | None = None,
+        title: str | None = None,
+        parent: str | None = None,
+        first_ms: int | None = None,
+    ) -> None:
+        first = first_ms if first_ms is not None else at_ms
+        self.conn.execute(
+            """
+            INSERT INTO conv_conversations (conversation_id, workspace_hash, workspace_path,
+                title, parent_conversation_id, first_ms, last_ms)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (conversation_id) DO UPDATE SET
+              workspace_hash = COALESCE(conv_conversations.workspace_hash,
+                                        excluded.workspace_hash),
+              workspace_path = COALESCE(conv_conversations.workspace_path,
+                                        excluded.workspace_path),
+              title = COALESCE(excluded.title, conv_conversations.title),
+              parent_conversation_id = COALESCE(conv_conversations.parent_conversation_id,
+                                                excluded.parent_conversation_id),
+              first_ms = CASE WHEN conv_conversations.first_ms IS NULL
+                                OR excluded.first_ms < conv_conversations.first_ms
+                              THEN excluded.first_ms ELSE conv_conversations.first_ms END,
+              last_ms = CASE WHEN conv_conversations.last_ms IS NULL
+                               OR excluded.last_ms > conv_conversations.last_ms
+                             THEN excluded.last_ms ELSE conv_conversations.last_ms END
+            """,
+            (cid, workspace_hash, workspace_path, title, parent, first, at_ms),
+        )
+
+    def _source(self, cid: str, turn_key: str, source: str) -> None:
+        self.conn.execute(
+            "INSERT INTO conv_sources VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (cid, turn_key, source),
+        )
+
+    def _new_turn(
+        self, cid: str, key: str, gen: str | None, at_ms: int | None, tx: int | None = None
+    ) -> str:
+        row = self.conn.execute(
+            "SELECT MAX(ordinal) FROM conv_turns WHERE conversation_id = ?", (cid,)
+        ).fetchone()
+        ordinal = 0 if row[0] is None else int(row[0]) + 1
+        self.conn.execute(
+            "INSERT INTO conv_turns (conversation_id, turn_key, generation_id, ordinal,"
+            " tx_ordinal, started_ms, ended_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (cid, key, gen, ordinal, tx, at_ms, at_ms),
+        )
+        return key
+
+    def turn_by_generation(self, cid: str, gen: str, at_ms: int | None) -> str:
+        """The turn of ``gen``: found, or adopted from a turn no generation id claimed yet (a
+        transcript's, seen first), or new."""
+        row = self.conn.execute(
+            "SELECT turn_key FROM conv_turns WHERE conversation_id = ? AND generation_id = ?",
+            (cid, gen),
+        ).fetchone()
+        if row is not None:
+            key = str(row[0])
+        else:
+            row = self.conn.execute(
+                "SELECT turn_key, started_ms FROM conv_turns WHERE conversation_id = ?"
+                " AND generation_id IS NULL ORDER BY ordinal LIMIT 1",
+                (cid,),
+            ).fetchone()
+            if row is not None and (
+                at_ms is None or row[1] is None or abs(int(row[1]) - at_ms) <= ADOPT_WINDOW_MS
+            ):
+                key = str(row[0])
+                self.conn.execute(
+                    "UPDATE conv_turns SET generation_id = ? WHERE conversation_id = ?"
+                    " AND turn_key = ?",
+                    (gen, cid, key),
+                )
+            else:
+                key = self._new_turn(cid, gen, gen, at_ms)
+        self._touch_turn(cid, key, at_ms)
+        return key
+
+    def turn_by_position(self, cid: str, tx_ordinal: int, at_ms: int | None) -> str:
+        """The transcript's ``tx_ordinal``-th turn: found, or the turn at that position not yet
+        seen by the transcript, or new."""
+        row = self.conn.execute(
+            "SELECT turn_key FROM conv_turns WHERE conversation_id = ? AND tx_ordinal = ?",
+            (cid, tx_ordinal),
+        ).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                "SELECT turn_key FROM conv_turns WHERE conversation_id = ? AND ordinal = ?"
+                " AND tx_ordinal IS NULL",
+                (cid, tx_ordinal),
+            ).fetchone()
+            if row is not None:
+                self.conn.execute(
+                    "UPDATE conv_turns SET tx_ordinal = ? WHERE conversation_id = ?"
+                    " AND turn_key = ?",
+                    (tx_ordinal, cid, row[0]),
+                )
+        if row is not None:
+            key = str(row[0])
+        else:
+            key = self._new_turn(cid, f"transcript:{tx_ordinal}", None, at_ms, tx_ordinal)
+        self._touch_turn(cid, key, at_ms)
+        return key
+
+    def _touch_turn(self, cid: str, key: str, at_ms: int | None) -> None:
+        if at_ms is None:
+            return
+        self.conn.execute(
+            """
+            UPDATE conv_turns SET
+              started_ms = CASE WHEN started_ms IS NULL OR ? < started_ms THEN ?
+                                ELSE started_ms END,
+              ended_ms = CASE WHEN ended_ms IS NULL OR ? > ended_ms THEN ? ELSE ended_ms END
+            WHERE conversation_id = ? AND turn_key = ?
+            """,
+            (at_ms, at_ms, at_ms, at_ms, cid, key),
+        )
+
+    def _model(self, cid: str, key: str, model: str | None, override: bool) -> None:
+        if not model:
+            return
+        sql = "UPDATE conv_turns SET model = ? WHERE conversation_id = ? AND turn_key = ?" + (
+            "" if override else " AND model IS NULL"
+        )
+        self.conn.execute(sql, (model, cid, key))
+
+    def _part(
+        self,
+        cid: str,
+        source: str,
+        part_key: str,
+        turn_key: str | None,
+        role: str,
+        at_ms: int | None,
+        seq: int | None,
+        text: str | None,
+    ) -> None:
+        self.conn.execute(
+            """
+            INSERT INTO conv_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (conversation_id, source, part_key) DO UPDATE SET
+              turn_key = excluded.turn_key, role = excluded.role, at_ms = excluded.at_ms,
+              seq = excluded.seq, text = excluded.text
+            """,
+            (cid, source, part_key, turn_key, role, at_ms, seq, text),
+        )
+
+    def _tokens(
+        self, cid: str, key: str, token_key: str, kind: str, counts: dict[str, Any]
+    ) -> None:
+        values = [_int(counts.get(f)) for f in TOKEN_FIELDS]
+        if all(v is None for v in values):
+            return
+        self.conn.execute(
+            """
+            INSERT INTO conv_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (conversation_id, token_key) DO UPDATE SET
+              turn_key = excluded.turn_key, kind = excluded.kind,
+              input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+              cache_read_tokens = excluded.cache_read_tokens,
+              cache_write_tokens = excluded.cache_write_tokens
+            """,
+            (cid, token_key, key, kind, *values),
+        )
+        self._recount(cid, key)
+
+    def _recount(self, cid: str, key: str) -> None:
+        """The turn's counts from its best token source (sums within that source only)."""
+        rows = self.conn.execute(
+            "SELECT kind, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
+            " FROM conv_tokens WHERE conversation_id = ? AND turn_key = ?",
+            (cid, key),
+        ).fetchall()
+        kinds = {r[0] for r in rows}
+        best = next((k for k in TOKEN_PRIORITY if k in kinds), None)
+        totals: list[int | None] = [None, None, None, None]
+        for r in rows:
+            if r[0] != best:
+                continue
+            for i, v in enumerate(r[1:]):
+                if v is not None:
+                    totals[i] = (totals[i] or 0) + int(v)
+        self.conn.execute(
+            "UPDATE conv_turns SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,"
+            " cache_write_tokens = ?, token_source = ? WHERE conversation_id = ? AND turn_key = ?",
+            (*totals, best, cid, key),
+        )
+
+    def _tool(
+        self,
+        cid: str,
+        tool_key: str,
+        turn_key: str,
+        name: str | None,
+        duration_ms: int | None,
+        ok: bool | None,
+        at_ms: int | None,
+    ) -> None:
+        self.conn.execute(
+            """
+            INSERT INTO conv_tools VALUES (?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (conversation_id, tool_key) DO UPDATE SET
+              name = COALESCE(excluded.name, conv_tools.name),
+              duration_ms = COALESCE(excluded.duration_ms, conv_tools.duration_ms),
+              ok = COALESCE(excluded.ok, conv_tools.ok),
+              at_ms = COALESCE(conv_tools.at_ms, excluded.at_ms)
+            """,
+            (cid, tool_key, turn_key, name, duration_ms, None if ok is None else int(ok), at_ms),
+        )
+
+    # ----------------------------------------------------------------- database traces
+    def _message(self, ev: Any) -> None:
+        p = ev.payload
+        cid = _str(p.get("composer_id"))
+        if cid is None:
+            return  # agentKv blobs name no conversation
+        at = ev.timestamp_ms
+        meta = ev.metadata
+        self._conversation(cid, at, ev.workspace_hash, _str(meta.get("workspace_path")))
+        self._source(cid, "", DATABASE)
+        bubble = _str(p.get("bubble_id")) or str(ev.item_key)
+        text = _str(p.get("text"))
+        request_id = _str(p.get("request_id"))
+        if p.get("role") != "assistant" or request_id is None:
+            # A user bubble carries no request id: it is attached to the turn that follows it
+            # when the conversation is read (conversations.py).
+            self._part(cid, DATABASE, bubble, None, str(p.get("role") or "user"), at,
+                       _int(p.get("position")), text)  # fmt: skip
+            return
+        key = self.turn_by_generation(cid, request_id, at)
+        self._source(cid, key, DATABASE)
+        self._part(cid, DATABASE, bubble, key, "assistant", at, _int(p.get("position")), text)
+        self._model(cid, key, _str(p.get("model")), override=False)
+        if p.get("tokens_reported"):
+            self._tokens(cid, key, f"db:{bubble}", DATABASE, p)
+        for i, call in enumerate(p.get("tool_calls") or []):
+            if not isinstance(call, dict):
+                continue
+            status = _str(call.get("status"))
+            ok = None if status is None else status == "completed"
+            tool_key = _str(call.get("tool_call_id")) or f"db:{bubble}:{i}"
+            self._tool(cid, tool_key, key, _str(call.get("name")), None, ok, at)
+
+    def _composer(self, ev: Any) -> None:
+        p = ev.payload
+        cid = _str(p.get("composer_id"))
+        if cid is None:
+            return
+        at = _int(p.get("last_updated_at_ms")) or ev.timestamp_ms
+        self._conversation(
+            cid, at, ev.workspace_hash, _str(ev.metadata.get("workspace_path")),
+            title=_str(p.get("name")), first_ms=_int(p.get("created_at_ms")),
+        )  # fmt: skip
+        self._source(cid, "", DATABASE)
+
+    # ----------------------------------------------------------------- transcripts
+    def _transcript(self, ev: Any) -> None:
+        p = ev.payload
+        cid = _str(p.get("conversation_id"))
+        tx = _int(p.get("turn_index"))
+        if cid is None:
+            return
+        at = ev.timestamp_ms
+        self._conversation(
+            cid, at, ev.workspace_hash, _str(ev.metadata.get("workspace_path")),
+            parent=_str(p.get("parent_conversation_id")),
+        )  # fmt: skip
+        self._source(cid, "", TRANSCRIPT)
+        if tx is None or tx < 0:
+            return  # lines before the first user message
+        key = self.turn_by_position(cid, tx, at)
+        self._source(cid, key, TRANSCRIPT)
+        role = _str(p.get("role"))
+        if role in ("user", "assistant"):
+            self._part(cid, TRANSCRIPT, str(ev.item_key), key, role, at, _int(p.get("line")),
+                       _str(p.get("text")))  # fmt: skip
+        for i, tool in enumerate(p.get("tool_uses") or []):
+            if isinstance(tool, dict):
+                tool_key = _str(tool.get("id")) or f"tx:{ev.item_key}:{i}"
+                self._tool(cid, tool_key, key, _str(tool.get("name")), None, None, at)
+
+    # ----------------------------------------------------------------- hooks
+    def _hook(self, ev: Any) -> None:
+        p, meta = ev.payload, ev.metadata
+        cid = _str(meta.get("conversation_id")) or _str(p.get("conversation_id"))
+        if cid is None:
+            return
+        at = ev.timestamp_ms
+        name = ev.event_type
+        roots = p.get("workspace_roots")
+        root = _str(roots[0]) if isinstance(roots, list) and roots else None
+        self._conversation(cid, at, ev.workspace_hash, root)
+        self._source(cid, "", HOOK)
+        if name == "subagentStart" or name == "subagentStop":
+            sub = _str(p.get("subagent_id"))
+            if sub is not None:
+                self._conversation(sub, at, ev.workspace_hash, root, parent=cid)
+        gen = _str(meta.get("generation_id")) or _str(p.get("generation_id"))
+        if gen is None:
+            return  # sessionStart / sessionEnd: the conversation only
+        key = self.turn_by_generation(cid, gen, at)
+        self._source(cid, key, HOOK)
+        model = _str(p.get("model"))
+        if model and model != "default":  # "default" is Auto: the database may know better
+            self._model(cid, key, model, override=True)
+        event_key = str(ev.event_id)
+        if name == "beforeSubmitPrompt":
+            self._part(cid, HOOK, f"prompt:{gen}", key, "user", at, None, _str(p.get("prompt")))
+        elif name == "afterAgentResponse":
+            self._part(cid, HOOK, event_key, key, "assistant", at, None, _str(p.get("text")))
+            self._tokens(cid, key, event_key, "afterAgentResponse", p)
+        elif name == "stop":
+            self._tokens(cid, key, event_key, "stop", p)
+        elif name in ("preToolUse", "postToolUse", "postToolUseFailure"):
+            tool_key = _str(p.get("tool_use_id")) or f"hook:{event_key}"
+            ok = None if name == "preToolUse" else name == "postToolUse"
+            self._tool(cid, tool_key, key, _str(p.get("tool_name")), _int(p.get("duration")),
+                       ok, at)  # fmt: skip
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
