@@ -35,6 +35,7 @@ from blueplane.events import iso_now
 from blueplane.fast_path.consumer import FastPathConsumer
 from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
+from blueplane.hooks.spool import SpoolReplayer
 from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.publisher import Publisher
 from blueplane.store import TraceStore
@@ -116,6 +117,10 @@ class Server:
                     mon.dedup_window_hours * 3600, self.health,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(consumer.run(self.stop_event), name="consumer"))
+            spool = SpoolReplayer(
+                redis, s.redis.stream, s.spool_dir, self.health, s.hooks.spool_replay_seconds
+            )
+            tasks.append(asyncio.create_task(spool.run(self.stop_event), name="hook_spool"))
             trimmer = StreamTrimmer(
                 redis, s.redis.stream, s.fast_path.max_stream_length, self.health,
                 s.fast_path.trim_interval_seconds,
