@@ -30,6 +30,7 @@ from blueplane.config import Settings
 from blueplane.cursor.database_monitor import CursorDatabaseMonitor
 from blueplane.cursor.paths import resolve_user_dirs
 from blueplane.cursor.session_monitor import SessionMonitor
+from blueplane.cursor.transcripts import TranscriptFollower
 from blueplane.cursor.workspace_mapper import WorkspaceMapper
 from blueplane.events import iso_now
 from blueplane.fast_path.consumer import FastPathConsumer
@@ -117,6 +118,12 @@ class Server:
                     mon.dedup_window_hours * 3600, self.health,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(consumer.run(self.stop_event), name="consumer"))
+            if s.hooks.transcripts:
+                follower = TranscriptFollower(
+                    sessions, publisher, s.transcripts_dir, self.health,
+                    capture_content=s.hooks_capture_content, redact=s.hooks.redact_secrets,
+                )  # fmt: skip
+                tasks.append(asyncio.create_task(follower.run(self.stop_event), name="transcripts"))
             spool = SpoolReplayer(
                 redis, s.redis.stream, s.spool_dir, self.health, s.hooks.spool_replay_seconds
             )
