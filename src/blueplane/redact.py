@@ -30,11 +30,13 @@ _PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWT
 )
 _BEARER = re.compile(r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=-]{16,}")
-_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)", re.I)
+# Every repetition is bounded or anchored by a literal, so 1 MB of one character costs linear
+# time (an unbounded ``[a-z]*`` before a literal backtracks quadratically on such input).
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]{1,256}:)([^@\s/]{1,256})(@)")
 _ASSIGNMENT = re.compile(
-    r"(?im)^(\s*(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*"
-    r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PWD|CREDENTIALS?|AUTH)[A-Za-z0-9_]*\s*[=:]\s*)"
-    r"(?!\s*$)(\S.*?)\s*$"
+    r"(?im)^([ \t]{0,16}(?:export[ \t]+)?[A-Za-z_][A-Za-z0-9_]{0,64}?"
+    r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PWD|CREDENTIALS?|AUTH)[A-Za-z0-9_]{0,64}"
+    r"[ \t]{0,16}[=:][ \t]{0,16})(\S[^\n]*?)[ \t\r]*$"
 )
 
 

@@ -171,3 +171,12 @@ def test_redaction_patterns() -> None:
         assert secret not in out
     assert out.endswith("after") and "DB_PASSWORD = [REDACTED]" in out
     assert redact_text("plain words, no secrets") == "plain words, no secrets"
+
+
+def test_redaction_is_linear_on_pathological_input() -> None:
+    import time
+
+    for text in ("x" * 1_000_000, "A_" * 500_000, ("a" * 5000 + "\n") * 200, "://" * 300_000):
+        started = time.monotonic()
+        redact_text(text)
+        assert time.monotonic() - started < 1.0, text[:10]
