@@ -180,3 +180,22 @@ def test_redaction_is_linear_on_pathological_input() -> None:
         started = time.monotonic()
         redact_text(text)
         assert time.monotonic() - started < 1.0, text[:10]
+
+
+@pytest.mark.parametrize(
+    ("url", "parsed"),
+    [
+        ("redis://localhost:6379/0", ("tcp", "localhost:6379", None, None, "0")),
+        ("redis://127.0.0.1/15", ("tcp", "127.0.0.1:6379", None, None, "15")),
+        ("redis://:pw@h:7000/2", ("tcp", "h:7000", None, "pw", "2")),
+        ("redis://u:p%40ss@h:1", ("tcp", "h:1", "u", "p@ss", "0")),
+        ("unix:///run/redis.sock?db=3", ("unix", "/run/redis.sock", None, None, "3")),
+    ],
+)
+def test_hook_command_parses_redis_urls(url: str, parsed: tuple) -> None:
+    assert emit.parse_url(url) == parsed
+
+
+def test_hook_command_refuses_tls_urls_by_spooling() -> None:
+    with pytest.raises(ValueError, match="rediss"):
+        emit.parse_url("rediss://h:6380/0")

@@ -17,13 +17,21 @@ never getting in the way:
 
 from __future__ import annotations
 
-import hashlib
+# The C modules behind ``socket`` and ``hashlib``: the Python wrappers import selectors, enum
+# and OpenSSL, which cost more start-up time than everything else this command does.
+import _socket
 import json
 import os
-import socket
 import sys
 import time
-import uuid
+
+try:
+    from _sha2 import sha256  # Python ≥ 3.12
+except ImportError:  # pragma: no cover - depends on the interpreter
+    try:
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:
+        from hashlib import sha256
 
 MAX_INPUT_BYTES = 1_048_576
 CONNECT_TIMEOUT_S = 0.25
@@ -48,14 +56,14 @@ def workspace_hash(path: str) -> str:
     """The extension's ``sha256(normalised path)[:16]``."""
     p = os.path.abspath(os.path.expanduser(path))
     p = p.rstrip("/\\") or p
-    return hashlib.sha256(p.encode("utf-8")).hexdigest()[:16]
+    return sha256(p.encode("utf-8")).hexdigest()[:16]
 
 
 def _hide(payload: dict, key: str, value: object) -> None:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     payload.pop(key, None)
     payload[f"{key}_length"] = len(text)
-    payload[f"{key}_sha256"] = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+    payload[f"{key}_sha256"] = sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
 def build_fields(event: dict, cfg: dict) -> dict[str, str]:
@@ -98,7 +106,7 @@ def build_fields(event: dict, cfg: dict) -> dict[str, str]:
         "event_type": name,
         "hook_type": "CursorHook",
         "platform": "cursor",
-        "event_id": uuid.uuid4().hex,
+        "event_id": os.urandom(16).hex(),
         "timestamp": _iso_now(),
         "metadata": json.dumps(
             {k: v for k, v in metadata.items() if v is not None}, ensure_ascii=False
@@ -119,35 +127,63 @@ def _command(*parts: str | bytes) -> bytes:
     return b"".join(out)
 
 
-def _connect(url: str) -> tuple[socket.socket, list[bytes]]:
-    """A connected socket and the AUTH/SELECT commands the URL asks for."""
-    from urllib.parse import parse_qs, unquote, urlsplit
+def parse_url(url: str) -> tuple[str, str | int, str | None, str | None, str]:
+    """``(kind, host or path, user, password, db)`` of ``redis://[[user]:pass@]host[:port][/db]``
+    or ``unix:///path[?db=n]`` (no urllib: its import costs start-up time)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "unix"):
+        raise ValueError(f"Redis URL scheme {scheme!r} is not supported by the hook command")
+    user = password = None
+    if scheme == "unix":
+        path, _, query = rest.partition("?")
+        db = "0"
+        for pair in query.split("&"):
+            if pair.startswith("db="):
+                db = pair[3:]
+        return "unix", path, None, None, db
+    netloc, _, path = rest.partition("/")
+    if "@" in netloc:
+        cred, _, netloc = netloc.rpartition("@")
+        u, has_pw, pw = cred.partition(":")
+        user, password = (u or None, pw) if has_pw else (None, u)
+        if "%" in (password or "") or "%" in (user or ""):
+            from urllib.parse import unquote
 
-    u = urlsplit(url)
-    pre: list[bytes] = []
-    if u.scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            user = unquote(user) if user else None
+            password = unquote(password) if password else password
+    host, _, port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
+    host = host.strip("[]") or "localhost"
+    return "tcp", f"{host}:{port or 6379}", user, password, (path.split("?")[0] or "0")
+
+
+def _connect(url: str) -> tuple[_socket.socket, list[bytes]]:
+    """A connected socket and the AUTH/SELECT commands the URL asks for."""
+    kind, where, user, password, db = parse_url(url)
+    if kind == "unix":
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
-        sock.connect(u.path)
-        db = (parse_qs(u.query).get("db") or ["0"])[0]
-    elif u.scheme == "redis":
-        sock = socket.create_connection(
-            (u.hostname or "localhost", u.port or 6379), timeout=CONNECT_TIMEOUT_S
-        )
-        db = (u.path or "/0").lstrip("/") or "0"
+        target: object = where
     else:
-        raise OSError(f"Redis URL scheme {u.scheme!r} is not supported by the hook command")
+        host, _, port = str(where).rpartition(":")
+        family, _, _, _, target = _socket.getaddrinfo(host, int(port), 0,
+                                                      _socket.SOCK_STREAM)[0]  # fmt: skip
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT_S)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
     sock.settimeout(IO_TIMEOUT_S)
-    if u.password is not None:
-        user = unquote(u.username) if u.username else None
-        pw = unquote(u.password)
-        pre.append(_command("AUTH", user, pw) if user else _command("AUTH", pw))
-    if db != "0":
+    pre: list[bytes] = []
+    if password is not None:
+        pre.append(_command("AUTH", user, password) if user else _command("AUTH", password))
+    if db not in ("", "0"):
         pre.append(_command("SELECT", db))
     return sock, pre
 
 
-def _reply(buf: bytearray, sock: socket.socket) -> bytes:
+def _reply(buf: bytearray, sock: _socket.socket) -> bytes:
     """One RESP reply (simple, error, integer or bulk); an error reply raises."""
 
     def line() -> bytes:
@@ -200,7 +236,7 @@ def spool(home: str, record: dict) -> None:
     """Write one record to ``home/spool/`` atomically (a reader never sees half a file)."""
     folder = os.path.join(home, "spool")
     os.makedirs(folder, exist_ok=True)
-    name = f"{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    name = f"{time.time_ns()}-{os.getpid()}-{os.urandom(4).hex()}.json"
     tmp = os.path.join(folder, "." + name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, ensure_ascii=False)
