@@ -176,10 +176,11 @@ def test_redaction_patterns() -> None:
 def test_redaction_is_linear_on_pathological_input() -> None:
     import time
 
-    for text in ("x" * 1_000_000, "A_" * 500_000, ("a" * 5000 + "\n") * 200, "://" * 300_000):
+    # quadratic backtracking on 200 k characters takes minutes; linear, well under a second
+    for text in ("x" * 200_000, "A_" * 100_000, ("a" * 5000 + "\n") * 40, "://" * 60_000):
         started = time.monotonic()
         redact_text(text)
-        assert time.monotonic() - started < 1.0, text[:10]
+        assert time.monotonic() - started < 3.0, text[:10]
 
 
 @pytest.mark.parametrize(
