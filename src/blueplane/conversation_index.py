@@ -109,6 +109,104 @@ ADOPT_WINDOW_MS = 30 * 60 * 1000
 INDEXED_TRACE_TYPES = ("message", "composer", "transcript_message")
 
 
+_UPSERT_CONVERSATION = """
+INSERT INTO conv_conversations (conversation_id, workspace_hash, workspace_path, title,
+    parent_conversation_id, first_ms, last_ms)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (conversation_id) DO UPDATE SET
+  workspace_hash = COALESCE(conv_conversations.workspace_hash, excluded.workspace_hash),
+  workspace_path = COALESCE(conv_conversations.workspace_path, excluded.workspace_path),
+  title = COALESCE(excluded.title, conv_conversations.title),
+  parent_conversation_id = COALESCE(conv_conversations.parent_conversation_id,
+                                    excluded.parent_conversation_id),
+  first_ms = CASE WHEN conv_conversations.first_ms IS NULL
+                    OR excluded.first_ms < conv_conversations.first_ms
+                  THEN excluded.first_ms ELSE conv_conversations.first_ms END,
+  last_ms = CASE WHEN conv_conversations.last_ms IS NULL
+                   OR excluded.last_ms > conv_conversations.last_ms
+                 THEN excluded.last_ms ELSE conv_conversations.last_ms END
+"""
+_TOUCH_TURN = """
+UPDATE conv_turns SET
+  started_ms = CASE WHEN started_ms IS NULL OR ? < started_ms THEN ? ELSE started_ms END,
+  ended_ms = CASE WHEN ended_ms IS NULL OR ? > ended_ms THEN ? ELSE ended_ms END
+WHERE conversation_id = ? AND turn_key = ?
+"""
+_UPSERT_PART = """
+INSERT INTO conv_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (conversation_id, source, part_key) DO UPDATE SET
+  turn_key = excluded.turn_key, role = excluded.role, at_ms = excluded.at_ms,
+  seq = excluded.seq, text = excluded.text
+"""
+_UPSERT_TOOL = """
+INSERT INTO conv_tools VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (conversation_id, tool_key) DO UPDATE SET
+  name = COALESCE(excluded.name, conv_tools.name),
+  duration_ms = COALESCE(excluded.duration_ms, conv_tools.duration_ms),
+  ok = COALESCE(excluded.ok, conv_tools.ok),
+  at_ms = COALESCE(conv_tools.at_ms, excluded.at_ms)
+"""
+_UPSERT_TOKENS = """
+INSERT INTO conv_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (conversation_id, token_key) DO UPDATE SET
+  turn_key = excluded.turn_key, kind = excluded.kind,
+  input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+  cache_read_tokens = excluded.cache_read_tokens,
+  cache_write_tokens = excluded.cache_write_tokens
+"""
+
+
+# The turn's counts come from its best token source (sums within that source only), in two
+# statements run for every turn whose token rows changed in the batch.
+_BEST_TOKEN_SOURCE = """
+UPDATE conv_turns SET token_source = (
+  SELECT kind FROM conv_tokens t
+  WHERE t.conversation_id = conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key
+  ORDER BY CASE kind WHEN 'afterAgentResponse' THEN 0 WHEN 'stop' THEN 1 ELSE 2 END LIMIT 1)
+WHERE conversation_id = ? AND turn_key = ?
+"""
+_SUM_TOKENS = """
+UPDATE conv_turns SET
+  input_tokens = (SELECT SUM(input_tokens) FROM conv_tokens t WHERE t.conversation_id =
+    conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key AND t.kind = token_source),
+  output_tokens = (SELECT SUM(output_tokens) FROM conv_tokens t WHERE t.conversation_id =
+    conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key AND t.kind = token_source),
+  cache_read_tokens = (SELECT SUM(cache_read_tokens) FROM conv_tokens t WHERE t.conversation_id
+    = conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key AND t.kind = token_source),
+  cache_write_tokens = (SELECT SUM(cache_write_tokens) FROM conv_tokens t WHERE
+    t.conversation_id = conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key
+    AND t.kind = token_source)
+WHERE conversation_id = ? AND turn_key = ?
+"""
+
+
+class _ConvTurns:
+    """One conversation's turns during a batch: ``rows[key] = [gen, ordinal, tx, started]``."""
+
+    __slots__ = ("by_gen", "by_ordinal", "by_tx", "max_ordinal", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[Any]] = {}
+        self.by_gen: dict[str, str] = {}
+        self.by_tx: dict[int, str] = {}
+        self.by_ordinal: dict[int, str] = {}
+        self.max_ordinal = -1
+
+    def add(self, key: str, gen: str | None, ordinal: int, tx: int | None, started: Any) -> None:
+        self.rows[key] = [gen, ordinal, tx, started]
+        if gen is not None:
+            self.by_gen[gen] = key
+        if tx is not None:
+            self.by_tx[int(tx)] = key
+        self.by_ordinal[ordinal] = key
+        self.max_ordinal = max(self.max_ordinal, ordinal)
+
+    def unclaimed(self) -> str | None:
+        """The earliest turn no generation id has claimed."""
+        free = [(r[1], k) for k, r in self.rows.items() if r[0] is None]
+        return min(free)[1] if free else None
+
+
 def relevant(event_type: str, hook_type: str | None, trace_type: str | None) -> bool:
     """Whether an event feeds the conversation tables."""
     if hook_type == "CursorHook":
@@ -135,9 +233,33 @@ class ConversationIndexer:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._reset()
+
+    def _reset(self) -> None:
+        """What one batch accumulates and writes at its end with one statement per kind."""
+        self._convs: dict[str, list[Any]] = {}
+        self._sources: set[tuple[str, str, str]] = set()
+        self._touched: dict[tuple[str, str], list[int]] = {}
+        self._parts: list[tuple[Any, ...]] = []
+        self._tools: list[tuple[Any, ...]] = []
+        self._token_rows: list[tuple[Any, ...]] = []
+        self._recount_turns: set[tuple[str, str]] = set()
+        self._models: list[tuple[str, str, str, bool]] = []
+        self._conv_turns: dict[str, _ConvTurns] = {}
+        self._new_turns: list[tuple[str, str]] = []
+        self._adopted: set[tuple[str, str]] = set()
 
     def apply(self, events: Iterable[Any]) -> int:
         """Apply every relevant event (``StoredEvent``-like); returns how many were applied."""
+        self._reset()
+        try:
+            n = self._apply(events)
+            self._flush()
+        finally:
+            self._reset()
+        return n
+
+    def _apply(self, events: Iterable[Any]) -> int:
         n = 0
         for ev in events:
             if not relevant(ev.event_type, ev.hook_type, ev.trace_type):
@@ -165,73 +287,113 @@ class ConversationIndexer:
         first_ms: int | None = None,
     ) -> None:
         first = first_ms if first_ms is not None else at_ms
-        self.conn.execute(
-            """
-            INSERT INTO conv_conversations (conversation_id, workspace_hash, workspace_path,
-                title, parent_conversation_id, first_ms, last_ms)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (conversation_id) DO UPDATE SET
-              workspace_hash = COALESCE(conv_conversations.workspace_hash,
-                                        excluded.workspace_hash),
-              workspace_path = COALESCE(conv_conversations.workspace_path,
-                                        excluded.workspace_path),
-              title = COALESCE(excluded.title, conv_conversations.title),
-              parent_conversation_id = COALESCE(conv_conversations.parent_conversation_id,
-                                                excluded.parent_conversation_id),
-              first_ms = CASE WHEN conv_conversations.first_ms IS NULL
-                                OR excluded.first_ms < conv_conversations.first_ms
-                              THEN excluded.first_ms ELSE conv_conversations.first_ms END,
-              last_ms = CASE WHEN conv_conversations.last_ms IS NULL
-                               OR excluded.last_ms > conv_conversations.last_ms
-                             THEN excluded.last_ms ELSE conv_conversations.last_ms END
-            """,
-            (cid, workspace_hash, workspace_path, title, parent, first, at_ms),
-        )
+        row = self._convs.get(cid)
+        if row is None:
+            self._convs[cid] = [workspace_hash, workspace_path, title, parent, first, at_ms]
+            return
+        for i, value in ((0, workspace_hash), (1, workspace_path), (3, parent)):
+            if row[i] is None:
+                row[i] = value
+        if title is not None:
+            row[2] = title
+        if first is not None and (row[4] is None or first < row[4]):
+            row[4] = first
+        if at_ms is not None and (row[5] is None or at_ms > row[5]):
+            row[5] = at_ms
+
+    def _flush(self) -> None:
+        c = self.conn
+        new = set(self._new_turns)
+        if self._new_turns:
+            rows = []
+            for cid, key in self._new_turns:
+                gen, ordinal, tx, started = self._conv_turns[cid].rows[key]
+                rows.append((cid, key, gen, ordinal, tx, started, started))
+            c.executemany(
+                "INSERT INTO conv_turns (conversation_id, turn_key, generation_id, ordinal,"
+                " tx_ordinal, started_ms, ended_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        adopted = [
+            (*self._conv_turns[cid].rows[key][0:3:2], cid, key)
+            for cid, key in self._adopted
+            if (cid, key) not in new
+        ]
+        if adopted:
+            c.executemany(
+                "UPDATE conv_turns SET generation_id = ?, tx_ordinal = ?"
+                " WHERE conversation_id = ? AND turn_key = ?",
+                adopted,
+            )
+        if self._convs:
+            c.executemany(_UPSERT_CONVERSATION, [(cid, *r) for cid, r in self._convs.items()])
+        if self._touched:
+            c.executemany(
+                _TOUCH_TURN,
+                [(lo, lo, hi, hi, cid, key) for (cid, key), (lo, hi) in self._touched.items()],
+            )
+        if self._parts:
+            c.executemany(_UPSERT_PART, self._parts)
+        if self._tools:
+            c.executemany(_UPSERT_TOOL, self._tools)
+        if self._token_rows:
+            c.executemany(_UPSERT_TOKENS, self._token_rows)
+            recount = sorted(self._recount_turns)
+            c.executemany(_BEST_TOKEN_SOURCE, recount)
+            c.executemany(_SUM_TOKENS, recount)
+        if self._models:
+            sql = "UPDATE conv_turns SET model = ? WHERE conversation_id = ? AND turn_key = ?"
+            c.executemany(
+                sql + " AND (? OR model IS NULL)",
+                [(model, cid, key, int(override)) for model, cid, key, override in self._models],
+            )
+        if self._sources:
+            c.executemany(
+                "INSERT INTO conv_sources VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                sorted(self._sources),
+            )
 
     def _source(self, cid: str, turn_key: str, source: str) -> None:
-        self.conn.execute(
-            "INSERT INTO conv_sources VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            (cid, turn_key, source),
-        )
+        self._sources.add((cid, turn_key, source))
+
+    def _turns(self, cid: str) -> _ConvTurns:
+        """The conversation's turns, loaded once per batch (one query), then kept in memory."""
+        turns = self._conv_turns.get(cid)
+        if turns is None:
+            turns = _ConvTurns()
+            for key, gen, ordinal, tx, started in self.conn.execute(
+                "SELECT turn_key, generation_id, ordinal, tx_ordinal, started_ms FROM conv_turns"
+                " WHERE conversation_id = ?",
+                (cid,),
+            ):
+                turns.add(key, gen, int(ordinal), tx, started)
+            self._conv_turns[cid] = turns
+        return turns
 
     def _new_turn(
         self, cid: str, key: str, gen: str | None, at_ms: int | None, tx: int | None = None
     ) -> str:
-        row = self.conn.execute(
-            "SELECT MAX(ordinal) FROM conv_turns WHERE conversation_id = ?", (cid,)
-        ).fetchone()
-        ordinal = 0 if row[0] is None else int(row[0]) + 1
-        self.conn.execute(
-            "INSERT INTO conv_turns (conversation_id, turn_key, generation_id, ordinal,"
-            " tx_ordinal, started_ms, ended_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (cid, key, gen, ordinal, tx, at_ms, at_ms),
-        )
+        turns = self._turns(cid)
+        turns.add(key, gen, turns.max_ordinal + 1, tx, at_ms)
+        self._new_turns.append((cid, key))
         return key
 
     def turn_by_generation(self, cid: str, gen: str, at_ms: int | None) -> str:
         """The turn of ``gen``: found, or adopted from a turn no generation id claimed yet (a
         transcript's, seen first), or new."""
-        row = self.conn.execute(
-            "SELECT turn_key FROM conv_turns WHERE conversation_id = ? AND generation_id = ?",
-            (cid, gen),
-        ).fetchone()
-        if row is not None:
-            key = str(row[0])
-        else:
-            row = self.conn.execute(
-                "SELECT turn_key, started_ms FROM conv_turns WHERE conversation_id = ?"
-                " AND generation_id IS NULL ORDER BY ordinal LIMIT 1",
-                (cid,),
-            ).fetchone()
+        turns = self._turns(cid)
+        key = turns.by_gen.get(gen)
+        if key is None:
+            free = turns.unclaimed()
+            row = turns.rows[free] if free is not None else None
             if row is not None and (
-                at_ms is None or row[1] is None or abs(int(row[1]) - at_ms) <= ADOPT_WINDOW_MS
+                at_ms is None or row[3] is None or abs(int(row[3]) - at_ms) <= ADOPT_WINDOW_MS
             ):
-                key = str(row[0])
-                self.conn.execute(
-                    "UPDATE conv_turns SET generation_id = ? WHERE conversation_id = ?"
-                    " AND turn_key = ?",
-                    (gen, cid, key),
-                )
+                key = free
+                assert key is not None
+                row[0] = gen
+                turns.by_gen[gen] = key
+                self._adopted.add((cid, key))
             else:
                 key = self._new_turn(cid, gen, gen, at_ms)
         self._touch_turn(cid, key, at_ms)
@@ -240,50 +402,33 @@ class ConversationIndexer:
     def turn_by_position(self, cid: str, tx_ordinal: int, at_ms: int | None) -> str:
         """The transcript's ``tx_ordinal``-th turn: found, or the turn at that position not yet
         seen by the transcript, or new."""
-        row = self.conn.execute(
-            "SELECT turn_key FROM conv_turns WHERE conversation_id = ? AND tx_ordinal = ?",
-            (cid, tx_ordinal),
-        ).fetchone()
-        if row is None:
-            row = self.conn.execute(
-                "SELECT turn_key FROM conv_turns WHERE conversation_id = ? AND ordinal = ?"
-                " AND tx_ordinal IS NULL",
-                (cid, tx_ordinal),
-            ).fetchone()
-            if row is not None:
-                self.conn.execute(
-                    "UPDATE conv_turns SET tx_ordinal = ? WHERE conversation_id = ?"
-                    " AND turn_key = ?",
-                    (tx_ordinal, cid, row[0]),
-                )
-        if row is not None:
-            key = str(row[0])
-        else:
-            key = self._new_turn(cid, f"transcript:{tx_ordinal}", None, at_ms, tx_ordinal)
+        turns = self._turns(cid)
+        key = turns.by_tx.get(tx_ordinal)
+        if key is None:
+            at = turns.by_ordinal.get(tx_ordinal)
+            if at is not None and turns.rows[at][2] is None:
+                key = at
+                turns.rows[at][2] = tx_ordinal
+                turns.by_tx[tx_ordinal] = at
+                self._adopted.add((cid, at))
+            else:
+                key = self._new_turn(cid, f"transcript:{tx_ordinal}", None, at_ms, tx_ordinal)
         self._touch_turn(cid, key, at_ms)
         return key
 
     def _touch_turn(self, cid: str, key: str, at_ms: int | None) -> None:
         if at_ms is None:
             return
-        self.conn.execute(
-            """
-            UPDATE conv_turns SET
-              started_ms = CASE WHEN started_ms IS NULL OR ? < started_ms THEN ?
-                                ELSE started_ms END,
-              ended_ms = CASE WHEN ended_ms IS NULL OR ? > ended_ms THEN ? ELSE ended_ms END
-            WHERE conversation_id = ? AND turn_key = ?
-            """,
-            (at_ms, at_ms, at_ms, at_ms, cid, key),
-        )
+        span = self._touched.get((cid, key))
+        if span is None:
+            self._touched[(cid, key)] = [at_ms, at_ms]
+        else:
+            span[0] = min(span[0], at_ms)
+            span[1] = max(span[1], at_ms)
 
     def _model(self, cid: str, key: str, model: str | None, override: bool) -> None:
-        if not model:
-            return
-        sql = "UPDATE conv_turns SET model = ? WHERE conversation_id = ? AND turn_key = ?" + (
-            "" if override else " AND model IS NULL"
-        )
-        self.conn.execute(sql, (model, cid, key))
+        if model:
+            self._models.append((model, cid, key, override))
 
     def _part(
         self,
@@ -296,15 +441,7 @@ class ConversationIndexer:
         seq: int | None,
         text: str | None,
     ) -> None:
-        self.conn.execute(
-            """
-            INSERT INTO conv_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (conversation_id, source, part_key) DO UPDATE SET
-              turn_key = excluded.turn_key, role = excluded.role, at_ms = excluded.at_ms,
-              seq = excluded.seq, text = excluded.text
-            """,
-            (cid, source, part_key, turn_key, role, at_ms, seq, text),
-        )
+        self._parts.append((cid, source, part_key, turn_key, role, at_ms, seq, text))
 
     def _tokens(
         self, cid: str, key: str, token_key: str, kind: str, counts: dict[str, Any]
@@ -312,40 +449,8 @@ class ConversationIndexer:
         values = [_int(counts.get(f)) for f in TOKEN_FIELDS]
         if all(v is None for v in values):
             return
-        self.conn.execute(
-            """
-            INSERT INTO conv_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (conversation_id, token_key) DO UPDATE SET
-              turn_key = excluded.turn_key, kind = excluded.kind,
-              input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
-              cache_read_tokens = excluded.cache_read_tokens,
-              cache_write_tokens = excluded.cache_write_tokens
-            """,
-            (cid, token_key, key, kind, *values),
-        )
-        self._recount(cid, key)
-
-    def _recount(self, cid: str, key: str) -> None:
-        """The turn's counts from its best token source (sums within that source only)."""
-        rows = self.conn.execute(
-            "SELECT kind, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
-            " FROM conv_tokens WHERE conversation_id = ? AND turn_key = ?",
-            (cid, key),
-        ).fetchall()
-        kinds = {r[0] for r in rows}
-        best = next((k for k in TOKEN_PRIORITY if k in kinds), None)
-        totals: list[int | None] = [None, None, None, None]
-        for r in rows:
-            if r[0] != best:
-                continue
-            for i, v in enumerate(r[1:]):
-                if v is not None:
-                    totals[i] = (totals[i] or 0) + int(v)
-        self.conn.execute(
-            "UPDATE conv_turns SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,"
-            " cache_write_tokens = ?, token_source = ? WHERE conversation_id = ? AND turn_key = ?",
-            (*totals, best, cid, key),
-        )
+        self._token_rows.append((cid, token_key, key, kind, *values))
+        self._recount_turns.add((cid, key))
 
     def _tool(
         self,
@@ -357,16 +462,8 @@ class ConversationIndexer:
         ok: bool | None,
         at_ms: int | None,
     ) -> None:
-        self.conn.execute(
-            """
-            INSERT INTO conv_tools VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (conversation_id, tool_key) DO UPDATE SET
-              name = COALESCE(excluded.name, conv_tools.name),
-              duration_ms = COALESCE(excluded.duration_ms, conv_tools.duration_ms),
-              ok = COALESCE(excluded.ok, conv_tools.ok),
-              at_ms = COALESCE(conv_tools.at_ms, excluded.at_ms)
-            """,
-            (cid, tool_key, turn_key, name, duration_ms, None if ok is None else int(ok), at_ms),
+        self._tools.append(
+            (cid, tool_key, turn_key, name, duration_ms, None if ok is None else int(ok), at_ms)
         )
 
     # ----------------------------------------------------------------- database traces
