@@ -60,6 +60,16 @@ def test_install_keeps_foreign_entries_backs_up_and_is_idempotent(tmp_path: Path
     assert not hooks.plan_uninstall(path).changed
 
 
+def test_file_without_version_key_gets_none(tmp_path: Path) -> None:
+    path = tmp_path / "hooks.json"
+    mine = {"hooks": {"stop": [{"command": "mine.sh"}]}}
+    path.write_text(json.dumps(mine))
+    hooks.apply(hooks.plan_install(path, "py /x/blueplane/hooks/emit.py c"), tmp_path)
+    assert "version" not in json.loads(path.read_text())
+    hooks.apply(hooks.plan_uninstall(path), tmp_path)
+    assert json.loads(path.read_text()) == mine
+
+
 def test_install_into_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "p" / ".cursor" / "hooks.json"
     change = hooks.apply(

@@ -160,7 +160,8 @@ def plan_install(path: Path, command: str, events: tuple[str, ...] = EVENTS) -> 
     """The file with our entry for each event (replacing an old one of ours in place)."""
     data = load_hooks_file(path)
     before = json.dumps(data, sort_keys=True)
-    data.setdefault("version", 1)
+    if not data:  # a new file gets Cursor's version key; an existing one is left as it is
+        data["version"] = 1
     hooks = data.setdefault("hooks", {})
     added = []
     for event in events:
