@@ -4,7 +4,8 @@
 recorded 3.x sequence (tests/fixtures/hooks), cycled, is piped to the command from hooks.json
 through ``/bin/sh -c``, working directory ``~/.cursor``, environment ``HOME`` and
 ``PATH=/usr/bin:/bin`` only. Measured: Redis up (a private redis-server), and Redis down (every
-event spooled). Baseline: ``python -I -S -c pass``, the interpreter's own start-up.
+event spooled). Baseline: ``/bin/sh -c 'python -I -S -c pass'``, the shell's and the
+interpreter's own start-up.
 
     .venv/bin/python bench/bench_hooks.py [--calls 300]
 
@@ -86,8 +87,8 @@ def main() -> None:
             return out
 
         calls(10)  # warm the page cache
-        base = [run([sys.executable, "-I", "-S", "-c", "pass"], b"", cwd, cursor_env)
-                for _ in range(args.calls)]  # fmt: skip
+        sh_pass = ["/bin/sh", "-c", f"{sys.executable} -I -S -c pass"]
+        base = [run(sh_pass, b"", cwd, cursor_env) for _ in range(args.calls)]
         up = calls(args.calls)
         import redis as sync_redis
 

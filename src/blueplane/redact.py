@@ -10,46 +10,67 @@ match becomes ``[REDACTED]`` (for an assignment, only the value), so the text st
 from __future__ import annotations
 
 import re
-from typing import Any
 
 MARK = "[REDACTED]"
 
-_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(
-        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
-        re.S,
-    ),
-    re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}"),  # OpenAI, Anthropic
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{40,}\b"),
-    re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}\b"),  # GitLab
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b"),  # Slack
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),  # Google
-    re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}\b"),  # Stripe
-    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWT
-)
-_BEARER = re.compile(r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=-]{16,}")
+# (guards, pattern, flags): a pattern is compiled, and run, only when one of its guards (lower
+# case) occurs in the lowered text. The hook command starts a new process per event, and
+# compiling every pattern up front would cost it several milliseconds for nothing.
 # Every repetition is bounded or anchored by a literal, so 1 MB of one character costs linear
 # time (an unbounded ``[a-z]*`` before a literal backtracks quadratically on such input).
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]{1,256}:)([^@\s/]{1,256})(@)")
-_ASSIGNMENT = re.compile(
+_RULES: tuple[tuple[tuple[str, ...], str, int], ...] = (
+    (("private key",),
+     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+     re.S),
+    (("sk-",), r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}", 0),  # OpenAI, Anthropic
+    (("akia", "asia"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", 0),  # AWS access key id
+    (("gh",), r"\bgh[pousr]_[A-Za-z0-9]{30,}\b", 0),  # GitHub
+    (("github_pat_",), r"\bgithub_pat_[A-Za-z0-9_]{40,}\b", 0),
+    (("glpat-",), r"\bglpat-[A-Za-z0-9_\-]{20,}\b", 0),  # GitLab
+    (("xox",), r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b", 0),  # Slack
+    (("aiza",), r"\bAIza[0-9A-Za-z_\-]{35}\b", 0),  # Google
+    (("_live_", "_test_"), r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}\b", 0),  # Stripe
+    (("eyj",), r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", 0),  # JWT
+)  # fmt: skip
+_BEARER = (("bearer", "token"), r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=-]{16,}", 0)
+_URL_PASSWORD = (("://",), r"(://[^/\s:@]{1,256}:)([^@\s/]{1,256})(@)", 0)
+_ASSIGNMENT = (
+    ("key", "token", "secret", "passw", "pwd", "credential", "auth"),
     r"(?im)^([ \t]{0,16}(?:export[ \t]+)?[A-Za-z_][A-Za-z0-9_]{0,64}?"
     r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PWD|CREDENTIALS?|AUTH)[A-Za-z0-9_]{0,64}"
-    r"[ \t]{0,16}[=:][ \t]{0,16})(\S[^\n]*?)[ \t\r]*$"
+    r"[ \t]{0,16}[=:][ \t]{0,16})(\S[^\n]*?)[ \t\r]*$",
+    0,
 )
+_compiled: dict[str, re.Pattern[str]] = {}
+
+
+def _pattern(source: str, flags: int) -> re.Pattern[str]:
+    p = _compiled.get(source)
+    if p is None:
+        p = _compiled[source] = re.compile(source, flags)
+    return p
+
+
+def _wanted(lowered: str, guards: tuple[str, ...]) -> bool:
+    return any(g in lowered for g in guards)
 
 
 def redact_text(text: str) -> str:
     """``text`` with every secret the patterns know replaced by ``[REDACTED]``."""
-    for pattern in _PATTERNS:
-        text = pattern.sub(MARK, text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {MARK}", text)
-    text = _URL_PASSWORD.sub(lambda m: m.group(1) + MARK + m.group(3), text)
-    return _ASSIGNMENT.sub(lambda m: m.group(1) + MARK, text)
+    lowered = text.lower()
+    for guards, source, flags in _RULES:
+        if _wanted(lowered, guards):
+            text = _pattern(source, flags).sub(MARK, text)
+    if _wanted(lowered, _BEARER[0]):
+        text = _pattern(*_BEARER[1:]).sub(lambda m: f"{m.group(1)} {MARK}", text)
+    if _wanted(lowered, _URL_PASSWORD[0]):
+        text = _pattern(*_URL_PASSWORD[1:]).sub(lambda m: m.group(1) + MARK + m.group(3), text)
+    if _wanted(lowered, _ASSIGNMENT[0]):
+        text = _pattern(*_ASSIGNMENT[1:]).sub(lambda m: m.group(1) + MARK, text)
+    return text
 
 
-def redact(value: Any) -> Any:
+def redact(value: object) -> object:
     """Every string inside ``value`` (dicts and lists walked) redacted."""
     if isinstance(value, str):
         return redact_text(value)
