@@ -101,6 +101,8 @@ CREATE TABLE IF NOT EXISTS conv_sources (
 """
 
 DATABASE, HOOK, TRANSCRIPT = "database", "hook", "transcript"
+# The workspace of a transcript no hook event tied to a workspace (a CLI agent outside a folder).
+UNKNOWN_WORKSPACE = "unknown"
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 # Token counts of a turn, best first: afterAgentResponse and stop carry the same numbers.
 TOKEN_PRIORITY = ("afterAgentResponse", "stop", DATABASE)
@@ -519,8 +521,9 @@ class ConversationIndexer:
         if cid is None:
             return
         at = ev.timestamp_ms
+        ws = None if ev.workspace_hash == UNKNOWN_WORKSPACE else ev.workspace_hash
         self._conversation(
-            cid, at, ev.workspace_hash, _str(ev.metadata.get("workspace_path")),
+            cid, at, ws, _str(ev.metadata.get("workspace_path")),
             parent=_str(p.get("parent_conversation_id")),
         )  # fmt: skip
         self._source(cid, "", TRANSCRIPT)

@@ -16,6 +16,12 @@ import redis as sync_redis
 from blueplane.broker import BundledRedis, _free_port
 from blueplane.cursor.transcripts import project_folder_key
 from tests.conftest import BlueplaneEnv, wait_until
+from tests.fixtures.cursor_db import (
+    UserDir,
+    make_assistant_bubble,
+    make_user_bubble,
+    make_workspace_identifier,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +114,19 @@ def test_recorded_sequence_through_the_installed_command(bp_env: BlueplaneEnv, s
          "subagentStart", "subagentStop", "afterFileEdit", "afterShellExecution"]
     )  # fmt: skip
     transcript = write_transcript(home, workspace)
+    # Cursor's databases hold turn 1 too: its answer bubble's requestId is the hook's
+    # generation_id; the bubble's own token counts must not be added to the hook's.
+    ud = UserDir(bp_env.cursor_dirs[0])
+    ws = ud.add_workspace(str(workspace))
+    ud.global_db().put_conversation(
+        [make_user_bubble("tell me about this codebase"),
+         make_assistant_bubble("It is a small TypeScript app.", requestId=G1,
+                               tokenCount={"inputTokens": 999, "outputTokens": 9},
+                               toolFormerData={"tool": 5, "toolCallId": "toolu_01",
+                                               "name": "read_file", "status": "completed"})],
+        composerId=CID, name="Codebase tour",
+        workspaceIdentifier=make_workspace_identifier(ws.id, str(workspace)),
+    )  # fmt: skip
     server()
     events = recorded_events(workspace, transcript)
     r = sync_redis.Redis.from_url(bp_env.redis_url, decode_responses=True)
@@ -142,9 +161,11 @@ def test_recorded_sequence_through_the_installed_command(bp_env: BlueplaneEnv, s
     def shown() -> dict | None:
         got = json.loads(bp_env.cli("show", CID, "--json").stdout)
         srcs = [t["sources"] for t in got["turns"]]
-        return got if srcs == [["hook", "transcript"], ["hook", "transcript"]] else None
+        return got if srcs == [["database", "hook", "transcript"], ["hook", "transcript"]] else None
 
-    conv = wait_until(shown, what="both turns seen by hook and transcript")
+    conv = wait_until(shown, what="turn 1 seen by all three sources, turn 2 by two")
+    assert conv["title"] == "Codebase tour"
+    assert conv["sources"] == ["database", "hook", "transcript"]
     t1, t2 = conv["turns"]
     assert [t1["generation_id"], t2["generation_id"]] == [G1, G2]
     # exact tokens, counted once (afterAgentResponse and stop both carried them)
@@ -155,7 +176,8 @@ def test_recorded_sequence_through_the_installed_command(bp_env: BlueplaneEnv, s
     assert t1["prompt"] == "tell me about this codebase" and t2["prompt"] == "run the tests"
     assert t2["response"] == "The tests fail: exit 1."
     assert t1["model"] == "claude-4.5-sonnet" and conv["models"] == ["claude-4.5-sonnet"]
-    assert {"name": "read_file", "duration_ms": 14, "ok": True} in t1["tools"]
+    # one tool call, seen by the hook and the database
+    assert t1["tools"] == [{"name": "read_file", "duration_ms": 14, "ok": True}]
     assert {"name": "run_terminal_cmd", "duration_ms": 3100, "ok": False} in t2["tools"]
     assert t1["duration_ms"] is not None and t1["duration_ms"] >= 0
     listed = bp_env.cli_json("conversations")

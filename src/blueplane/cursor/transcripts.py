@@ -35,6 +35,7 @@ from typing import Any
 from watchfiles import awatch
 
 from blueplane.aio import wait_any
+from blueplane.conversation_index import UNKNOWN_WORKSPACE
 from blueplane.cursor.layouts.base import TraceItem
 from blueplane.cursor.layouts.conversation import text_parts
 from blueplane.cursor.session_monitor import SessionMonitor
@@ -326,7 +327,7 @@ class TranscriptFollower:
         if parsed.state.offset == state.offset:
             return 0
         sid = target.session_id or conv
-        dest = Destination(target.workspace_hash or "unknown", sid, target.workspace_path)
+        dest = Destination(target.workspace_hash or UNKNOWN_WORKSPACE, sid, target.workspace_path)
         now_ms = int(self.clock() * 1000)
         routed = [(dest, TraceItem(p, timestamp_ms=now_ms)) for p in parsed.payloads]
         sent = await self.publisher.publish(routed, db_key, LAYOUT, parsed.state.to_watermark())
