@@ -54,11 +54,14 @@ CREATE TABLE IF NOT EXISTS conv_turns (
     cache_write_tokens  INTEGER,
     token_source        TEXT,
     started_ms          INTEGER,
+    started_day         INTEGER,
     ended_ms            INTEGER,
     PRIMARY KEY (conversation_id, turn_key)
 );
 CREATE INDEX IF NOT EXISTS conv_turns_by_gen ON conv_turns (conversation_id, generation_id);
-CREATE INDEX IF NOT EXISTS conv_turns_by_time ON conv_turns (started_ms);
+-- covering, in day order: token totals per day are one streaming pass over the index
+CREATE INDEX IF NOT EXISTS conv_turns_by_day ON conv_turns (started_day, input_tokens,
+    output_tokens, cache_read_tokens, cache_write_tokens);
 CREATE TABLE IF NOT EXISTS conv_tokens (
     conversation_id     TEXT NOT NULL,
     token_key           TEXT NOT NULL,
@@ -131,6 +134,8 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 _TOUCH_TURN = """
 UPDATE conv_turns SET
   started_ms = CASE WHEN started_ms IS NULL OR ? < started_ms THEN ? ELSE started_ms END,
+  started_day = (CASE WHEN started_ms IS NULL OR ? < started_ms THEN ? ELSE started_ms END)
+                / 86400000,
   ended_ms = CASE WHEN ended_ms IS NULL OR ? > ended_ms THEN ? ELSE ended_ms END
 WHERE conversation_id = ? AND turn_key = ?
 """
@@ -310,10 +315,11 @@ class ConversationIndexer:
             rows = []
             for cid, key in self._new_turns:
                 gen, ordinal, tx, started = self._conv_turns[cid].rows[key]
-                rows.append((cid, key, gen, ordinal, tx, started, started))
+                day = None if started is None else int(started) // 86_400_000
+                rows.append((cid, key, gen, ordinal, tx, started, day, started))
             c.executemany(
                 "INSERT INTO conv_turns (conversation_id, turn_key, generation_id, ordinal,"
-                " tx_ordinal, started_ms, ended_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " tx_ordinal, started_ms, started_day, ended_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         adopted = [
@@ -332,7 +338,10 @@ class ConversationIndexer:
         if self._touched:
             c.executemany(
                 _TOUCH_TURN,
-                [(lo, lo, hi, hi, cid, key) for (cid, key), (lo, hi) in self._touched.items()],
+                [
+                    (lo, lo, lo, lo, hi, hi, cid, key)
+                    for (cid, key), (lo, hi) in self._touched.items()
+                ],
             )
         if self._parts:
             c.executemany(_UPSERT_PART, self._parts)

@@ -160,8 +160,7 @@ def list_conversations(
         "SELECT conversation_id, workspace_hash, workspace_path, title, first_ms, last_ms"
         " FROM conv_conversations"
         + (f" WHERE {' AND '.join(where)}" if where else "")
-        + " ORDER BY CASE WHEN last_ms IS NULL THEN 1 ELSE 0 END, last_ms DESC,"
-        " conversation_id LIMIT ?"
+        + " ORDER BY last_ms DESC NULLS LAST LIMIT ?"
     )
     heads = store.conn.execute(sql, (*args, limit)).fetchall()
     return _with_totals(store, heads)
@@ -337,23 +336,27 @@ def _attach_loose_prompts(
 def token_totals_by_day(
     store: Any, *, since_ms: int | None = None, workspace: str | None = None
 ) -> list[DayTokens]:
-    """Token totals per UTC day of the turns' start, oldest first (one indexed GROUP BY)."""
+    """Token totals per UTC day of the turns' start, oldest first (one pass over an index).
+
+    ``since_ms`` counts whole days: the day it falls on is included entirely."""
     if not _has_tables(store):
         return []
-    where = ["t.started_ms IS NOT NULL"]
+    where = ["t.started_day IS NOT NULL"]
     args: list[Any] = []
     join = ""
     if since_ms is not None:
-        where.append("t.started_ms >= ?")
-        args.append(since_ms)
+        # whole days from the day of since_ms: the per-day index answers alone
+        where.append("t.started_day >= ?")
+        args.append(since_ms // 86_400_000)
     if workspace:
         join = " JOIN conv_conversations c ON c.conversation_id = t.conversation_id"
         where.append("c.workspace_hash = ?")
         args.append(workspace_filter(workspace))
     rows = store.conn.execute(
-        "SELECT t.started_ms / 86400000 AS d, COUNT(*), SUM(t.input_tokens),"
-        " SUM(t.output_tokens), SUM(t.cache_read_tokens), SUM(t.cache_write_tokens)"
-        f" FROM conv_turns t{join} WHERE {' AND '.join(where)} GROUP BY d ORDER BY d",
+        "SELECT t.started_day, COUNT(*), SUM(t.input_tokens), SUM(t.output_tokens),"
+        " SUM(t.cache_read_tokens), SUM(t.cache_write_tokens)"
+        f" FROM conv_turns t{join} WHERE {' AND '.join(where)}"
+        " GROUP BY t.started_day ORDER BY t.started_day",
         args,
     ).fetchall()
     return [
