@@ -29,8 +29,9 @@ def install_cmd(
 ) -> None:
     """Add the hook command for each event to hooks.json (a backup of the file first)."""
     s = settings_or_exit()
+    home = s.home.expanduser().resolve()  # the command runs from another folder
     path = hooks.hooks_path(project)
-    command = hooks.command_for(s.home)
+    command = hooks.command_for(home)
     try:
         change = hooks.plan_install(path, command)
     except hooks.MalformedHooksFile as exc:
@@ -40,14 +41,14 @@ def install_cmd(
         out.out(change.text, end="", highlight=False)
         return
     cfg = hooks.make_hook_config(
-        s.home, s.redis_url, s.redis.stream, s.hooks_capture_content, s.hooks.redact_secrets,
-        None if s.redis_url_explicit else s.bundled_redis_dir / "url",
+        home, s.redis_url, s.redis.stream, s.hooks_capture_content, s.hooks.redact_secrets,
+        None if s.redis_url_explicit else s.bundled_redis_dir.expanduser().resolve() / "url",
     )  # fmt: skip
-    cfg_path = hooks.write_hook_config(s.home, cfg)
+    cfg_path = hooks.write_hook_config(home, cfg)
     if not change.changed:
         out.print(f"hooks already installed in {path} (config {cfg_path})", highlight=False)
         return
-    hooks.apply(change, s.home)
+    hooks.apply(change, home)
     if change.backup:
         out.print(f"backup: {change.backup}", highlight=False)
     what = ", ".join(change.added) if change.added else "entries updated"
@@ -68,7 +69,7 @@ def uninstall_cmd(project: ProjectOpt = None) -> None:
     if not change.changed:
         out.print(f"no blueplane hooks in {path}", highlight=False)
         return
-    hooks.apply(change, s.home)
+    hooks.apply(change, s.home.expanduser().resolve())
     if change.backup:
         out.print(f"backup: {change.backup}", highlight=False)
     out.print(f"removed from {path}: {', '.join(change.removed)}", highlight=False)
@@ -78,7 +79,7 @@ def uninstall_cmd(project: ProjectOpt = None) -> None:
 def status_cmd(json_out: JsonOpt = False) -> None:
     """Which events are installed where, whether the file changed since, when each fired."""
     s = settings_or_exit()
-    report = hooks.status(s.home)
+    report = hooks.status(s.home.expanduser().resolve())
     if json_out:
         out.print_json(json.dumps(report))
         return
