@@ -25,6 +25,7 @@ store can run it too.
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 from collections.abc import Iterable
 from typing import Any
@@ -255,6 +256,7 @@ class ConversationIndexer:
         self._conv_turns: dict[str, _ConvTurns] = {}
         self._new_turns: list[tuple[str, str]] = []
         self._adopted: set[tuple[str, str]] = set()
+        self._db_users: dict[str, list[int]] = {}
 
     def apply(self, events: Iterable[Any]) -> int:
         """Apply every relevant event (``StoredEvent``-like); returns how many were applied."""
@@ -490,15 +492,26 @@ class ConversationIndexer:
         bubble = _str(p.get("bubble_id")) or str(ev.item_key)
         text = _str(p.get("text"))
         request_id = _str(p.get("request_id"))
-        if p.get("role") != "assistant" or request_id is None:
-            # A user bubble carries no request id: it is attached to the turn that follows it
-            # when the conversation is read (conversations.py).
-            self._part(cid, DATABASE, bubble, None, str(p.get("role") or "user"), at,
-                       _int(p.get("position")), text)  # fmt: skip
+        role = str(p.get("role") or "user")
+        position = _int(p.get("position"))
+        key: str | None
+        if role == "assistant" and request_id is not None:
+            key = self.turn_by_generation(cid, request_id, at)
+        elif position is not None:
+            # Older eras (inline conversations, the chat panel): no request ids, but every
+            # bubble's place in the conversation. A user bubble starts the next turn.
+            key = self._turn_by_db_position(cid, role, position, at)
+        else:
+            key = None
+        if key is None:
+            # No id and no place (a user bubble of the global database): attached, when the
+            # conversation is read, to the turn that follows it (conversations.py).
+            self._part(cid, DATABASE, bubble, None, role, at, position, text)
             return
-        key = self.turn_by_generation(cid, request_id, at)
         self._source(cid, key, DATABASE)
-        self._part(cid, DATABASE, bubble, key, "assistant", at, _int(p.get("position")), text)
+        self._part(cid, DATABASE, bubble, key, role, at, position, text)
+        if role != "assistant":
+            return
         self._model(cid, key, _str(p.get("model")), override=False)
         if p.get("tokens_reported"):
             self._tokens(cid, key, f"db:{bubble}", DATABASE, p)
@@ -509,6 +522,33 @@ class ConversationIndexer:
             ok = None if status is None else status == "completed"
             tool_key = _str(call.get("tool_call_id")) or f"db:{bubble}:{i}"
             self._tool(cid, tool_key, key, _str(call.get("name")), None, ok, at)
+
+    def _turn_by_db_position(
+        self, cid: str, role: str, position: int, at: int | None
+    ) -> str | None:
+        """The turn of a bubble known only by its place: the k-th user bubble starts turn k
+        (the same numbering as a transcript's), an assistant bubble belongs to the last user
+        bubble before it."""
+        users = self._db_users.get(cid)
+        if users is None:
+            users = sorted(
+                int(r[0])
+                for r in self.conn.execute(
+                    "SELECT seq FROM conv_parts WHERE conversation_id = ? AND source = ?"
+                    " AND role = 'user' AND seq IS NOT NULL AND turn_key IS NOT NULL",
+                    (cid, DATABASE),
+                )
+            )
+            self._db_users[cid] = users
+        k = bisect.bisect_left(users, position)
+        if role == "user":
+            if k == len(users) or users[k] != position:
+                users.insert(k, position)
+        else:
+            k -= 1
+            if k < 0:
+                return None  # an answer before any question: kept loose
+        return self.turn_by_position(cid, k, at)
 
     def _composer(self, ev: Any) -> None:
         p = ev.payload

@@ -242,7 +242,9 @@ def _strip_markup(text: str) -> str:
     m = _TAGGED.search(text)
     if m:
         return m.group(1)
-    return _TIMESTAMP.sub("", text)
+    if "<timestamp>" in text:
+        return _TIMESTAMP.sub("", text).strip()
+    return text
 
 
 def get_conversation(store: Any, conversation_id: str) -> tuple[Conversation, list[Turn]] | None:
@@ -282,16 +284,17 @@ def get_conversation(store: Any, conversation_id: str) -> tuple[Conversation, li
         "SELECT turn_key, source FROM conv_sources WHERE conversation_id = ?", (conversation_id,)
     ):
         sources.setdefault(turn_key, set()).add(source)
-    loose = _attach_loose_prompts(turns, parts.get(None, []))
+    loose_prompts, loose_answers = _attach_loose(turns, parts.get(None, []))
     out = []
     for row in turns:
         key, gen, model, tin, tout, tcr, tcw, started, ended = row
         own = parts.get(key, [])
-        prompt = _text_of(own, "user") or loose.get(key)
+        prompt = _text_of(own, "user") or loose_prompts.get(key)
         calls = [t for _, t in sorted(tools.get(key, []), key=lambda x: x[0] or 0)]
         out.append(
             Turn(
-                generation_id=gen, prompt=prompt, response=_text_of(own, "assistant"),
+                generation_id=gen, prompt=prompt,
+                response=_text_of(own, "assistant") or loose_answers.get(key),
                 model=model, input_tokens=tin, output_tokens=tout, cache_read_tokens=tcr,
                 cache_write_tokens=tcw, started_at=_iso(started), ended_at=_iso(ended),
                 duration_ms=None if started is None or ended is None else int(ended - started),
@@ -314,23 +317,31 @@ def _text_of(
         if texts:
             texts.sort(key=lambda t: (t[0], t[1]) if source != TRANSCRIPT else (t[1], t[0]))
             joined = "\n\n".join(t[2] for t in texts)
-            return _strip_markup(joined).strip() if role == "user" else joined
+            return _strip_markup(joined) if role == "user" else joined
     return None
 
 
-def _attach_loose_prompts(
+def _attach_loose(
     turns: list[Any], loose: list[tuple[str, str, int | None, int | None, str | None]]
-) -> dict[str, str]:
-    """Database user bubbles carry no request id: each goes to the first turn starting at or
-    after it (the answer follows the question), else to the last turn."""
-    out: dict[str, list[str]] = {}
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Database bubbles with neither a request id nor a place in the conversation: a user
+    bubble is the prompt of the first turn starting at or after it (the answer follows the
+    question), else of the last turn; an assistant bubble belongs to the last turn that
+    started at or before it."""
+    prompts: dict[str, list[str]] = {}
+    answers: dict[str, list[str]] = {}
     timed = sorted((t[7], t[0]) for t in turns if t[7] is not None)
     for _, role, at, _, text in sorted(loose, key=lambda p: (p[2] or 0, p[3] or 0)):
-        if role != "user" or not text or not timed:
+        if not text or not timed:
             continue
-        key = next((k for start, k in timed if at is None or start >= at), timed[-1][1])
-        out.setdefault(key, []).append(text)
-    return {k: "\n\n".join(v) for k, v in out.items()}
+        if role == "user":
+            key = next((k for start, k in timed if at is None or start >= at), timed[-1][1])
+            prompts.setdefault(key, []).append(text)
+        elif role == "assistant":
+            before = [k for start, k in timed if at is None or start <= at]
+            answers.setdefault(before[-1] if before else timed[0][1], []).append(text)
+    join = "\n\n".join
+    return {k: join(v) for k, v in prompts.items()}, {k: join(v) for k, v in answers.items()}
 
 
 def token_totals_by_day(

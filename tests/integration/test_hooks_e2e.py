@@ -29,7 +29,9 @@ SEQUENCE = Path(__file__).resolve().parents[1] / "fixtures" / "hooks" / "cursor-
 CID = "7f3e0a1b-5c2d-4e6f-8a9b-0c1d2e3f4a5b"
 G1 = "c0ffee01-0000-4000-8000-000000000001"
 G2 = "c0ffee02-0000-4000-8000-000000000002"
-BUDGET_S = 1.0  # per call in a test on a shared 2-core machine; the p99 is in bench_hooks.py
+# Per call, in a test on a shared 2-core machine (other jobs push the load average past 15);
+# the p99 of 50 ms is measured by bench/bench_hooks.py.
+BUDGET_S = 2.0
 
 
 def user_home(env: BlueplaneEnv) -> Path:
@@ -185,8 +187,12 @@ def test_recorded_sequence_through_the_installed_command(bp_env: BlueplaneEnv, s
     # every transcript line once, the bad one skipped and counted
     lines = bp_env.traces("--limit", "1000", trace_type="transcript_message")
     assert sorted(t["payload"]["line"] for t in lines) == [0, 1, 2, 3, 5, 6]  # 4: not JSON
-    status = json.loads((bp_env.home / "status.json").read_text())
-    assert status["components"]["transcripts"]["counters"]["bad_lines"] == 1
+
+    def bad_lines() -> int | None:  # status.json is rewritten every 2 s
+        st = json.loads((bp_env.home / "status.json").read_text())
+        return st["components"].get("transcripts", {}).get("counters", {}).get("bad_lines")
+
+    assert wait_until(bad_lines, what="bad transcript line counted in status") == 1
     hs = bp_env.cli_json("hooks", "status")
     fired = hs["files"][0]["events"]
     assert fired["stop"]["installed"] and fired["stop"]["last_fired"] is not None

@@ -163,3 +163,53 @@ def test_store_without_conversation_tables_reads_as_empty(tmp_path: Path) -> Non
     assert conversations.list_conversations(ro) == []
     assert conversations.get_conversation(ro, CID) is None
     ro.close()
+
+
+def test_real_2024_conversations_become_turns_by_order(tmp_path: Path, real_fixture) -> None:
+    """Inline 2024 composers and the chat panel carry no request ids on most bubbles: turns
+    come from the order of the bubbles (each user bubble starts one)."""
+    import json as _json
+
+    from blueplane.cursor.layouts.base import ReadContext
+    from blueplane.cursor.schema_detector import SchemaDetector
+    from blueplane.events import iso_from_ms as _iso
+
+    conn = sqlite3.connect(f"file:{real_fixture}?mode=ro", uri=True)
+    try:
+        det = SchemaDetector().detect(conn)
+        raws = [(layout, layout.fetch(conn, {})) for layout in det.layouts]
+    finally:
+        conn.close()
+    ctx = ReadContext(now_ms=T0, sync_cutoff_ms=0)
+    events = []
+    for layout, raw in raws:
+        for item in layout.extract(raw, {}, ctx).items:
+            if item.payload.trace_type not in ("message", "composer"):
+                continue
+            ev = TraceEvent(
+                event_id=f"r{len(events)}", session_id="s", external_session_id="s",
+                timestamp=_iso(item.timestamp_ms or T0),
+                metadata=TraceMetadata(workspace_hash=WS), payload=item.payload.to_json_dict(),
+            )  # fmt: skip
+            events.append(parse_entry(f"{len(events)}-0", ev.to_fields()))
+    messages = [e for e in events if e.trace_type == "message"]
+    store = TraceStore(tmp_path / "t.db")
+    store.write_batch(events, 86400)
+    listed = conversations.list_conversations(store, limit=1000)
+    by_conv: dict[str, list[Any]] = {}
+    for e in messages:
+        by_conv.setdefault(e.payload["composer_id"], []).append(e.payload)
+    assert listed and {c.conversation_id for c in listed} >= set(by_conv)
+    for cid, bubbles in by_conv.items():
+        users = [b for b in bubbles if b["role"] == "user"]
+        got = conversations.get_conversation(store, cid)
+        assert got is not None
+        conv, turns = got
+        assert conv.turns == len(users) == len(turns), cid
+        first_user = min(users, key=lambda b: b["position"])
+        if first_user.get("text"):
+            assert turns[0].prompt == first_user["text"]
+        assert all(t.sources == ["database"] for t in turns)
+        assert any(t.response for t in turns), cid
+    assert _json.dumps([c.to_json() for c in listed])  # serialisable
+    store.close()
