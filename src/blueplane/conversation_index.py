@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS conv_tokens (
     PRIMARY KEY (conversation_id, token_key)
 );
 CREATE INDEX IF NOT EXISTS conv_tokens_by_turn ON conv_tokens (conversation_id, turn_key);
+-- The text itself stays in the event's payload (``event_id``, field ``text_field``): it is not
+-- stored twice.
 CREATE TABLE IF NOT EXISTS conv_parts (
     conversation_id TEXT NOT NULL,
     source          TEXT NOT NULL,
@@ -83,7 +85,9 @@ CREATE TABLE IF NOT EXISTS conv_parts (
     role            TEXT NOT NULL,
     at_ms           INTEGER,
     seq             INTEGER,
-    text            TEXT,
+    has_text        INTEGER NOT NULL,
+    event_id        TEXT NOT NULL,
+    text_field      TEXT NOT NULL,
     PRIMARY KEY (conversation_id, source, part_key)
 );
 CREATE TABLE IF NOT EXISTS conv_tools (
@@ -141,10 +145,11 @@ UPDATE conv_turns SET
 WHERE conversation_id = ? AND turn_key = ?
 """
 _UPSERT_PART = """
-INSERT INTO conv_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO conv_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (conversation_id, source, part_key) DO UPDATE SET
   turn_key = excluded.turn_key, role = excluded.role, at_ms = excluded.at_ms,
-  seq = excluded.seq, text = excluded.text
+  seq = excluded.seq, has_text = excluded.has_text, event_id = excluded.event_id,
+  text_field = excluded.text_field
 """
 _UPSERT_TOOL = """
 INSERT INTO conv_tools VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -164,26 +169,9 @@ ON CONFLICT (conversation_id, token_key) DO UPDATE SET
 """
 
 
-# The turn's counts come from its best token source (sums within that source only), in two
-# statements run for every turn whose token rows changed in the batch.
-_BEST_TOKEN_SOURCE = """
-UPDATE conv_turns SET token_source = (
-  SELECT kind FROM conv_tokens t
-  WHERE t.conversation_id = conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key
-  ORDER BY CASE kind WHEN 'afterAgentResponse' THEN 0 WHEN 'stop' THEN 1 ELSE 2 END LIMIT 1)
-WHERE conversation_id = ? AND turn_key = ?
-"""
-_SUM_TOKENS = """
-UPDATE conv_turns SET
-  input_tokens = (SELECT SUM(input_tokens) FROM conv_tokens t WHERE t.conversation_id =
-    conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key AND t.kind = token_source),
-  output_tokens = (SELECT SUM(output_tokens) FROM conv_tokens t WHERE t.conversation_id =
-    conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key AND t.kind = token_source),
-  cache_read_tokens = (SELECT SUM(cache_read_tokens) FROM conv_tokens t WHERE t.conversation_id
-    = conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key AND t.kind = token_source),
-  cache_write_tokens = (SELECT SUM(cache_write_tokens) FROM conv_tokens t WHERE
-    t.conversation_id = conv_turns.conversation_id AND t.turn_key = conv_turns.turn_key
-    AND t.kind = token_source)
+_SET_TOKENS = """
+UPDATE conv_turns SET input_tokens = ?, output_tokens = ?, cache_read_tokens = ?,
+  cache_write_tokens = ?, token_source = ?
 WHERE conversation_id = ? AND turn_key = ?
 """
 
@@ -259,14 +247,29 @@ class ConversationIndexer:
         self._db_users: dict[str, list[int]] = {}
 
     def apply(self, events: Iterable[Any]) -> int:
-        """Apply every relevant event (``StoredEvent``-like); returns how many were applied."""
+        """Apply every relevant event (``StoredEvent``-like) that the events table holds (the
+        store drops a copy of a trace another source already stored); returns how many."""
+        wanted = [ev for ev in events if relevant(ev.event_type, ev.hook_type, ev.trace_type)]
+        if not wanted:
+            return 0
+        held = self._held({str(ev.event_id) for ev in wanted})
         self._reset()
         try:
-            n = self._apply(events)
+            n = self._apply(ev for ev in wanted if str(ev.event_id) in held)
             self._flush()
         finally:
             self._reset()
         return n
+
+    def _held(self, ids: set[str]) -> set[str]:
+        held: set[str] = set()
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT event_id FROM events WHERE event_id IN ({marks})"
+            held.update(r[0] for r in self.conn.execute(sql, chunk))
+        return held
 
     def _apply(self, events: Iterable[Any]) -> int:
         n = 0
@@ -351,9 +354,7 @@ class ConversationIndexer:
             c.executemany(_UPSERT_TOOL, self._tools)
         if self._token_rows:
             c.executemany(_UPSERT_TOKENS, self._token_rows)
-            recount = sorted(self._recount_turns)
-            c.executemany(_BEST_TOKEN_SOURCE, recount)
-            c.executemany(_SUM_TOKENS, recount)
+            c.executemany(_SET_TOKENS, self._recounted())
         if self._models:
             sql = "UPDATE conv_turns SET model = ? WHERE conversation_id = ? AND turn_key = ?"
             c.executemany(
@@ -452,9 +453,14 @@ class ConversationIndexer:
         role: str,
         at_ms: int | None,
         seq: int | None,
-        text: str | None,
+        ev: Any,
+        text_field: str,
     ) -> None:
-        self._parts.append((cid, source, part_key, turn_key, role, at_ms, seq, text))
+        has_text = int(bool(_str(ev.payload.get(text_field))))
+        self._parts.append(
+            (cid, source, part_key, turn_key, role, at_ms, seq, has_text, str(ev.event_id),
+             text_field)
+        )  # fmt: skip
 
     def _tokens(
         self, cid: str, key: str, token_key: str, kind: str, counts: dict[str, Any]
@@ -464,6 +470,34 @@ class ConversationIndexer:
             return
         self._token_rows.append((cid, token_key, key, kind, *values))
         self._recount_turns.add((cid, key))
+
+    def _recounted(self) -> list[tuple[Any, ...]]:
+        """Each changed turn's four counts from its best token source (summed within it)."""
+        by_turn: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        cids = sorted({cid for cid, _ in self._recount_turns})
+        for start in range(0, len(cids), 500):
+            chunk = cids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for cid, key, kind, *counts in self.conn.execute(
+                "SELECT conversation_id, turn_key, kind, input_tokens, output_tokens,"
+                " cache_read_tokens, cache_write_tokens FROM conv_tokens"
+                f" WHERE conversation_id IN ({marks})",
+                chunk,
+            ):
+                if (cid, key) in self._recount_turns:
+                    by_turn.setdefault((cid, key), []).append((kind, *counts))
+        out = []
+        for (cid, key), rows in by_turn.items():
+            kinds = {r[0] for r in rows}
+            best = next((k for k in TOKEN_PRIORITY if k in kinds), None)
+            totals: list[int | None] = [None, None, None, None]
+            for r in rows:
+                if r[0] == best:
+                    for i, v in enumerate(r[1:]):
+                        if v is not None:
+                            totals[i] = (totals[i] or 0) + int(v)
+            out.append((*totals, best, cid, key))
+        return out
 
     def _tool(
         self,
@@ -490,7 +524,6 @@ class ConversationIndexer:
         self._conversation(cid, at, ev.workspace_hash, _str(meta.get("workspace_path")))
         self._source(cid, "", DATABASE)
         bubble = _str(p.get("bubble_id")) or str(ev.item_key)
-        text = _str(p.get("text"))
         request_id = _str(p.get("request_id"))
         role = str(p.get("role") or "user")
         position = _int(p.get("position"))
@@ -506,10 +539,10 @@ class ConversationIndexer:
         if key is None:
             # No id and no place (a user bubble of the global database): attached, when the
             # conversation is read, to the turn that follows it (conversations.py).
-            self._part(cid, DATABASE, bubble, None, role, at, position, text)
+            self._part(cid, DATABASE, bubble, None, role, at, position, ev, "text")
             return
         self._source(cid, key, DATABASE)
-        self._part(cid, DATABASE, bubble, key, role, at, position, text)
+        self._part(cid, DATABASE, bubble, key, role, at, position, ev, "text")
         if role != "assistant":
             return
         self._model(cid, key, _str(p.get("model")), override=False)
@@ -583,7 +616,7 @@ class ConversationIndexer:
         role = _str(p.get("role"))
         if role in ("user", "assistant"):
             self._part(cid, TRANSCRIPT, str(ev.item_key), key, role, at, _int(p.get("line")),
-                       _str(p.get("text")))  # fmt: skip
+                       ev, "text")  # fmt: skip
         for i, tool in enumerate(p.get("tool_uses") or []):
             if isinstance(tool, dict):
                 tool_key = _str(tool.get("id")) or f"tx:{ev.item_key}:{i}"
@@ -615,9 +648,9 @@ class ConversationIndexer:
             self._model(cid, key, model, override=True)
         event_key = str(ev.event_id)
         if name == "beforeSubmitPrompt":
-            self._part(cid, HOOK, f"prompt:{gen}", key, "user", at, None, _str(p.get("prompt")))
+            self._part(cid, HOOK, f"prompt:{gen}", key, "user", at, None, ev, "prompt")
         elif name == "afterAgentResponse":
-            self._part(cid, HOOK, event_key, key, "assistant", at, None, _str(p.get("text")))
+            self._part(cid, HOOK, event_key, key, "assistant", at, None, ev, "text")
             self._tokens(cid, key, event_key, "afterAgentResponse", p)
         elif name == "stop":
             self._tokens(cid, key, event_key, "stop", p)

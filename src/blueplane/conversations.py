@@ -13,6 +13,7 @@ else ``stop``), else from the database's bubbles; ``None`` where no source knows
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -215,21 +216,45 @@ def _with_totals(store: Any, heads: list[Any]) -> list[Conversation]:
 
 def _first_prompts(store: Any, ids: list[str]) -> dict[str, str]:
     """A title for conversations Cursor named nowhere: the start of their first prompt."""
-    found: dict[str, tuple[int, str]] = {}
+    first: dict[str, tuple[int, str, str]] = {}
     rows = store.conn.execute(
-        "SELECT conversation_id, at_ms, text FROM conv_parts WHERE role = 'user'"
-        f" AND text IS NOT NULL AND conversation_id IN ({_placeholders(len(ids))})",
+        "SELECT conversation_id, at_ms, event_id, text_field FROM conv_parts WHERE role = 'user'"
+        f" AND has_text = 1 AND conversation_id IN ({_placeholders(len(ids))})",
         ids,
     )
-    for cid, at_ms, text in rows:
+    for cid, at_ms, event_id, text_field in rows:
         at = at_ms if at_ms is not None else 2**62
-        if cid not in found or at < found[cid][0]:
-            found[cid] = (at, text)
+        if cid not in first or at < first[cid][0]:
+            first[cid] = (at, event_id, text_field)
+    texts = _texts(store, [(e, f) for _, e, f in first.values()])
     out = {}
-    for cid, (_, text) in found.items():
-        line = " ".join(_strip_markup(text).split())
+    for cid, (_, event_id, text_field) in first.items():
+        line = " ".join(_strip_markup(texts.get((event_id, text_field)) or "").split())
         if line:
             out[cid] = line[:TITLE_FALLBACK_CHARS]
+    return out
+
+
+def _texts(store: Any, refs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The texts the parts point to, from their events' payloads."""
+    out: dict[tuple[str, str], str] = {}
+    ids = sorted({e for e, _ in refs})
+    payloads: dict[str, Any] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for event_id, payload in store.conn.execute(
+            f"SELECT event_id, payload FROM events WHERE event_id IN ({_placeholders(len(chunk))})",
+            chunk,
+        ):
+            try:
+                payloads[event_id] = json.loads(payload) if payload else {}
+            except json.JSONDecodeError:
+                payloads[event_id] = {}
+    for event_id, text_field in refs:
+        p = payloads.get(event_id)
+        value = p.get(text_field) if isinstance(p, dict) else None
+        if isinstance(value, str) and value:
+            out[(event_id, text_field)] = value
     return out
 
 
@@ -266,11 +291,15 @@ def get_conversation(store: Any, conversation_id: str) -> tuple[Conversation, li
         " ORDER BY ordinal",
         (conversation_id,),
     ).fetchall()
-    parts: dict[str | None, list[tuple[str, str, int | None, int | None, str | None]]] = {}
-    for turn_key, source, role, at_ms, seq, text in c.execute(
-        "SELECT turn_key, source, role, at_ms, seq, text FROM conv_parts WHERE conversation_id = ?",
+    rows = c.execute(
+        "SELECT turn_key, source, role, at_ms, seq, has_text, event_id, text_field"
+        " FROM conv_parts WHERE conversation_id = ?",
         (conversation_id,),
-    ):
+    ).fetchall()
+    texts = _texts(store, [(r[6], r[7]) for r in rows if r[5]])
+    parts: dict[str | None, list[tuple[str, str, int | None, int | None, str | None]]] = {}
+    for turn_key, source, role, at_ms, seq, _, event_id, text_field in rows:
+        text = texts.get((event_id, text_field))
         parts.setdefault(turn_key, []).append((source, role, at_ms, seq, text))
     tools: dict[str, list[tuple[int | None, ToolCall]]] = {}
     for turn_key, name, duration_ms, ok, at_ms in c.execute(
