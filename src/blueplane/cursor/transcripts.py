@@ -223,7 +223,7 @@ class TranscriptFollower:
         capture_content: bool = True,
         redact: bool = True,
         poll_s: float = 2.0,
-        debounce_ms: int = 50,
+        debounce_ms: int = 200,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sessions = sessions
