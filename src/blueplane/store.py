@@ -10,6 +10,7 @@ connection under it. This is our own database, never Cursor's: here PRAGMAs that
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from blueplane import conversation_index
+
+log = logging.getLogger("blueplane.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -139,6 +142,8 @@ class TraceStore:
             return
         indexer = conversation_index.ConversationIndexer(self.conn)
         last = 0
+        done_n = 0
+        started = time.monotonic()
         while True:
             rows = self.conn.execute(
                 "SELECT rowid, event_id, stream_id, event_type, hook_type, platform, trace_type,"
@@ -150,7 +155,11 @@ class TraceStore:
             ).fetchall()
             if not rows:
                 break
+            if not done_n:
+                log.info("indexing the conversations of the events already in %s (once)",
+                         self.path)  # fmt: skip
             last = rows[-1][0]
+            done_n += len(rows)
             events = [_stored_from_row(r[1:]) for r in rows]
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -161,6 +170,9 @@ class TraceStore:
                     self.conn.execute("ROLLBACK")
                 raise
         self.conn.execute("INSERT OR IGNORE INTO store_meta VALUES (?, '1')", (CONVERSATIONS_META,))
+        if done_n:
+            log.info("conversations of %d stored events indexed in %.1f s", done_n,
+                     time.monotonic() - started)  # fmt: skip
 
     def close(self) -> None:
         """Close, after any write still running in another thread has finished."""
