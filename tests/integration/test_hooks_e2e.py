@@ -264,3 +264,27 @@ def test_redis_stopped_hooks_answer_and_spool_replays_exactly_once(
         assert "hook input" in comp["last_error"]
     finally:
         redis.stop()
+
+
+def test_cli_project_install_dry_run_malformed_and_uninstall(
+    bp_env: BlueplaneEnv, tmp_path: Path
+) -> None:
+    home = user_home(bp_env)
+    project = tmp_path / "proj"
+    (project / ".cursor").mkdir(parents=True)
+    path = project / ".cursor" / "hooks.json"
+    path.write_text('{"hooks": {"stop": [{"command": "mine.sh"}]}}')
+    dry = bp_env.cli("hooks", "install", "--project", str(project), "--dry-run").stdout
+    assert "emit.py" in json.loads(dry)["hooks"]["stop"][1]["command"]
+    assert json.loads(path.read_text()) == {"hooks": {"stop": [{"command": "mine.sh"}]}}
+    bp_env.cli("hooks", "install", "--project", str(project))
+    assert not (home / ".cursor" / "hooks.json").exists()  # the user file is not touched
+    st = bp_env.cli_json("hooks", "status")
+    assert [f["path"] for f in st["files"]] == [str(path)]
+    bp_env.cli("hooks", "uninstall", "--project", str(project))
+    assert json.loads(path.read_text()) == {"hooks": {"stop": [{"command": "mine.sh"}]}}
+    path.write_text('{"hooks": {"stop": "mine.sh"}}')
+    for cmd in (("install",), ("uninstall",)):
+        proc = bp_env.cli("hooks", *cmd, "--project", str(project), check=False)
+        assert proc.returncode == 2 and "hooks.stop" in proc.stderr
+    assert path.read_text() == '{"hooks": {"stop": "mine.sh"}}'
