@@ -5,6 +5,7 @@ fields obey capture_content and redaction."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,34 @@ def test_hook_command_parses_redis_urls(url: str, parsed: tuple) -> None:
 def test_hook_command_refuses_tls_urls_by_spooling() -> None:
     with pytest.raises(ValueError, match="rediss"):
         emit.parse_url("rediss://h:6380/0")
+
+
+def test_hook_command_tries_the_bundled_redis_url_file(tmp_path: Path) -> None:
+    url_file = tmp_path / "url"
+    cfg = {"redis_url": "redis://localhost:6379/0", "redis_url_file": str(url_file)}
+    assert emit._urls(cfg) == ["redis://localhost:6379/0"]  # no bundled Redis running
+    url_file.write_text("redis://127.0.0.1:40123/0\n")
+    assert emit._urls(cfg) == ["redis://localhost:6379/0", "redis://127.0.0.1:40123/0"]
+    assert emit._urls({"redis_url": "redis://h:1/2"}) == ["redis://h:1/2"]
+
+
+def test_install_records_privacy_settings_for_the_command(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from blueplane.cli import app
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for k in [k for k in os.environ if k.startswith("BLUEPLANE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("BLUEPLANE_HOME", str(tmp_path / "bp"))
+    monkeypatch.setenv("BLUEPLANE_CURSOR_DATABASE_MONITOR__CAPTURE_CONTENT", "false")
+    result = CliRunner().invoke(app, ["hooks", "install"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((tmp_path / "bp" / "hooks" / "hook-config.json").read_text())
+    assert cfg["capture_content"] is False and cfg["redact_secrets"] is True
+    assert cfg["home"] == str((tmp_path / "bp").resolve()) and cfg["machine_id"]
+    assert cfg["redis_url_file"] == str((tmp_path / "bp" / "redis" / "url").resolve())
+    monkeypatch.setenv("BLUEPLANE_HOOKS__CAPTURE_CONTENT", "true")
+    assert CliRunner().invoke(app, ["hooks", "install"]).exit_code == 0
+    cfg = json.loads((tmp_path / "bp" / "hooks" / "hook-config.json").read_text())
+    assert cfg["capture_content"] is True  # the hooks section wins over the monitor's
