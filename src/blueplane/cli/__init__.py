@@ -12,7 +12,9 @@ from __future__ import annotations
 from blueplane.cli import (  # noqa: F401 (commands)
     compare,
     consume,
+    conversations,
     dlq,
+    hooks,
     run,
     session,
     status,
