@@ -19,15 +19,17 @@ compared are counted with their reason: those the consumer dead-lettered (malfor
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blueplane.events import iso_from_ms, parse_iso_ms
 from blueplane.fast_path.dead_letters import DeadLetter
 from blueplane.trace_sources import EXTENSION, PYTHON
+
+if TYPE_CHECKING:
+    from blueplane.conversation_index import IndexConn
 
 MAX_LISTED_UNUSABLE = 100
 
@@ -145,7 +147,7 @@ def _differences(
 
 
 def compare(
-    conn: sqlite3.Connection,
+    conn: IndexConn,
     since_ms: int,
     until_ms: int,
     workspace: str | None = None,
@@ -156,8 +158,8 @@ def compare(
     report = CompareReport(since_ms, until_ms, workspace)
     try:
         by_key = _generations(conn, since_ms, until_ms, workspace)
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
+    except Exception as exc:
+        if not _missing_table(exc):
             raise
         by_key = {}  # a store no server of this version has opened yet
         report.notes.append("the store has no trace sources yet: start the server once")
@@ -203,8 +205,13 @@ def compare(
     return report
 
 
+def _missing_table(exc: Exception) -> bool:
+    """The store's engine says a table is not there (SQLite's or PostgreSQL's words)."""
+    return "no such table" in str(exc) or type(exc).__name__ == "UndefinedTable"
+
+
 def _generations(
-    conn: sqlite3.Connection, since_ms: int, until_ms: int, workspace: str | None
+    conn: IndexConn, since_ms: int, until_ms: int, workspace: str | None
 ) -> dict[tuple[str, str], dict[str, SourceFacts]]:
     """Every report of each generation whose earliest time is in the window."""
     at = "COALESCE(generation_ms, timestamp_ms, received_at_ms)"
@@ -226,7 +233,7 @@ def _generations(
 
 
 def _stored_unusable(
-    conn: sqlite3.Connection, since_ms: int, until_ms: int, workspace: str | None
+    conn: IndexConn, since_ms: int, until_ms: int, workspace: str | None
 ) -> list[Unusable]:
     """Extension events the consumer stored but that carry no comparison key."""
     sql = (

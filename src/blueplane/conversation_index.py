@@ -17,96 +17,22 @@ updates these tables, in the same transaction (``TraceStore.write_batch``):
 - ``conv_tools``: tool calls by their id (one row when hook and database both saw it);
 - ``conv_sources``: which sources saw each turn (``turn_key`` ``''``: the conversation itself).
 
+The tables are defined with the others in ``store_schema`` (``CONVERSATION_TABLES``).
+
 Applying an event twice changes nothing (every write is an upsert keyed by the event's own
 item), so a redelivered or duplicate event needs no special case. The SQL is standard
-(``INSERT … ON CONFLICT … DO UPDATE``, ``CASE``, no SQLite-only functions) so the PostgreSQL
-store can run it too.
+(``INSERT … ON CONFLICT … DO UPDATE``, ``CASE``, no SQLite-only functions), written once in the
+SQLite spelling; the indexer runs on any ``IndexConn`` (a ``sqlite3.Connection``, or the
+PostgreSQL store's ``store_pg._PgTx`` which rewrites it through ``Dialect.sql``). Its
+read-modify-write (a conversation's turns read, new ordinals written) relies on the caller's
+transaction being the only writer: SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's advisory write lock.
 """
 
 from __future__ import annotations
 
 import bisect
-import sqlite3
-from collections.abc import Iterable
-from typing import Any
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS conv_conversations (
-    conversation_id         TEXT PRIMARY KEY,
-    workspace_hash          TEXT,
-    workspace_path          TEXT,
-    title                   TEXT,
-    parent_conversation_id  TEXT,
-    first_ms                INTEGER,
-    last_ms                 INTEGER
-);
-CREATE INDEX IF NOT EXISTS conv_by_last ON conv_conversations (last_ms);
-CREATE INDEX IF NOT EXISTS conv_by_workspace ON conv_conversations (workspace_hash, last_ms);
-CREATE TABLE IF NOT EXISTS conv_turns (
-    conversation_id     TEXT NOT NULL,
-    turn_key            TEXT NOT NULL,
-    generation_id       TEXT,
-    ordinal             INTEGER NOT NULL,
-    tx_ordinal          INTEGER,
-    model               TEXT,
-    input_tokens        INTEGER,
-    output_tokens       INTEGER,
-    cache_read_tokens   INTEGER,
-    cache_write_tokens  INTEGER,
-    token_source        TEXT,
-    started_ms          INTEGER,
-    started_day         INTEGER,
-    ended_ms            INTEGER,
-    PRIMARY KEY (conversation_id, turn_key)
-);
-CREATE INDEX IF NOT EXISTS conv_turns_by_gen ON conv_turns (conversation_id, generation_id);
--- covering, in day order: token totals per day are one streaming pass over the index
-CREATE INDEX IF NOT EXISTS conv_turns_by_day ON conv_turns (started_day, input_tokens,
-    output_tokens, cache_read_tokens, cache_write_tokens);
-CREATE TABLE IF NOT EXISTS conv_tokens (
-    conversation_id     TEXT NOT NULL,
-    token_key           TEXT NOT NULL,
-    turn_key            TEXT NOT NULL,
-    kind                TEXT NOT NULL,
-    input_tokens        INTEGER,
-    output_tokens       INTEGER,
-    cache_read_tokens   INTEGER,
-    cache_write_tokens  INTEGER,
-    PRIMARY KEY (conversation_id, token_key)
-);
-CREATE INDEX IF NOT EXISTS conv_tokens_by_turn ON conv_tokens (conversation_id, turn_key);
--- The text itself stays in the event's payload (``event_id``, field ``text_field``): it is not
--- stored twice.
-CREATE TABLE IF NOT EXISTS conv_parts (
-    conversation_id TEXT NOT NULL,
-    source          TEXT NOT NULL,
-    part_key        TEXT NOT NULL,
-    turn_key        TEXT,
-    role            TEXT NOT NULL,
-    at_ms           INTEGER,
-    seq             INTEGER,
-    has_text        INTEGER NOT NULL,
-    event_id        TEXT NOT NULL,
-    text_field      TEXT NOT NULL,
-    PRIMARY KEY (conversation_id, source, part_key)
-);
-CREATE TABLE IF NOT EXISTS conv_tools (
-    conversation_id TEXT NOT NULL,
-    tool_key        TEXT NOT NULL,
-    turn_key        TEXT NOT NULL,
-    name            TEXT,
-    duration_ms     INTEGER,
-    ok              INTEGER,
-    at_ms           INTEGER,
-    PRIMARY KEY (conversation_id, tool_key)
-);
-CREATE TABLE IF NOT EXISTS conv_sources (
-    conversation_id TEXT NOT NULL,
-    turn_key        TEXT NOT NULL,
-    source          TEXT NOT NULL,
-    PRIMARY KEY (conversation_id, turn_key, source)
-);
-"""
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 DATABASE, HOOK, TRANSCRIPT = "database", "hook", "transcript"
 # The workspace of a transcript no hook event tied to a workspace (a CLI agent outside a folder).
@@ -176,6 +102,15 @@ WHERE conversation_id = ? AND turn_key = ?
 """
 
 
+class IndexConn(Protocol):
+    """What the indexer needs of a connection: queries in the SQLite spelling with ``?``,
+    results iterable as tuples; both run in the caller's open transaction."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
 class _ConvTurns:
     """One conversation's turns during a batch: ``rows[key] = [gen, ordinal, tx, started]``."""
 
@@ -227,7 +162,7 @@ def _str(value: Any) -> str | None:
 class ConversationIndexer:
     """Applies stored events to the conversation tables on one connection (in its transaction)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: IndexConn) -> None:
         self.conn = conn
         self._reset()
 
@@ -358,7 +293,7 @@ class ConversationIndexer:
         if self._models:
             sql = "UPDATE conv_turns SET model = ? WHERE conversation_id = ? AND turn_key = ?"
             c.executemany(
-                sql + " AND (? OR model IS NULL)",
+                sql + " AND (? = 1 OR model IS NULL)",
                 [(model, cid, key, int(override)) for model, cid, key, override in self._models],
             )
         if self._sources:
@@ -659,7 +594,3 @@ class ConversationIndexer:
             ok = None if name == "preToolUse" else name == "postToolUse"
             self._tool(cid, tool_key, key, _str(p.get("tool_name")), _int(p.get("duration")),
                        ok, at)  # fmt: skip
-
-
-def create_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)

@@ -112,10 +112,13 @@ def _iso(ms: int | None) -> str | None:
 
 
 def _has_tables(store: Any) -> bool:
-    row = store.conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'conv_turns'"
-    ).fetchone()
-    return row is not None
+    """False for a store no writer of this version has opened yet (either engine)."""
+    return bool(store.has_table("conv_turns"))
+
+
+def _count(v: Any) -> int | None:
+    """A SUM as an int: PostgreSQL sums BIGINT to NUMERIC (a ``Decimal``)."""
+    return None if v is None else int(v)
 
 
 def workspace_filter(workspace: str) -> str:
@@ -201,11 +204,11 @@ def _with_totals(store: Any, heads: list[Any]) -> list[Conversation]:
     fallback = _first_prompts(store, untitled) if untitled else {}
     out = []
     for cid, whash, wpath, title, first_ms, last_ms in heads:
-        n, tin, tout, tcr, tcw = totals.get(cid, (0, None, None, None, None))
+        n, tin, tout, tcr, tcw = (_count(v) for v in totals.get(cid, (0, None, None, None, None)))
         out.append(
             Conversation(
                 conversation_id=cid, workspace_hash=whash, workspace_path=wpath,
-                title=title or fallback.get(cid), models=models.get(cid, []), turns=int(n),
+                title=title or fallback.get(cid), models=models.get(cid, []), turns=n or 0,
                 input_tokens=tin, output_tokens=tout, cache_read_tokens=tcr,
                 cache_write_tokens=tcw, first_at=_iso(first_ms), last_at=_iso(last_ms),
                 sources=_sorted_sources(sources.get(cid, set())),
@@ -400,6 +403,13 @@ def token_totals_by_day(
         args,
     ).fetchall()
     return [
-        DayTokens(iso_from_ms(int(d) * 86400000)[:10], int(n), a, b, cr, cw)
+        DayTokens(
+            iso_from_ms(int(d) * 86400000)[:10],
+            int(n),
+            _count(a),
+            _count(b),
+            _count(cr),
+            _count(cw),
+        )
         for d, n, a, b, cr, cw in rows
     ]

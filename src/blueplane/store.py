@@ -149,8 +149,8 @@ class TraceStore:
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         try:
             self._migrate()
-            # The reconciled conversations (conversation_index.py), kept by every write.
-            conversation_index.create_schema(self.conn)
+            # The reconciled conversations (conversation_index.py, tables in store_schema),
+            # kept by every write.
             self._indexer = conversation_index.ConversationIndexer(self.conn)
             self._backfill_conversations()
         except BaseException:
@@ -161,6 +161,11 @@ class TraceStore:
     def label(self) -> str:
         """What logs and ``status`` call this store."""
         return str(self.path)
+
+    def has_table(self, name: str) -> bool:
+        """Whether the store has table ``name`` (a store written by an older version may not)."""
+        sql, params = self.dialect.table_exists(name)
+        return self.conn.execute(sql, params).fetchone() is not None
 
     def _stored_version(self) -> int | None:
         try:
@@ -273,24 +278,27 @@ class TraceStore:
         since_ms = now_ms - int(dedup_window_s * 1000)
         keyed = trace_sources.is_keyed_generation
         generations = [ev for ev in events if keyed(ev)]
-        if generations:
-            others = [ev for ev in events if not keyed(ev)]
-            # Reports of one generation are ordered by seq: never backwards in this process.
-            seq = max(now_ms * trace_sources.SEQ_PER_MS, self._next_seq)
-            self._next_seq = seq + len(generations)
-            source_rows = trace_sources.rows(generations, now_ms, seq)
-        else:
-            others, source_rows = list(events), []
+        others = [ev for ev in events if not keyed(ev)] if generations else list(events)
         rows = self._rows(others, now_ms, since_ms)
-        gen_rows = [
-            (*row, *trace_sources.not_first_args(src))
-            for row, src in zip(self._rows(generations, now_ms, since_ms), source_rows, strict=True)
-        ]
         with self._lock:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"store {self.path} is closed")
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                source_rows: list[tuple[Any, ...]] = []
+                gen_rows: list[tuple[Any, ...]] = []
+                if generations:
+                    # Reports of one generation are ordered by seq, taken once this write is
+                    # the only one (so two stores on one file never order them backwards).
+                    seq = max(int(time.time() * 1000) * trace_sources.SEQ_PER_MS, self._next_seq)
+                    self._next_seq = seq + len(generations)
+                    source_rows = trace_sources.rows(generations, now_ms, seq)
+                    gen_rows = [
+                        (*row, *trace_sources.not_first_args(src))
+                        for row, src in zip(
+                            self._rows(generations, now_ms, since_ms), source_rows, strict=True
+                        )
+                    ]
                 if source_rows:
                     # First: every source is recorded, even when its trace is a duplicate.
                     self.conn.executemany(trace_sources.INSERT, source_rows)
@@ -362,12 +370,12 @@ class TraceStore:
             for r in records
             if r["trace_type"] == "generation" and r["workspace_hash"] and r["generation_id"]
         ]
-        try:
-            known = trace_sources.sources_for(self.conn, keys) if keys else {}
-        except sqlite3.OperationalError as exc:
-            if "no such table" not in str(exc):
-                raise
-            known = {}  # a store written before trace_sources existed
+        # a store written before trace_sources existed has no sources but each trace's own
+        known = (
+            trace_sources.sources_for(self.conn, keys)
+            if keys and self.has_table("trace_sources")
+            else {}
+        )
         for r in records:
             found = known.get((r["workspace_hash"], r["generation_id"]))
             if found is None:

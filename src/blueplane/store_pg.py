@@ -23,11 +23,22 @@ from typing import Any, ClassVar
 
 import psycopg
 
-from blueplane.store import StoredEvent, TraceStore, WriteResult, dedupable, event_row
+from blueplane import conversation_index, trace_sources
+from blueplane.store import (
+    BACKFILL_CHUNK,
+    CONVERSATIONS_META,
+    StoredEvent,
+    TraceStore,
+    WriteResult,
+    _stored_from_row,
+    dedupable,
+    event_row,
+)
 from blueplane.store_schema import (
     EVENTS,
     POSTGRES,
     SCHEMA_VERSION,
+    TRACE_SOURCES,
     StoreSchemaTooNew,
     pending_migrations,
     schema_ddl,
@@ -44,15 +55,32 @@ _WRITE_LOCK = 0x626C7565_0002
 CONNECT_TIMEOUT_S = 5
 
 _COLS = EVENTS.column_names
+_SRC_COLS = TRACE_SOURCES.column_names
+# src / src_pos: a generation's source and its place among the batch's generations (its
+# trace_sources seq is the write's base + src_pos, known once the write lock is held).
 _BATCH_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_batch ("
     + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in EVENTS.columns)
-    + ", seq INTEGER, dedup BOOLEAN) ON COMMIT DELETE ROWS"
+    + ", seq INTEGER, dedup BOOLEAN, src TEXT, src_pos INTEGER) ON COMMIT DELETE ROWS"
 )
-_COPY = f"COPY _bp_batch ({', '.join(_COLS)}, seq, dedup) FROM STDIN"
+_SOURCES_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS _bp_sources ("
+    + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in TRACE_SOURCES.columns)
+    + ") ON COMMIT DELETE ROWS"
+)
+_COPY = f"COPY _bp_batch ({', '.join(_COLS)}, seq, dedup, src, src_pos) FROM STDIN"
+# seq is copied as the place in the batch; the base is added when moved.
+_COPY_SOURCES = f"COPY _bp_sources ({', '.join(_SRC_COLS)}) FROM STDIN"
+_MOVE_SOURCES = f"""
+INSERT INTO trace_sources ({", ".join(_SRC_COLS)})
+SELECT {", ".join("seq + %(base)s" if c == "seq" else c for c in _SRC_COLS)} FROM _bp_sources
+ON CONFLICT DO NOTHING
+"""
 # Within the batch the first row of a trace revision wins (row_number); against the table,
 # a row of the same revision under another event id within the window drops it (the
 # events_by_trace index answers; dedup rows always have a trace_type, so ``=`` is exact).
+# A generation another source reported first (an earlier seq) is only a source
+# (``trace_sources.NOT_FIRST``, applied like SQLite's: to the rows that dedup).
 _MOVE = f"""
 INSERT INTO events ({", ".join(_COLS)})
 SELECT {", ".join("b." + c for c in _COLS)} FROM (
@@ -62,10 +90,31 @@ SELECT {", ".join("b." + c for c in _COLS)} FROM (
 WHERE NOT b.dedup OR (b.rn = 1 AND NOT EXISTS (
     SELECT 1 FROM events e WHERE e.session_id = b.session_id AND e.trace_type = b.trace_type
     AND e.item_key = b.item_key AND e.revision = b.revision
-    AND e.received_at_ms >= %(since)s AND e.event_id <> b.event_id))
+    AND e.received_at_ms >= %(since)s AND e.event_id <> b.event_id)
+  AND (b.src_pos IS NULL OR NOT EXISTS (
+    SELECT 1 FROM trace_sources o WHERE o.workspace_hash = b.workspace_hash
+    AND o.generation_id = b.generation_id AND o.source <> b.src
+    AND o.seq < %(base)s + b.src_pos)))
 ORDER BY b.seq
 ON CONFLICT (event_id) DO NOTHING
 """
+# The write's seq base: the database's clock, read under the write lock, so the seqs of the
+# writers of every host follow the order their batches commit in.
+_NOW_SEQ = (
+    f"SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint * {trace_sources.SEQ_PER_MS}"
+)
+# A store's events in the order they were stored (PostgreSQL keeps no rowid): by write time,
+# then by stream id (``ms-n``, compared as numbers).
+_BACKFILL = (
+    "SELECT event_id, stream_id, event_type, hook_type, platform, trace_type, session_id,"
+    " workspace_hash, generation_id, item_key, revision, timestamp, timestamp_ms, payload,"
+    " metadata FROM events WHERE hook_type = 'CursorHook' OR trace_type IN"
+    f" ({', '.join(repr(t) for t in conversation_index.INDEXED_TRACE_TYPES)})"
+    " ORDER BY received_at_ms,"
+    " CASE WHEN stream_id ~ '^[0-9]+-[0-9]+$' THEN split_part(stream_id, '-', 1)::numeric END,"
+    " CASE WHEN stream_id ~ '^[0-9]+-[0-9]+$' THEN split_part(stream_id, '-', 2)::numeric END,"
+    " event_id"
+)
 # The temporary table has no statistics: never let the planner hash all of ``events``.
 _PLAN = ("SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off")
 
@@ -82,6 +131,21 @@ class _Cursor:
 
     def __iter__(self) -> Any:
         return iter(self.fetchall())
+
+
+class _PgTx:
+    """The write connection in its open transaction, as ``conversation_index.IndexConn``:
+    queries in the SQLite spelling, rewritten by ``Dialect.sql``."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        return _Cursor(self.raw.execute(POSTGRES.sql(sql), tuple(params)))  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        with self.raw.cursor() as cur:
+            cur.executemany(POSTGRES.sql(sql), [tuple(r) for r in rows])  # type: ignore[arg-type]
 
 
 class _PgConn:
@@ -122,6 +186,7 @@ class PgTraceStore(TraceStore):
         self._closed = False
         self._readonly = readonly
         self._write_conn: psycopg.Connection[Any] | None = None
+        self._next_seq = 0
         self.conn = _PgConn(connect(url))  # type: ignore[assignment]
         if readonly and self._stored_version() is not None:
             self._check_version()
@@ -129,6 +194,8 @@ class PgTraceStore(TraceStore):
             # a reader of a database no consumer has written yet creates the empty tables,
             # so its queries answer "nothing" (as for a SQLite file not there yet)
             self._migrate()
+            if not readonly:
+                self._backfill_conversations()
 
     @property
     def label(self) -> str:
@@ -175,6 +242,45 @@ class PgTraceStore(TraceStore):
                 (str(SCHEMA_VERSION),),
             )
 
+    def _backfill_conversations(self) -> None:
+        """A store written before the conversation tables existed (schema 3): index what it
+        holds, once, in one transaction under the write lock, so no batch of another
+        consumer is indexed before the older events (the turns' order) and two consumers
+        starting at once do it once. Writers wait meanwhile; the log says so."""
+        raw = self.conn.raw  # type: ignore[attr-defined]
+        flag = "SELECT 1 FROM store_meta WHERE key = %s"
+        if raw.execute(flag, (CONVERSATIONS_META,)).fetchone() is not None:
+            return
+        conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                if conn.execute(flag, (CONVERSATIONS_META,)).fetchone() is not None:
+                    return  # another consumer did it while this one waited
+                indexer = conversation_index.ConversationIndexer(_PgTx(conn))
+                started, done_n = time.monotonic(), 0
+                with conn.cursor(name="bp_backfill") as cur:
+                    cur.execute(_BACKFILL)  # type: ignore[arg-type]
+                    while rows := cur.fetchmany(BACKFILL_CHUNK):
+                        if not done_n:
+                            log.info("indexing the conversations of the events already in %s"
+                                     " (once; writers wait)", self.label)  # fmt: skip
+                        done_n += len(rows)
+                        indexer.apply([_stored_from_row(r) for r in rows])
+                conn.execute(
+                    "INSERT INTO store_meta VALUES (%s, '1') ON CONFLICT DO NOTHING",
+                    (CONVERSATIONS_META,),
+                )
+            if done_n:
+                log.info("conversations of %d stored events indexed in %.1f s", done_n,
+                         time.monotonic() - started)  # fmt: skip
+        finally:
+            conn.close()
+
+    def has_table(self, name: str) -> bool:
+        row = self.conn.raw.execute("SELECT to_regclass(%s)", (name,)).fetchone()  # type: ignore[attr-defined]
+        return bool(row and row[0] is not None)
+
     # ------------------------------------------------------------- writes
     def close(self) -> None:
         with self._lock:
@@ -192,16 +298,22 @@ class PgTraceStore(TraceStore):
             self._write_conn = None
             conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
             conn.execute(_BATCH_DDL)  # type: ignore[arg-type]
+            conn.execute(_SOURCES_DDL)  # type: ignore[arg-type]
             conn.commit()
             self._write_conn = conn
         return conn
 
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
-        """One transaction: COPY into the temp table, then the deduplicating INSERT.
+        """One transaction: COPY into the temp tables; under the write lock, the sources of
+        the generations (``trace_sources``), the deduplicating INSERT (with SQLite's
+        NOT_FIRST rule), and the conversation tables (``conversation_index``).
 
         Raises ``psycopg.Error`` with nothing written (the batch is rolled back)."""
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
+        keyed = trace_sources.is_keyed_generation
+        generations = [ev for ev in events if keyed(ev)]
+        source_rows = trace_sources.rows(generations, now_ms, 0)
         with self._lock:
             if self._closed:
                 raise psycopg.InterfaceError(f"store {self.label} is closed")
@@ -209,13 +321,33 @@ class PgTraceStore(TraceStore):
             try:
                 with conn.cursor() as cur:
                     with cur.copy(_COPY) as copy:  # type: ignore[arg-type]
+                        pos = 0
                         for seq, ev in enumerate(events):
-                            copy.write_row((*event_row(ev, now_ms), seq, dedupable(ev)))
+                            if generations and keyed(ev):
+                                src: tuple[Any, Any] = (source_rows[pos][2], pos)
+                                pos += 1
+                            else:
+                                src = (None, None)
+                            copy.write_row((*event_row(ev, now_ms), seq, dedupable(ev), *src))
+                    if source_rows:
+                        with cur.copy(_COPY_SOURCES) as copy:  # type: ignore[arg-type]
+                            for row in source_rows:
+                                copy.write_row(row)
                     for setting in _PLAN:
                         cur.execute(setting)  # type: ignore[arg-type]
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
-                    cur.execute(_MOVE, {"since": since_ms})  # type: ignore[arg-type]
+                    base = 0
+                    if source_rows:
+                        # First: every source is recorded, even when its trace is a duplicate.
+                        cur.execute(_NOW_SEQ)  # type: ignore[arg-type]
+                        base = max(int(cur.fetchone()[0]), self._next_seq)  # type: ignore[index]
+                        self._next_seq = base + len(source_rows)
+                        cur.execute(_MOVE_SOURCES, {"base": base})  # type: ignore[arg-type]
+                    cur.execute(_MOVE, {"since": since_ms, "base": base})  # type: ignore[arg-type]
                     inserted = max(cur.rowcount, 0)
+                # Same transaction, still under the lock: the conversation view never
+                # disagrees with the traces, and one writer at a time reads-modifies-writes it.
+                conversation_index.ConversationIndexer(_PgTx(conn)).apply(events)
                 conn.commit()
             except BaseException:
                 if not conn.closed and not conn.broken:

@@ -134,7 +134,118 @@ TRACE_SOURCES = Table(
     without_rowid=True,
 )
 
-TABLES: tuple[Table, ...] = (EVENTS, STORE_META, TRACE_SOURCES)
+# The reconciled conversations (``conversation_index.py``), kept by the store's writer in each
+# batch's transaction; the reading side is ``conversations.py``.
+CONV_CONVERSATIONS = Table(
+    "conv_conversations",
+    (
+        Column("conversation_id", TEXT),
+        Column("workspace_hash", TEXT),
+        Column("workspace_path", TEXT),
+        Column("title", TEXT),
+        Column("parent_conversation_id", TEXT),
+        Column("first_ms", INT),
+        Column("last_ms", INT),
+    ),
+    primary_key=("conversation_id",),
+    indexes=(
+        Index("conv_by_last", ("last_ms",)),
+        Index("conv_by_workspace", ("workspace_hash", "last_ms")),
+    ),
+)
+CONV_TURNS = Table(
+    "conv_turns",
+    (
+        Column("conversation_id", TEXT, not_null=True),
+        Column("turn_key", TEXT, not_null=True),
+        Column("generation_id", TEXT),
+        Column("ordinal", INT, not_null=True),
+        Column("tx_ordinal", INT),
+        Column("model", TEXT),
+        Column("input_tokens", INT),
+        Column("output_tokens", INT),
+        Column("cache_read_tokens", INT),
+        Column("cache_write_tokens", INT),
+        Column("token_source", TEXT),
+        Column("started_ms", INT),
+        Column("started_day", INT),
+        Column("ended_ms", INT),
+    ),
+    primary_key=("conversation_id", "turn_key"),
+    indexes=(
+        Index("conv_turns_by_gen", ("conversation_id", "generation_id")),
+        # covering, in day order: token totals per day are one streaming pass over the index
+        Index(
+            "conv_turns_by_day",
+            (
+                "started_day",
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+            ),
+        ),
+    ),
+)
+CONV_TOKENS = Table(
+    "conv_tokens",
+    (
+        Column("conversation_id", TEXT, not_null=True),
+        Column("token_key", TEXT, not_null=True),
+        Column("turn_key", TEXT, not_null=True),
+        Column("kind", TEXT, not_null=True),
+        Column("input_tokens", INT),
+        Column("output_tokens", INT),
+        Column("cache_read_tokens", INT),
+        Column("cache_write_tokens", INT),
+    ),
+    primary_key=("conversation_id", "token_key"),
+    indexes=(Index("conv_tokens_by_turn", ("conversation_id", "turn_key")),),
+)
+# The text itself stays in the event's payload (``event_id``, field ``text_field``).
+CONV_PARTS = Table(
+    "conv_parts",
+    (
+        Column("conversation_id", TEXT, not_null=True),
+        Column("source", TEXT, not_null=True),
+        Column("part_key", TEXT, not_null=True),
+        Column("turn_key", TEXT),
+        Column("role", TEXT, not_null=True),
+        Column("at_ms", INT),
+        Column("seq", INT),
+        Column("has_text", INT, not_null=True),
+        Column("event_id", TEXT, not_null=True),
+        Column("text_field", TEXT, not_null=True),
+    ),
+    primary_key=("conversation_id", "source", "part_key"),
+)
+CONV_TOOLS = Table(
+    "conv_tools",
+    (
+        Column("conversation_id", TEXT, not_null=True),
+        Column("tool_key", TEXT, not_null=True),
+        Column("turn_key", TEXT, not_null=True),
+        Column("name", TEXT),
+        Column("duration_ms", INT),
+        Column("ok", INT),
+        Column("at_ms", INT),
+    ),
+    primary_key=("conversation_id", "tool_key"),
+)
+CONV_SOURCES = Table(
+    "conv_sources",
+    (
+        Column("conversation_id", TEXT, not_null=True),
+        Column("turn_key", TEXT, not_null=True),
+        Column("source", TEXT, not_null=True),
+    ),
+    primary_key=("conversation_id", "turn_key", "source"),
+)
+CONVERSATION_TABLES = (
+    CONV_CONVERSATIONS, CONV_TURNS, CONV_TOKENS, CONV_PARTS, CONV_TOOLS, CONV_SOURCES,
+)  # fmt: skip
+
+TABLES: tuple[Table, ...] = (EVENTS, STORE_META, TRACE_SOURCES, *CONVERSATION_TABLES)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -143,6 +254,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         note="events.machine_id and events.user_name (team stores)",
     ),
     Migration(3, note="trace_sources: every monitor that reported a generation (migration)"),
+    Migration(
+        4,
+        note="conv_* (reconciled conversations) join the shared definition; on PostgreSQL "
+        "they are created and the stored events indexed once",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version if MIGRATIONS else 1
 
@@ -211,6 +327,12 @@ class Dialect:
         if ignore:
             query = query.rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
         return query
+
+    def table_exists(self, name: str) -> tuple[str, tuple[str, ...]]:
+        """A query (and its parameters) giving a row when table ``name`` exists."""
+        if self.name == "sqlite":
+            return "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        return "SELECT 1 WHERE to_regclass(?) IS NOT NULL", (name,)
 
     def json_text(self, column: str, key: str) -> str:
         """The text at top-level ``key`` of a JSON column."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 import time
 from typing import Annotated
 
@@ -17,13 +16,13 @@ import typer
 from rich.table import Table
 
 from blueplane.broker import REDIS_DOWN, make_client, resolve_client_url
-from blueplane.cli.common import JsonOpt, app, err, out, settings_or_exit
+from blueplane.cli.common import JsonOpt, app, err, out, settings_or_exit, store_error_text
 from blueplane.cli.traces import parse_since
 from blueplane.compare import CompareReport, Unusable, compare, dead_letter_unusable
 from blueplane.config import Settings
 from blueplane.events import normalise_workspace_path, workspace_hash
 from blueplane.fast_path.dead_letters import iter_dead_letters
-from blueplane.store import TraceStore
+from blueplane.stores import open_errors, open_store, store_exists
 
 DEFAULT_SINCE = "24h"
 SHOWN = 20  # rows of each list in the human output
@@ -65,22 +64,24 @@ def compare_cmd(
     whash = workspace
     if workspace and not re.fullmatch(r"[0-9a-f]{16}", workspace):
         whash = workspace_hash(normalise_workspace_path(workspace))
-    path = settings.store_path
-    if not path.is_file():
-        raise _bad_input(f"no store at {path}: has the server (or `consume`) ever run here?")
+    if not store_exists(settings):
+        raise _bad_input(
+            f"no store at {settings.store_path}: has the server (or `consume`) ever run here?"
+        )
     try:
         dead: list[Unusable] | None = asyncio.run(_dead_letters(settings, since_ms, until_ms))
     except REDIS_DOWN as exc:
         err.print(f"[yellow]warning:[/yellow] dead letters not read: {exc}", highlight=False)
         dead = None
     try:
-        store = TraceStore(path, readonly=True)
+        store = open_store(settings.store_url, readonly=True)  # SQLite or PostgreSQL
         try:
             report = compare(store.conn, since_ms, until_ms, whash, dead)
         finally:
             store.close()
-    except sqlite3.Error as exc:
-        raise _bad_input(f"cannot read the store {path}: {exc}") from exc
+    except open_errors() as exc:
+        text = store_error_text(settings, exc).replace("cannot open", "cannot read", 1)
+        raise _bad_input(text) from exc
     if json_out:
         out.print_json(json.dumps(report.to_json(), ensure_ascii=False))
     else:

@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from blueplane import conversations as conv
-from blueplane.cli.common import JsonOpt, app, err, out, settings_or_exit
+from blueplane.cli.common import JsonOpt, app, err, open_store_or_exit, out, settings_or_exit
 from blueplane.cli.traces import parse_since
-from blueplane.store import TraceStore
+from blueplane.stores import store_exists
 
 
 def _n(v: int | None) -> str:
@@ -34,8 +34,8 @@ def conversations_cmd(
     s = settings_or_exit()
     since_ms = parse_since(since) if since else None
     rows: list[conv.Conversation] = []
-    if s.store_path.exists():
-        store = TraceStore(s.store_path, readonly=True)
+    if store_exists(s):  # SQLite or PostgreSQL (store.url)
+        store = open_store_or_exit(s)
         try:
             rows = conv.list_conversations(
                 store, workspace=workspace, since_ms=since_ms, limit=limit
@@ -66,8 +66,8 @@ def show_cmd(
     """One conversation, turn by turn: prompt, answer, model, tokens, duration, tools."""
     s = settings_or_exit()
     got = None
-    if s.store_path.exists():
-        store = TraceStore(s.store_path, readonly=True)
+    if store_exists(s):  # SQLite or PostgreSQL (store.url)
+        store = open_store_or_exit(s)
         try:
             got = conv.get_conversation(store, conversation_id)
         finally:
