@@ -138,6 +138,47 @@ class _ConvTurns:
         return min(free)[1] if free else None
 
 
+def _last_per_key(rows: list[tuple[Any, ...]], key_len: int) -> list[tuple[Any, ...]]:
+    """Rows whose upsert replaces every column: the last of each key (the first ``key_len``)."""
+    return list({r[:key_len]: r for r in rows}.values())
+
+
+def _merged_tools(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One row per tool key, as ``_UPSERT_TOOL`` applied in sequence leaves it: the first
+    turn and time, the latest known name, duration and outcome."""
+    out: dict[tuple[Any, Any], list[Any]] = {}
+    for r in rows:
+        cur = out.get(r[:2])
+        if cur is None:
+            out[r[:2]] = list(r)
+            continue
+        for i in (3, 4, 5):  # name, duration_ms, ok: COALESCE(new, old)
+            if r[i] is not None:
+                cur[i] = r[i]
+        if cur[6] is None:  # at_ms: COALESCE(old, new)
+            cur[6] = r[6]
+    return [tuple(r) for r in out.values()]
+
+
+def _merged_models(models: list[tuple[str, str, str, bool]]) -> list[tuple[Any, ...]]:
+    """One model update per turn: the last that overrides, else the first (it only fills a
+    model not known yet, and each one after it would find one)."""
+    out: dict[tuple[str, str], tuple[str, bool]] = {}
+    for model, cid, key, override in models:
+        if override or (cid, key) not in out:
+            out[(cid, key)] = (model, override)
+    return [(m, cid, key, int(o)) for (cid, key), (m, o) in out.items()]
+
+
+def _conversation_of(ev: Any) -> str | None:
+    """The conversation an event's turns belong to (as its handler below reads it)."""
+    if ev.hook_type == "CursorHook":
+        return _str(ev.metadata.get("conversation_id")) or _str(ev.payload.get("conversation_id"))
+    if ev.trace_type == "transcript_message":
+        return _str(ev.payload.get("conversation_id"))
+    return _str(ev.payload.get("composer_id"))
+
+
 def relevant(event_type: str, hook_type: str | None, trace_type: str | None) -> bool:
     """Whether an event feeds the conversation tables."""
     if hook_type == "CursorHook":
@@ -181,20 +222,40 @@ class ConversationIndexer:
         self._adopted: set[tuple[str, str]] = set()
         self._db_users: dict[str, list[int]] = {}
 
-    def apply(self, events: Iterable[Any]) -> int:
+    def apply(self, events: Iterable[Any], held: set[str] | None = None) -> int:
         """Apply every relevant event (``StoredEvent``-like) that the events table holds (the
-        store drops a copy of a trace another source already stored); returns how many."""
+        store drops a copy of a trace another source already stored); returns how many.
+
+        ``held``: the ids the caller knows are stored (its batch's inserts: an event stored
+        by an earlier batch was applied then); None asks the events table."""
         wanted = [ev for ev in events if relevant(ev.event_type, ev.hook_type, ev.trace_type)]
         if not wanted:
             return 0
-        held = self._held({str(ev.event_id) for ev in wanted})
+        if held is None:
+            held = self._held({str(ev.event_id) for ev in wanted})
+        wanted = [ev for ev in wanted if str(ev.event_id) in held]
         self._reset()
         try:
-            n = self._apply(ev for ev in wanted if str(ev.event_id) in held)
+            self._load_turns({cid for ev in wanted if (cid := _conversation_of(ev))})
+            n = self._apply(wanted)
             self._flush()
         finally:
             self._reset()
         return n
+
+    def _load_turns(self, cids: set[str]) -> None:
+        """The turns of every conversation of the batch, in a few queries (not one each)."""
+        ordered = sorted(cids)
+        for cid in ordered:
+            self._conv_turns[cid] = _ConvTurns()
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            for cid, key, gen, ordinal, tx, started in self.conn.execute(
+                "SELECT conversation_id, turn_key, generation_id, ordinal, tx_ordinal, started_ms"
+                f" FROM conv_turns WHERE conversation_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            ):
+                self._conv_turns[cid].add(key, gen, int(ordinal), tx, started)
 
     def _held(self, ids: set[str]) -> set[str]:
         held: set[str] = set()
@@ -283,19 +344,18 @@ class ConversationIndexer:
                     for (cid, key), (lo, hi) in self._touched.items()
                 ],
             )
+        # Each INSERT's rows name each key once (what its upserts in sequence would leave), so
+        # a store may send them as one multi-row statement (store_pg does).
         if self._parts:
-            c.executemany(_UPSERT_PART, self._parts)
+            c.executemany(_UPSERT_PART, _last_per_key(self._parts, 3))
         if self._tools:
-            c.executemany(_UPSERT_TOOL, self._tools)
+            c.executemany(_UPSERT_TOOL, _merged_tools(self._tools))
         if self._token_rows:
-            c.executemany(_UPSERT_TOKENS, self._token_rows)
+            c.executemany(_UPSERT_TOKENS, _last_per_key(self._token_rows, 2))
             c.executemany(_SET_TOKENS, self._recounted())
         if self._models:
             sql = "UPDATE conv_turns SET model = ? WHERE conversation_id = ? AND turn_key = ?"
-            c.executemany(
-                sql + " AND (? = 1 OR model IS NULL)",
-                [(model, cid, key, int(override)) for model, cid, key, override in self._models],
-            )
+            c.executemany(sql + " AND (? = 1 OR model IS NULL)", _merged_models(self._models))
         if self._sources:
             c.executemany(
                 "INSERT INTO conv_sources VALUES (?, ?, ?) ON CONFLICT DO NOTHING",

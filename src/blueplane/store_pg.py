@@ -16,6 +16,7 @@ spelling (``store_schema.Dialect.sql``).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -97,6 +98,7 @@ WHERE NOT b.dedup OR (b.rn = 1 AND NOT EXISTS (
     AND o.seq < %(base)s + b.src_pos)))
 ORDER BY b.seq
 ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
 """
 # The write's seq base: the database's clock, read under the write lock, so the seqs of the
 # writers of every host follow the order their batches commit in.
@@ -133,6 +135,13 @@ class _Cursor:
         return iter(self.fetchall())
 
 
+# ``INSERT INTO table [(columns)] VALUES (?, …, ?)``, and what follows (ON CONFLICT …)
+_INSERT_VALUES = re.compile(
+    r"\s*INSERT INTO (\w+)\s*(\([\w\s,]*\))?\s*VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)",
+    re.IGNORECASE,
+)
+
+
 class _PgTx:
     """The write connection in its open transaction, as ``conversation_index.IndexConn``:
     queries in the SQLite spelling, rewritten by ``Dialect.sql``."""
@@ -144,8 +153,28 @@ class _PgTx:
         return _Cursor(self.raw.execute(POSTGRES.sql(sql), tuple(params)))  # type: ignore[arg-type]
 
     def executemany(self, sql: str, rows: Any) -> None:
+        """An ``INSERT INTO t [(cols)] VALUES (?, …) …``: its rows ``COPY``-ed into a temporary
+        twin of ``t``, then one ``INSERT … SELECT`` with the same tail (``ON CONFLICT …``; its
+        rows name each key once: ``conversation_index``'s contract). Anything else: row by row
+        in a pipeline."""
+        rows = [tuple(r) for r in rows]
+        m = _INSERT_VALUES.match(sql)
+        if m is None or len(rows) < 2:
+            with self.raw.cursor() as cur:
+                cur.executemany(POSTGRES.sql(sql), rows)  # type: ignore[arg-type]
+            return
+        table, cols = m.group(1), m.group(2)
+        twin = f"_bp_{table}"
+        select = cols.strip()[1:-1] if cols else "*"
+        tail = sql[m.end() :]
         with self.raw.cursor() as cur:
-            cur.executemany(POSTGRES.sql(sql), [tuple(r) for r in rows])  # type: ignore[arg-type]
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {twin} (LIKE {table})")  # type: ignore[arg-type]
+            with cur.copy(f"COPY {twin} {cols or ''} FROM STDIN") as copy:  # type: ignore[arg-type]
+                for row in rows:
+                    copy.write_row(row)
+            head = f"INSERT INTO {table} {cols or ''} SELECT {select} FROM {twin} "
+            cur.execute(POSTGRES.sql(head + tail))  # type: ignore[arg-type]
+            cur.execute(f"DELETE FROM {twin}")  # type: ignore[arg-type]
 
 
 class _PgConn:
@@ -344,10 +373,11 @@ class PgTraceStore(TraceStore):
                         self._next_seq = base + len(source_rows)
                         cur.execute(_MOVE_SOURCES, {"base": base})  # type: ignore[arg-type]
                     cur.execute(_MOVE, {"since": since_ms, "base": base})  # type: ignore[arg-type]
-                    inserted = max(cur.rowcount, 0)
+                    held = {r[0] for r in cur.fetchall()}
+                    inserted = len(held)
                 # Same transaction, still under the lock: the conversation view never
                 # disagrees with the traces, and one writer at a time reads-modifies-writes it.
-                conversation_index.ConversationIndexer(_PgTx(conn)).apply(events)
+                conversation_index.ConversationIndexer(_PgTx(conn)).apply(events, held)
                 conn.commit()
             except BaseException:
                 if not conn.closed and not conn.broken:
