@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blueplane.derived import apply_batch, ensure_derived, stage_batch
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     event_id        TEXT PRIMARY KEY,
@@ -118,6 +120,8 @@ class TraceStore:
         self.conn.execute(
             "INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
         )
+        # The search index and the overview's aggregates, kept by triggers (derived.py).
+        ensure_derived(self.conn)
 
     def close(self) -> None:
         """Close, after any write still running in another thread has finished."""
@@ -161,7 +165,9 @@ class TraceStore:
             before = self.conn.total_changes
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                before_rowid = stage_batch(self.conn, events)
                 self.conn.executemany(_INSERT, rows)
+                apply_batch(self.conn, before_rowid)  # search index, activity (derived.py)
                 self.conn.execute("COMMIT")
             except BaseException:
                 if self.conn.in_transaction:

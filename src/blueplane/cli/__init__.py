@@ -9,7 +9,16 @@ the helpers they share.
 
 from __future__ import annotations
 
-from blueplane.cli import dlq, run, session, status, traces, workspaces  # noqa: F401 (commands)
+from blueplane.cli import (  # noqa: F401 (commands)
+    dlq,
+    export,
+    run,
+    session,
+    status,
+    traces,
+    ui,
+    workspaces,
+)
 from blueplane.cli.common import app
 from blueplane.cli.traces import parse_since
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +14,7 @@ from rich.table import Table
 from blueplane.cli.common import JsonOpt, app, out, settings_or_exit
 from blueplane.cli.formatting import trace_cells
 from blueplane.events import normalise_workspace_path, parse_iso_ms, workspace_hash
+from blueplane.export import TraceFilter, newest_trace_rows, write_json_array
 from blueplane.store import TraceStore
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -32,6 +34,18 @@ def parse_since(text: str, now: float | None = None) -> int:
         ) from exc
 
 
+def _print_json(store_path: Path, flt: TraceFilter, limit: int, trace_type: str | None) -> None:
+    if not store_path.exists():
+        sys.stdout.write("[]\n")
+        return
+    store = TraceStore(store_path, readonly=True)
+    try:
+        write_json_array(newest_trace_rows(store.conn, flt, limit, trace_type), sys.stdout)
+    finally:
+        store.close()
+    sys.stdout.flush()
+
+
 @app.command()
 def traces(
     json_out: JsonOpt = False,
@@ -48,6 +62,10 @@ def traces(
     whash = workspace
     if workspace and not re.fullmatch(r"[0-9a-f]{16}", workspace):
         whash = workspace_hash(normalise_workspace_path(workspace))
+    if json_out:
+        # Streamed as compact records, one per line: no list in memory, no pretty-printer.
+        _print_json(settings.store_path, TraceFilter(whash, since_ms), limit, trace_type)
+        return
     if not settings.store_path.exists():
         rows: list[dict[str, Any]] = []
     else:
@@ -56,9 +74,6 @@ def traces(
             rows = store.traces(whash, since_ms, limit, trace_type)
         finally:
             store.close()
-    if json_out:
-        out.print_json(json.dumps(rows))
-        return
     table = Table(title=f"Traces ({len(rows)})")
     for col in (
         "time",
