@@ -194,6 +194,7 @@ def create_app(settings: Settings) -> Starlette:
     ui = UiApp(settings)
     routes = [
         Route("/", ui.index),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/version", ui.version),
         Route("/api/overview", ui.overview),
         Route("/api/feed", ui.feed),
