@@ -162,18 +162,18 @@ class TraceStore:
         with self._lock:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"store {self.path} is closed")
-            before = self.conn.total_changes
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 before_rowid = stage_batch(self.conn, events)
+                before = self.conn.total_changes
                 self.conn.executemany(_INSERT, rows)
+                inserted = self.conn.total_changes - before
                 apply_batch(self.conn, before_rowid)  # search index, activity (derived.py)
                 self.conn.execute("COMMIT")
             except BaseException:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
-            inserted = self.conn.total_changes - before
         return WriteResult(inserted, len(rows) - inserted)
 
     # ----------------------------------------------------------------- queries

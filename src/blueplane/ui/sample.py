@@ -7,6 +7,7 @@ are filled exactly as in production.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from blueplane.events import iso_from_ms
 from blueplane.store import StoredEvent, TraceStore
 
+_SEQ = itertools.count()  # stream ids are unique, as Redis makes them
 MODELS = ("claude-4.5-sonnet", "gpt-5", "composer-1")
 _WORDS = [
     "refactor",
@@ -85,7 +87,7 @@ def _event(
         payload["revision"] = revision
     meta = {"workspace_hash": ws, "source": "python_monitor"}
     return StoredEvent(
-        event_id=f"ev-{n}-{item}-{revision}", stream_id=f"{ts_ms}-{n}",
+        event_id=f"ev-{n}-{item}-{revision}", stream_id=f"{ts_ms}-{next(_SEQ)}",
         event_type="database_trace", hook_type="DatabaseTrace", platform="cursor",
         trace_type=trace_type, session_id=session, workspace_hash=ws, generation_id=gen,
         item_key=item, revision=revision, timestamp=iso_from_ms(ts_ms), timestamp_ms=ts_ms,
