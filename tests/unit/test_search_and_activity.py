@@ -14,9 +14,12 @@ END_MS = 1_795_000_000_000
 
 
 def answer(n: int, conv: str, text: str, tin: int | None, tout: int | None, revision: int = 0):
-    return _event(n, "message", "ws00000000000001", "s1", f"{conv}-a", f"{conv}-g", END_MS, {
+    payload = {
         "role": "assistant", "bubble_id": f"{conv}-a", "composer_id": conv, "text": text,
-        "model": "gpt-5", "input_tokens": tin, "output_tokens": tout}, revision=revision)  # fmt: skip
+        "model": "gpt-5", "input_tokens": tin, "output_tokens": tout,
+    }  # fmt: skip
+    ws = "ws00000000000001"
+    return _event(n, "message", ws, "s1", f"{conv}-a", f"{conv}-g", END_MS, payload, revision)
 
 
 def totals(store: TraceStore) -> tuple[int, int, int, int]:
