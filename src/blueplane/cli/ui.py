@@ -25,10 +25,8 @@ def check_host(host: str) -> None:
         f"{LOOPBACK} only; reach it from elsewhere through an SSH tunnel "
         f"(ssh -L {DEFAULT_PORT}:{LOOPBACK}:{DEFAULT_PORT} this-host)"
     )
-    raise typer.BadParameter(
-        f"refusing to listen on {host!r}: {why}",
-        param_hint="--host",
-    )
+    err.print(f"[red]error:[/red] refusing to listen on {host!r}: {why}", highlight=False)
+    raise typer.Exit(2)
 
 
 def bind(port: int) -> socket.socket:
