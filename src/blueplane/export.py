@@ -26,7 +26,7 @@ _KEYS = (
     "event_id", "stream_id", "timestamp", "timestamp_ms", "received_at_ms", "session_id",
     "workspace_hash", "trace_type", "generation_id", "revision",
 )  # fmt: skip
-_KEY_PREFIXES = tuple(("{" if i == 0 else ", ") + json.dumps(k) + ": " for i, k in enumerate(_KEYS))
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 # The documented CSV columns (README "Export"): never renamed or reordered, only appended.
 CSV_COLUMNS = (
@@ -81,23 +81,21 @@ def newest_trace_rows(
     if trace_type:
         where.append("trace_type = ?")
         args.append(trace_type)
+    # The newest keys first (a sort of small rows), then their rows in order.
     sql = (
-        f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, COALESCE(timestamp_ms, received_at_ms) AS t"
-        f" FROM events WHERE {' AND '.join(where)} ORDER BY t DESC, stream_id DESC LIMIT ?)"
-        " ORDER BY t, stream_id"
+        f"SELECT {_COLUMNS} FROM (SELECT rowid AS r, COALESCE(timestamp_ms, received_at_ms) AS t,"
+        f" stream_id AS s FROM events WHERE {' AND '.join(where)} ORDER BY t DESC, s DESC"
+        " LIMIT ?) AS k CROSS JOIN events ON events.rowid = k.r ORDER BY k.t, k.s"
     )
     yield from conn.execute(sql, (*args, limit))
 
 
 def trace_json(row: tuple[Any, ...]) -> str:
     """The ``traces --json`` record of one row, as compact JSON text (no newline)."""
-    parts = [
-        p + json.dumps(v, ensure_ascii=False) for p, v in zip(_KEY_PREFIXES, row, strict=False)
-    ]
-    payload, metadata = row[10], row[11]
-    parts.append(', "payload": ' + (payload or "{}"))
-    parts.append(', "metadata": ' + (metadata or "{}") + "}")
-    return "".join(parts)
+    head = _dumps(dict(zip(_KEYS, row, strict=False)))  # one C call for the ten columns
+    return "".join(
+        (head[:-1], ', "payload": ', row[10] or "{}", ', "metadata": ', row[11] or "{}", "}")
+    )
 
 
 def write_jsonl(rows: Iterator[tuple[Any, ...]], out: IO[str]) -> int:
