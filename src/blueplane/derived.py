@@ -6,8 +6,9 @@ within 200 ms:
 - ``trace_text``: an FTS5 index of each stored event's text (message and prompt text, the
   generation's description and prompt, the composer's title), with the conversation it belongs
   to. ``search.search_conversation_ids`` reads it.
-- ``activity_hourly``: per hour (UTC), workspace, trace type and model: traces stored,
-  assistant turns, input and output tokens. The overview reads it instead of the events.
+- ``activity_hourly`` and ``activity_daily``: per hour (or day, UTC), workspace, trace type and
+  model: traces stored, assistant turns, input and output tokens. The overview reads these
+  instead of the events (days for all time, hours for the last 48 hours).
 
 Both are maintained by the writer in the very transaction that writes a batch: it stages what
 it already parsed of each event (``stage_batch``, no JSON parsed again in SQL), inserts, then
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("blueplane.derived")
 
-DERIVED_VERSION = "1"
+DERIVED_VERSION = "2"
 _META_KEY = "derived_version"
 
 SCHEMA = """
@@ -42,7 +43,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS trace_text USING fts5(
     text, conversation_id UNINDEXED, event_id UNINDEXED,
     tokenize = 'unicode61 remove_diacritics 2', detail = none);
 CREATE TABLE IF NOT EXISTS activity_hourly (
-    hour_ms         INTEGER NOT NULL,
+    hour_ms           INTEGER NOT NULL,
     workspace_hash  TEXT NOT NULL,
     trace_type      TEXT NOT NULL,
     model           TEXT NOT NULL,
@@ -51,6 +52,17 @@ CREATE TABLE IF NOT EXISTS activity_hourly (
     input_tokens    INTEGER NOT NULL,
     output_tokens   INTEGER NOT NULL,
     PRIMARY KEY (hour_ms, workspace_hash, trace_type, model)
+);
+CREATE TABLE IF NOT EXISTS activity_daily (
+    day_ms           INTEGER NOT NULL,
+    workspace_hash  TEXT NOT NULL,
+    trace_type      TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    traces          INTEGER NOT NULL,
+    turns           INTEGER NOT NULL,
+    input_tokens    INTEGER NOT NULL,
+    output_tokens   INTEGER NOT NULL,
+    PRIMARY KEY (day_ms, workspace_hash, trace_type, model)
 );
 """
 # What the writer knows of each event of a batch (from the payload it has already parsed).
@@ -75,9 +87,9 @@ _HAS_PREV = """EXISTS (SELECT 1 FROM events p
     WHERE p.session_id = e.session_id AND p.trace_type IS e.trace_type
     AND p.item_key = e.item_key AND p.revision < e.revision AND p.event_id <> e.event_id)"""
 _APPLY_ACTIVITY = f"""
-INSERT INTO activity_hourly
+INSERT INTO {{table}}
 SELECT h, w, tt, m, COUNT(*), SUM(turn), SUM(i), SUM(o) FROM (
-    SELECT (coalesce(e.timestamp_ms, e.received_at_ms) / 3600000) * 3600000 AS h,
+    SELECT (coalesce(e.timestamp_ms, e.received_at_ms) / {{bucket}}) * {{bucket}} AS h,
         coalesce(e.workspace_hash, '') AS w, coalesce(e.trace_type, '') AS tt, s.model AS m,
         CASE WHEN s.turn = 1 AND (e.revision = 0 OR NOT {_HAS_PREV}) THEN 1 ELSE 0 END AS turn,
         coalesce(s.input_tokens, 0) - CASE WHEN e.revision > 0
@@ -87,7 +99,7 @@ SELECT h, w, tt, m, COUNT(*), SUM(turn), SUM(i), SUM(o) FROM (
     FROM events e JOIN temp.derived_stage s ON s.event_id = e.event_id
     WHERE e.rowid > ? AND e.rowid <= ? AND e.event_type = 'database_trace')
 WHERE true GROUP BY h, w, tt, m
-ON CONFLICT (hour_ms, workspace_hash, trace_type, model) DO UPDATE SET
+ON CONFLICT ({{col}}, workspace_hash, trace_type, model) DO UPDATE SET
     traces = traces + excluded.traces, turns = turns + excluded.turns,
     input_tokens = input_tokens + excluded.input_tokens,
     output_tokens = output_tokens + excluded.output_tokens
@@ -134,7 +146,11 @@ def apply_batch(conn: sqlite3.Connection, before_rowid: int) -> None:
 
 def _apply(conn: sqlite3.Connection, lo: int, hi: int) -> None:
     conn.execute(_APPLY_TEXT, (lo, hi))
-    conn.execute(_APPLY_ACTIVITY, (lo, hi))
+    for table, col, bucket in (
+        ("activity_hourly", "hour_ms", 3_600_000),
+        ("activity_daily", "day_ms", 86_400_000),
+    ):
+        conn.execute(_APPLY_ACTIVITY.format(table=table, col=col, bucket=bucket), (lo, hi))
     conn.execute("DELETE FROM temp.derived_stage")
 
 
@@ -154,6 +170,7 @@ def ensure_derived(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
         conn.execute("DELETE FROM trace_text")
         conn.execute("DELETE FROM activity_hourly")
+        conn.execute("DELETE FROM activity_daily")
         stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         if stored:
             _backfill(conn)

@@ -23,10 +23,12 @@ def answer(n: int, conv: str, text: str, tin: int | None, tout: int | None, revi
 
 
 def totals(store: TraceStore) -> tuple[int, int, int, int]:
-    row = store.conn.execute(
-        "SELECT SUM(traces), SUM(turns), SUM(input_tokens), SUM(output_tokens) FROM activity_hourly"
-    ).fetchone()
-    return tuple(int(v or 0) for v in row)  # type: ignore[return-value]
+    """The hourly table's sums, checked against the daily table's (the same events)."""
+    sums = "SUM(traces), SUM(turns), SUM(input_tokens), SUM(output_tokens)"
+    hourly = store.conn.execute(f"SELECT {sums} FROM activity_hourly").fetchone()
+    daily = store.conn.execute(f"SELECT {sums} FROM activity_daily").fetchone()
+    assert hourly == daily
+    return tuple(int(v or 0) for v in hourly)  # type: ignore[return-value]
 
 
 def test_search_finds_conversations_by_any_word_prefix(tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def test_an_older_store_is_indexed_when_the_writer_opens_it(tmp_path: Path) -> N
     fill(store, batches)
     # What a store written before this version looks like: no derived tables.
     store.conn.executescript(
-        "DROP TABLE trace_text; DROP TABLE activity_hourly;"
+        "DROP TABLE trace_text; DROP TABLE activity_hourly; DROP TABLE activity_daily;"
         " DELETE FROM store_meta WHERE key = 'derived_version';"
     )
     store.close()

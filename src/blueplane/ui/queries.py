@@ -1,7 +1,8 @@
 """The page's reads of the store: read-only, and cheap with a million traces.
 
-The charts read ``activity_hourly`` (kept by the writer, derived.py), a few thousand rows at
-most, never the events; the feed reads the newest events by rowid (or by the workspace index).
+The charts read ``activity_daily`` and, for the last 48 hours, ``activity_hourly`` (kept by
+the writer, derived.py: their size grows with days × workspaces × models, not with traces),
+never the events; the feed reads the newest events by rowid (or by the workspace index).
 A store written before those tables existed is read from ``events`` directly (correct, slower).
 """
 
@@ -104,8 +105,11 @@ def overview(
     if conn is None or not _has_table(conn, "events"):
         return ov
     ov.last_rowid = last_rowid(conn)
-    has_aggregates = _has_table(conn, "activity_hourly")
-    source = "activity_hourly" if has_aggregates else f"({_FALLBACK_ACTIVITY})"
+    if _has_table(conn, "activity_daily") and _has_table(conn, "activity_hourly"):
+        source, tcol, hours = "activity_daily", "day_ms", "activity_hourly"
+    else:  # a store no writer of this version has opened yet: from the events (slower)
+        source = hours = f"({_FALLBACK_ACTIVITY})"
+        tcol = "hour_ms"
     where, args = ("WHERE workspace_hash = ?", [workspace]) if workspace else ("", [])
     sums = "SUM(traces), SUM(turns), SUM(input_tokens), SUM(output_tokens)"
     row = conn.execute(f"SELECT {sums} FROM {source} {where}", args).fetchone()
@@ -115,7 +119,7 @@ def overview(
     ov.empty = False
     ov.totals = Totals(*(int(v or 0) for v in row))
     for day, tr, tu, i, o in conn.execute(
-        f"SELECT hour_ms / {DAY_MS}, {sums} FROM {source} {where} GROUP BY 1 ORDER BY 1", args
+        f"SELECT {tcol} / {DAY_MS}, {sums} FROM {source} {where} GROUP BY 1 ORDER BY 1", args
     ):
         t = int(day) * DAY_MS
         ov.daily.append({
@@ -128,7 +132,7 @@ def overview(
     hours = {
         int(h): (int(tr or 0), int(tu or 0))
         for h, tr, tu in conn.execute(
-            f"SELECT hour_ms, SUM(traces), SUM(turns) FROM {source}"
+            f"SELECT hour_ms, SUM(traces), SUM(turns) FROM {hours}"
             f" WHERE hour_ms >= ? {'AND workspace_hash = ?' if workspace else ''} GROUP BY 1",
             [since, *args],
         )
