@@ -42,6 +42,7 @@ def build_store(n: int) -> Path:
         have = store.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         store.close()
         if have >= n:
+            TraceStore(path).close()  # the writer brings the derived tables up to date
             return home
         for p in home.glob("telemetry.db*"):
             p.unlink()

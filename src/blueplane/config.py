@@ -24,7 +24,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, STREAM
+from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, OTLP_GROUP, STREAM
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_CONFIG_FILE = Path("config/blueplane.yaml")
@@ -103,6 +103,39 @@ class SessionMonitorConfig(_Section):
     session_idle_expiry_hours: float = Field(12.0, ge=0)
 
 
+class OtlpConfig(_Section):
+    """OTLP export of assistant turns as OpenTelemetry GenAI spans (and token metrics)."""
+
+    # None: on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    enabled: bool | None = None
+    # Base URL of the collector (http://host:4318): /v1/traces and /v1/metrics are appended.
+    # None: the standard OTEL_EXPORTER_OTLP_* variables (else http://localhost:4318).
+    endpoint: str | None = None
+    # Extra request headers (e.g. an API key). Empty: OTEL_EXPORTER_OTLP_HEADERS.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Prompt and answer text as gen_ai.input.messages / gen_ai.output.messages.
+    capture_content: bool = False
+    group: str = OTLP_GROUP
+    consumer: str = "otlp-1"
+    batch_size: int = Field(500, ge=1)
+    block_ms: int = Field(1000, ge=1)
+    # A turn is sent once the next one of its conversation starts, or after this quiet time.
+    settle_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+    # A collector that does not answer 2xx: retry after this, doubling up to the max.
+    retry_initial_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    metrics: bool = True
+
+    def active(self) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return bool(
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+
+
 def _default_home() -> Path:
     return Path("~/.blueplane").expanduser()
 
@@ -127,6 +160,7 @@ class Settings(BaseSettings):
     )
     session_monitor: SessionMonitorConfig = Field(default_factory=SessionMonitorConfig)
     fast_path: FastPathConfig = Field(default_factory=FastPathConfig)
+    otlp: OtlpConfig = Field(default_factory=OtlpConfig)
 
     _config_file: Path | None = None
 
@@ -176,6 +210,10 @@ class Settings(BaseSettings):
     @property
     def workspace_cache_path(self) -> Path:
         return self.home / "workspace_db_cache.json"
+
+    @property
+    def otlp_state_path(self) -> Path:
+        return self.home / "otlp_exported.db"
 
     @property
     def bundled_redis_dir(self) -> Path:

@@ -36,6 +36,7 @@ from blueplane.fast_path.consumer import FastPathConsumer
 from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
 from blueplane.instance_lock import InstanceLock, pid_alive
+from blueplane.otlp import OtlpExporter
 from blueplane.publisher import Publisher
 from blueplane.store import TraceStore
 
@@ -116,6 +117,9 @@ class Server:
                     mon.dedup_window_hours * 3600, self.health,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(consumer.run(self.stop_event), name="consumer"))
+            if s.otlp.active():
+                otlp = OtlpExporter(redis, s.otlp, s.redis.stream, s.otlp_state_path, self.health)
+                tasks.append(asyncio.create_task(otlp.run(self.stop_event), name="otlp"))
             trimmer = StreamTrimmer(
                 redis, s.redis.stream, s.fast_path.max_stream_length, self.health,
                 s.fast_path.trim_interval_seconds,
