@@ -54,7 +54,7 @@ def _value(v: Any) -> Any:
 class _Handler(BaseHTTPRequestHandler):
     server: Receiver
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.server.down:
             with self.server.lock:
@@ -102,9 +102,11 @@ def receiver() -> Iterator[Receiver]:
 _seq = iter(range(1, 10_000))
 
 
-def message(conv: str, gen: str, bubble: str, role: str, text: str, *, revision: int = 0,
-            model: str | None = "claude-4.5-sonnet", tin: int | None = None,
-            tout: int | None = None, tools: list[dict] | None = None) -> dict[str, str]:  # fmt: skip
+def message(
+    conv: str, gen: str, bubble: str, role: str, text: str, *, revision: int = 0,
+    model: str | None = "claude-4.5-sonnet", tin: int | None = None, tout: int | None = None,
+    tools: list[dict] | None = None,
+) -> dict[str, str]:  # fmt: skip
     n = next(_seq)
     payload: dict[str, Any] = {
         "trace_type": "message", "generation_id": gen, "item_id": bubble, "revision": revision,
