@@ -3,7 +3,9 @@
 Uses the store ``bench_export.py`` builds (generated conversations written through
 ``TraceStore.write_batch``, so the writer's derived tables are filled as in production), starts
 ``blueplane ui`` as a separate process on a free loopback port, and times sequential requests
-of each endpoint as the page makes them (with and without the workspace filter).
+of each endpoint as the page makes them (with and without the workspace filter). The overview
+is cached per change of the store; ``fresh=1`` measures it computed on every request (what a
+store being written to every second costs).
 
     .venv/bin/python bench/bench_ui.py --traces 1000000 --requests 100
 """
@@ -70,6 +72,8 @@ def main() -> None:
         endpoints = {
             "overview": "/api/overview",
             "overview?workspace": f"/api/overview?workspace={ws}",
+            "overview (uncached)": "/api/overview?fresh=1",
+            "overview?workspace (uncached)": f"/api/overview?workspace={ws}&fresh=1",
             "feed": "/api/feed",
             "feed?workspace": f"/api/feed?workspace={ws}",
             "version": "/api/version",

@@ -76,7 +76,7 @@ def start_ui(redis_url: str) -> Iterator[Callable[[Path], UiServer]]:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
-        wait_until(listening, what=f"blueplane ui on port {port}")
+        wait_until(listening, timeout=30, what=f"blueplane ui on port {port}")
         return server
 
     yield start
@@ -215,8 +215,16 @@ def test_search_finds_a_conversation_and_its_page_shows_turns_and_tokens(
     tmp_path: Path, start_ui: Callable[[Path], UiServer], page: object
 ) -> None:
     conversations = pytest.importorskip("blueplane.conversations")
-    expected = known_store(tmp_path)
-    conv_id, title = sorted(expected.conversations.items())[3]
+    known_store(tmp_path)
+    conv_id, title = "conv-zebra-1", "Quagga zebra crossing"
+    writer = TraceStore(tmp_path / "telemetry.db")
+    import random
+
+    writer.write_batch(conversation_events(
+        50_000, conv_id, title, "00000000000000bb", NOW_MS - 3_600_000, 4, "gpt-5",
+        random.Random(5), Expected(),
+    ), 0)  # fmt: skip
+    writer.close()
     store = TraceStore(tmp_path / "telemetry.db", readonly=True)
     got = conversations.get_conversation(store, conv_id)
     store.close()
@@ -227,10 +235,13 @@ def test_search_finds_a_conversation_and_its_page_shows_turns_and_tokens(
     pg.goto(server.url)  # type: ignore[attr-defined]
     pg.wait_for_selector("body[data-ready='1']")  # type: ignore[attr-defined]
     assert pg.locator("input[type=search]#search").count() == 1  # type: ignore[attr-defined]
-    pg.fill("#search", title)  # type: ignore[attr-defined]
+    assert pg.locator("#conversations li").count() > 1  # type: ignore[attr-defined]
+    pg.fill("#search", "zebra quag")  # type: ignore[attr-defined]
+    wait_until(
+        lambda: pg.locator("#conversations li").count() == 1,  # type: ignore[attr-defined]
+        what="the search to leave one conversation",
+    )
     link = pg.locator(f"#conversations li[data-conversation-id='{conv_id}'] a")  # type: ignore[attr-defined]
-    link.wait_for(timeout=5000)
-    assert pg.locator("#conversations li").count() == 1  # type: ignore[attr-defined]
     assert link.text_content() == title
     shot(pg, "search")
     link.click()
