@@ -115,7 +115,9 @@ def message(
         "client_end_time_ms": 1_795_000_000_000 + n * 1000 + 700,
     }  # fmt: skip
     if role == "assistant":
-        payload.update(model=model, input_tokens=tin, output_tokens=tout)
+        payload.update(
+            model=model, input_tokens=tin, output_tokens=tout, tokens_reported=tin is not None
+        )
         if tools:
             payload["tool_calls"] = tools
     ev = TraceEvent(

@@ -5,8 +5,9 @@ server's ``status.json``; nothing here writes. The page is static (``static/``),
 vendored uPlot, and polls ``/api/version`` every second: when the store grew it refetches the
 overview, the feed and the list, so a new trace shows within about two seconds.
 
-Endpoints (README "The page"): ``/api/overview``, ``/api/feed``, ``/api/workspaces``,
-``/api/conversations`` (``q`` = full-text search), ``/api/conversations/{id}``,
+Endpoints (README "The page"): ``/api/overview``, ``/api/tokens``, ``/api/feed``,
+``/api/workspaces``, ``/api/conversations`` (``q`` = full-text search),
+``/api/conversations/{id}``,
 ``/api/health``, ``/api/version``.
 """
 
@@ -63,7 +64,7 @@ class UiApp:
         self.settings = settings
         self.reader = queries.StoreReader(settings.store_path)
         self._health: tuple[float, dict[str, Any]] | None = None
-        self._overviews: dict[tuple[str | None, int, int], bytes] = {}
+        self._overviews: dict[tuple[str | None, int, int], bytes] = {}  # also /api/tokens
 
     # ------------------------------------------------------------------ endpoints
     async def index(self, request: Request) -> Response:
@@ -87,6 +88,38 @@ class UiApp:
                 if len(self._overviews) > 64:
                     self._overviews.clear()
                 self._overviews[key] = cached
+        return Response(cached, media_type="application/json")
+
+    def tokens(self, request: Request) -> Response:
+        """Tokens per day from the reconciled turns (database, hooks, transcripts) where the
+        conversation tables exist; ``{"source": "traces"}`` (the page keeps the overview's
+        per-day tokens from the message traces) where they do not. Cached per store change."""
+        workspace = request.query_params.get("workspace") or None
+        mod = _conversations_module()
+        if mod is None or not hasattr(mod, "token_totals_by_day"):
+            return JSONResponse({"source": "traces", "days": []})
+        with self.reader.connect() as conn:
+            key = (f"tokens:{workspace}", queries.last_rowid(conn), 0)
+            if conn is None:
+                return JSONResponse({"source": "traces", "days": []})
+        cached = self._overviews.get(key)
+        if cached is None:
+            store = TraceStore(self.settings.store_path, readonly=True)
+            try:
+                days = mod.token_totals_by_day(store, workspace=workspace)
+            finally:
+                store.close()
+            body = {
+                "source": "turns" if days else "traces",
+                "days": [
+                    {"day": d.day, "turns": d.turns, "input_tokens": d.input_tokens,
+                     "output_tokens": d.output_tokens, "cache_read_tokens": d.cache_read_tokens,
+                     "cache_write_tokens": d.cache_write_tokens}
+                    for d in days
+                ],
+            }  # fmt: skip
+            cached = JSONResponse(body).body
+            self._overviews[key] = cached
         return Response(cached, media_type="application/json")
 
     def feed(self, request: Request) -> JSONResponse:
@@ -210,6 +243,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/version", ui.version),
         Route("/api/overview", ui.overview),
         Route("/api/feed", ui.feed),
+        Route("/api/tokens", ui.tokens),
         Route("/api/workspaces", ui.workspaces),
         Route("/api/conversations", ui.conversations),
         Route("/api/conversations/{conversation_id:str}", ui.conversation),

@@ -120,7 +120,7 @@ def conversation_events(
         evs.append(_event(n0, "message", ws, session, f"{conv}-a{k}", gen, t + 5000, {
             "role": "assistant", "bubble_id": f"{conv}-a{k}", "composer_id": conv,
             "request_id": gen, "text": answer, "text_length": len(answer), "model": model,
-            "input_tokens": tin, "output_tokens": tout}))  # fmt: skip
+            "input_tokens": tin, "output_tokens": tout, "tokens_reported": True}))  # fmt: skip
         evs.append(_event(n0, "generation", ws, session, gen, gen, t, {
             "generation_type": "composer", "description": prompt[:80],
             "generation_timestamp_ms": t}))  # fmt: skip

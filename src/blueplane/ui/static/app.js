@@ -73,10 +73,16 @@
       { label: "traces", values: ov.hourly.map((h) => h.traces) },
       { label: "turns", values: ov.hourly.map((h) => h.turns) },
     ], { bars: true });
-    drawChart("chart-tokens", days.map((d) => d.t), [
-      { label: "input tokens", values: days.map((d) => d.input_tokens) },
-      { label: "output tokens", values: days.map((d) => d.output_tokens) },
-    ], { bars: days.length < 60 });
+    let tokenDays = days;
+    if (state.tokens && state.tokens.source === "turns") {
+      tokenDays = state.tokens.days.map((d) => ({ t: Date.parse(d.day + "T00:00:00Z"),
+        input_tokens: d.input_tokens || 0, output_tokens: d.output_tokens || 0 }));
+    }
+    $("#chart-tokens").setAttribute("data-source", state.tokens ? state.tokens.source : "traces");
+    drawChart("chart-tokens", tokenDays.map((d) => d.t), [
+      { label: "input tokens", values: tokenDays.map((d) => d.input_tokens) },
+      { label: "output tokens", values: tokenDays.map((d) => d.output_tokens) },
+    ], { bars: tokenDays.length < 60 });
 
     const maxTurns = Math.max(1, ...ov.models.map((m) => m.turns));
     const mt = $("#models tbody");
@@ -152,7 +158,9 @@
   }
 
   async function refresh() {
-    const [ov, feed] = await Promise.all([getJSON("/api/overview" + qs()), getJSON("/api/feed" + qs())]);
+    const [ov, feed, tokens] = await Promise.all([getJSON("/api/overview" + qs()),
+      getJSON("/api/feed" + qs()), getJSON("/api/tokens" + qs())]);
+    state.tokens = tokens;
     await loadWorkspaces();
     renderOverview(ov);
     renderFeed(feed.traces, state.feedIds);
