@@ -253,7 +253,9 @@ def test_search_finds_a_conversation_and_its_page_shows_turns_and_tokens(
         assert art.get_attribute("data-output-tokens") == str(turn.output_tokens)
         assert (turn.response or "")[:40] in art.text_content()
     assert pg.text_content("#conversation-title") == title  # type: ignore[attr-defined]
-    assert f"{conv.input_tokens:,} in" in pg.text_content("#conversation-meta")  # type: ignore[attr-defined]
+    meta = pg.text_content("#conversation-meta")  # type: ignore[attr-defined]
+    assert f"{conv.input_tokens:,} in / {conv.output_tokens:,} out tokens" in meta
+    assert f"{len(turns)} turns" in meta
     shot(pg, "conversation")
 
 

@@ -182,7 +182,7 @@
     }
     $("#conversation-title").textContent = c.title || "Untitled conversation";
     $("#conversation-meta").textContent = [c.workspace_path || c.workspace_hash, (c.models || []).join(", "),
-      `${fmt(c.turns)} turns`, `${fmt(c.input_tokens)} in / ${fmt(c.output_tokens)} out tokens`,
+      `${fmt(Array.isArray(c.turns) ? c.turns.length : c.turns)} turns`, `${fmt(c.input_tokens)} in / ${fmt(c.output_tokens)} out tokens`,
       c.first_at ? `${c.first_at} – ${c.last_at}` : null].filter(Boolean).join(" · ");
     $("#turns").replaceChildren(...c.turns.map((t, i) => el("article", {
       class: "turn", "data-generation-id": t.generation_id || "", "data-input-tokens": t.input_tokens ?? "", "data-output-tokens": t.output_tokens ?? "" },
