@@ -162,3 +162,32 @@ def test_markdown_matches_the_golden_file() -> None:
     if os.environ.get("BLUEPLANE_UPDATE_GOLDEN"):
         golden.write_text(text, encoding="utf-8")
     assert text == golden.read_text(encoding="utf-8")
+
+
+def test_markdown_export_writes_one_readable_file_per_conversation(
+    home: Path, tmp_path: Path
+) -> None:
+    conversations = pytest.importorskip("blueplane.conversations")
+    out = tmp_path / "history"
+    proc = run_cli(home, "export", "--format", "markdown", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    store = TraceStore(home / "telemetry.db", readonly=True)
+    try:
+        convs = conversations.list_conversations(store, limit=100_000)
+        files = sorted(p.name for p in out.iterdir())
+        assert len(files) == len(convs) > 1
+        conv = convs[0]
+        full, turns = conversations.get_conversation(store, conv.conversation_id)
+    finally:
+        store.close()
+    name = markdown_file_name(full)
+    assert name in files and name.startswith(full.first_at[:10])
+    text = (out / name).read_text(encoding="utf-8")
+    assert text.startswith(f"# {full.title}\n")
+    assert f"- Tokens: {full.input_tokens:,} in, {full.output_tokens:,} out" in text
+    assert text.count("**Assistant**") == len(turns) == full.turns
+    assert turns[0].response.strip() in text
+    # --since keeps only the conversations active since then.
+    proc = run_cli(home, "export", "--format", "markdown", "--output", str(tmp_path / "none"),
+                   "--since", "2030-01-01T00:00:00Z")  # fmt: skip
+    assert proc.returncode == 0 and list((tmp_path / "none").iterdir()) == []
