@@ -155,6 +155,9 @@ def test_charts_show_the_stored_totals_and_a_new_trace_appears_live(
         for row in pg.locator("#models tbody tr").all()  # type: ignore[attr-defined]
     }
     assert models == expected.per_model_turns
+    # Server health: the facts of `blueplane status` (no server here; Redis answers).
+    wait_until(lambda: "stream length" in (pg.text_content("#health") or ""), what="health")
+    assert pg.text_content("#health-badge") == "server not running"
     shot(pg, "overview")
 
     # Filter by one workspace: the totals are that workspace's.
