@@ -35,13 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("blueplane.derived")
 
-DERIVED_VERSION = "2"
+DERIVED_VERSION = "3"
 _META_KEY = "derived_version"
 
 SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS trace_text USING fts5(
     text, conversation_id UNINDEXED, event_id UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 2', detail = none);
+    tokenize = 'unicode61 remove_diacritics 2', detail = none, columnsize = 0);
 CREATE TABLE IF NOT EXISTS activity_hourly (
     hour_ms           INTEGER NOT NULL,
     workspace_hash  TEXT NOT NULL,
@@ -166,11 +166,11 @@ def ensure_derived(conn: sqlite3.Connection) -> None:
             conn.execute("COMMIT")
             return
         started = time.monotonic()
+        # Derived: rebuilt whole when their version changes (their schema may have too).
+        for table in ("trace_text", "activity_hourly", "activity_daily"):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _statements(SCHEMA):
             conn.execute(statement)
-        conn.execute("DELETE FROM trace_text")
-        conn.execute("DELETE FROM activity_hourly")
-        conn.execute("DELETE FROM activity_daily")
         stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         if stored:
             _backfill(conn)
