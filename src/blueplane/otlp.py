@@ -63,6 +63,19 @@ class Tool:
     status: str | None
 
 
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+@dataclass(slots=True)
+class Bubble:
+    """The latest revision of one assistant message of a turn."""
+
+    revision: int
+    tokens: tuple[int | None, ...]
+    text: str | None
+    tools: list[Tool]
+
+
 @dataclass(slots=True)
 class Turn:
     """One assistant turn being gathered from its messages (and the prompt before it)."""
@@ -72,43 +85,66 @@ class Turn:
     generation_id: str
     workspace_hash: str | None
     model: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cache_read_tokens: int | None = None
-    cache_write_tokens: int | None = None
     start_ms: int | None = None
     end_ms: int | None = None
     prompt: str | None = None
-    response: list[str] = field(default_factory=list)
-    tools: list[Tool] = field(default_factory=list)
+    bubbles: dict[str, Bubble] = field(default_factory=dict)
     entry_ids: list[str] = field(default_factory=list)
-    bubbles: set[str] = field(default_factory=set)
     touched: float = 0.0
 
     def add(self, ev: StoredEvent, now: float) -> None:
+        """A message of the turn; a later revision of a message replaces the earlier one."""
         p = ev.payload
         self.touched = now
-        bubble = p.get("bubble_id") or ev.item_key or ev.event_id
-        first_time = bubble not in self.bubbles
-        self.bubbles.add(bubble)
+        bubble = str(p.get("bubble_id") or ev.item_key or ev.event_id)
+        old = self.bubbles.get(bubble)
+        if old is None or ev.revision >= old.revision:
+            tokens = tuple(
+                v if isinstance(v := p.get(name), int) and not isinstance(v, bool) else None
+                for name in _TOKENS
+            )
+            tools = [
+                Tool(t["name"], t.get("tool_call_id"), t.get("status"))
+                for t in p.get("tool_calls") or []
+                if isinstance(t, dict) and t.get("name")
+            ]
+            text = str(p["text"]) if p.get("text") else None
+            self.bubbles[bubble] = Bubble(ev.revision, tokens, text, tools)
         self.model = p.get("model") or self.model
-        if first_time:  # a later revision of a bubble already counted adds no tokens
-            for name in ("input_tokens", "output_tokens", "cache_read_tokens",
-                         "cache_write_tokens"):  # fmt: skip
-                v = p.get(name)
-                if isinstance(v, int) and not isinstance(v, bool):
-                    setattr(self, name, (getattr(self, name) or 0) + v)
-            if p.get("text"):
-                self.response.append(str(p["text"]))
-            for t in p.get("tool_calls") or []:
-                if isinstance(t, dict) and t.get("name"):
-                    self.tools.append(Tool(t["name"], t.get("tool_call_id"), t.get("status")))
         start = p.get("client_rpc_send_time_ms") or ev.timestamp_ms
         end = p.get("client_end_time_ms") or p.get("client_settle_time_ms") or ev.timestamp_ms
         if isinstance(start, int):
             self.start_ms = start if self.start_ms is None else min(self.start_ms, start)
         if isinstance(end, int):
             self.end_ms = end if self.end_ms is None else max(self.end_ms, end)
+
+    def _sum(self, i: int) -> int | None:
+        known = [b.tokens[i] for b in self.bubbles.values() if b.tokens[i] is not None]
+        return sum(known) if known else None  # type: ignore[arg-type]
+
+    @property
+    def input_tokens(self) -> int | None:
+        return self._sum(0)
+
+    @property
+    def output_tokens(self) -> int | None:
+        return self._sum(1)
+
+    @property
+    def cache_read_tokens(self) -> int | None:
+        return self._sum(2)
+
+    @property
+    def cache_write_tokens(self) -> int | None:
+        return self._sum(3)
+
+    @property
+    def response(self) -> list[str]:
+        return [b.text for b in self.bubbles.values() if b.text]
+
+    @property
+    def tools(self) -> list[Tool]:
+        return [t for b in self.bubbles.values() for t in b.tools]
 
 
 class ExportedKeys:
