@@ -90,7 +90,11 @@ def _write_traces(
 
 def export_markdown(store: TraceStore, flt: TraceFilter, folder: Path) -> int:
     """One Markdown file per conversation; returns how many were written."""
-    from blueplane import conversations  # issue 11's module
+    try:
+        from blueplane import conversations  # issue 11's module
+    except ImportError as exc:
+        err.print("[red]error:[/red] this build has no conversations module", highlight=False)
+        raise typer.Exit(1) from exc
 
     folder.mkdir(parents=True, exist_ok=True)
     convs = conversations.list_conversations(
