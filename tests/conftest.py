@@ -231,3 +231,41 @@ def real_fixture() -> Path:
             f"real Cursor database not available at {db} (../shared/fixtures/real is absent)"
         )
     return db
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server: the machine's (127.0.0.1:5432, trust) when it answers, else a
+    throwaway cluster (``initdb`` + ``pg_ctl``) for this session."""
+    from tests.pg_support import MACHINE_PG, PgCluster, answers
+
+    if answers(MACHINE_PG):
+        yield MACHINE_PG
+        return
+    cluster = PgCluster().start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server_url: str) -> Iterator[str]:
+    """This session's own database, dropped at the end."""
+    from tests.pg_support import create_database, drop_database
+
+    url = create_database(pg_server_url)
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The session's database with no tables: each test starts from an empty store."""
+    from tests.pg_support import reset_tables
+
+    reset_tables(pg_database)
+    return pg_database

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,7 +25,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blueplane.aio import Backoff, sleep_or_stop
-from blueplane.config import DEFAULT_REDIS_URL, Settings
+from blueplane.config import DEFAULT_REDIS_URL, RedisConfig, Settings
+from blueplane.urls import mask_url
 
 log = logging.getLogger("blueplane.broker")
 
@@ -110,13 +112,31 @@ async def redis_facts(client: aioredis.Redis) -> RedisFacts:
     return RedisFacts(version, str(value) if value else "unknown")
 
 
-def make_client(url: str) -> aioredis.Redis:
+def tls_options(url: str, cfg: RedisConfig | None) -> dict[str, Any]:
+    """redis-py's TLS keyword arguments from the ``redis.ssl_*`` keys, for ``rediss://`` URLs
+    (a plain ``redis://`` URL ignores them)."""
+    if cfg is None or not url.lower().startswith("rediss://"):
+        return {}
+    opts: dict[str, Any] = {
+        "ssl_cert_reqs": cfg.ssl_cert_reqs,
+        "ssl_check_hostname": cfg.ssl_check_hostname and cfg.ssl_cert_reqs != "none",
+    }
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(cfg, key)
+        if value is not None:
+            opts[key] = str(Path(value).expanduser())
+    return opts
+
+
+def make_client(url: str, cfg: RedisConfig | None = None) -> aioredis.Redis:
+    """A client for ``url`` (credentials in the URL; TLS options from ``cfg``)."""
     return aioredis.Redis.from_url(
         url,
         decode_responses=False,
         socket_connect_timeout=2.0,
         socket_timeout=10.0,
         health_check_interval=15,
+        **tls_options(url, cfg),
     )
 
 
@@ -268,11 +288,13 @@ async def wait_for_redis(
         try:
             await client.ping()
             if warned:
-                log.info("Redis at %s answers again", url)
+                log.info("Redis at %s answers again", mask_url(url))
             return True
         except REDIS_DOWN as exc:
             if not warned:
-                log.error("Redis at %s does not answer (%s); retrying with backoff", url, exc)
+                log.error(
+                    "Redis at %s does not answer (%s); retrying with backoff", mask_url(url), exc
+                )
                 warned = True
         await sleep_or_stop(stop, delay.next())
     return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,8 +25,10 @@ from pydantic_settings import (
 )
 
 from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, OTLP_GROUP, STREAM
+from blueplane.urls import mask_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 DEFAULT_CONFIG_FILE = Path("config/blueplane.yaml")
 
 # The file ``load_settings`` chose, for ``Settings.settings_customise_sources`` (a classmethod,
@@ -66,7 +68,16 @@ class CursorDatabaseMonitorConfig(_Section):
 
 class RedisConfig(_Section):
     # None: use redis://localhost:6379/0 if it answers, else start the bundled server.
+    # A shared Redis: redis://user:pass@host:6379/0, or rediss://… for TLS (the password is
+    # never logged nor shown in status).
     url: str | None = None
+    # TLS (rediss:// URLs): CA bundle to verify the server, client certificate and key for
+    # mutual TLS, "required" | "optional" | "none", and whether the host name must match.
+    ssl_ca_certs: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    ssl_check_hostname: bool = True
     stream: str = STREAM
     # Seconds between reconnection attempts while Redis is unreachable (doubles up to 30 s).
     reconnect_backoff_seconds: float = Field(1.0, gt=0)
@@ -95,12 +106,43 @@ class FastPathConfig(_Section):
     claim_idle_ms: int = Field(60_000, ge=1000)
 
 
+class StoreConfig(_Section):
+    # sqlite:///path/telemetry.db (default: BLUEPLANE_HOME/telemetry.db) or
+    # postgresql://user:pass@host:5432/db (a team's central store). Also BLUEPLANE_STORE_URL.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+        if scheme not in STORE_SCHEMES:
+            raise ValueError(
+                f"unknown store URL scheme {scheme or '(none)'!r}: use sqlite:///path or "
+                "postgresql://user@host:5432/db"
+            )
+        if scheme == "sqlite" and not value[len("sqlite://") :].strip("/"):
+            raise ValueError("sqlite URL without a path: use sqlite:///path/to/telemetry.db")
+        return value
+
+
+class IdentityConfig(_Section):
+    # Events carry metadata.user (the login name) and metadata.machine_id; true sends the
+    # user name's SHA-256 prefix instead of the name.
+    hash_user_name: bool = False
+
+
 class SessionMonitorConfig(_Section):
     # How often the session-file fallback folder is rescanned.
     session_file_poll_seconds: float = Field(10.0, gt=0)
     # A session whose workspace showed no activity (session start, database change, hook
     # event) for this long expires: a crashed window is not polled for ever. 0 disables.
     session_idle_expiry_hours: float = Field(12.0, ge=0)
+    # Learn sessions from the stream's session events. False: from session files only, for a
+    # laptop publishing to a team's shared Redis (whose stream is mostly other machines'
+    # traces, which every producer would otherwise scan).
+    read_stream: bool = True
 
 
 class OtlpConfig(_Section):
@@ -161,6 +203,8 @@ class Settings(BaseSettings):
     session_monitor: SessionMonitorConfig = Field(default_factory=SessionMonitorConfig)
     fast_path: FastPathConfig = Field(default_factory=FastPathConfig)
     otlp: OtlpConfig = Field(default_factory=OtlpConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
 
     _config_file: Path | None = None
 
@@ -196,7 +240,16 @@ class Settings(BaseSettings):
         return self.redis.url or DEFAULT_REDIS_URL
 
     @property
+    def store_url(self) -> str:
+        """The store's URL: ``store.url``, else the SQLite file under the home."""
+        return self.store.url or f"sqlite://{self.home / 'telemetry.db'}"
+
+    @property
     def store_path(self) -> Path:
+        """The SQLite store's file (the default store; see ``store_url``)."""
+        url = self.store_url
+        if url.lower().startswith("sqlite://"):
+            return Path(url[len("sqlite://") :]).expanduser()
         return self.home / "telemetry.db"
 
     @property
@@ -228,6 +281,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     given = err.get("input")
+    if isinstance(given, str):
+        given = mask_url(given)
     given_text = "" if isinstance(given, dict) else f" (got {given!r})"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{source}: key '{key}': {err['msg']}{given_text}{more}"
@@ -269,6 +324,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         # Deep-merged over the file's ``redis`` section by pydantic-settings.
         section = data.get("redis")
         data["redis"] = {**(section if isinstance(section, dict) else {}), "url": redis_env}
+    store_env = os.environ.get("BLUEPLANE_STORE_URL")
+    if store_env:
+        section = data.get("store")
+        data["store"] = {**(section if isinstance(section, dict) else {}), "url": store_env}
     source = f"config file {path}" if path else "configuration"
     token = _yaml_file.set(path)
     try:

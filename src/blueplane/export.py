@@ -42,12 +42,15 @@ class TraceFilter:
     since_ms: int | None = None
 
 
-def iter_trace_rows(conn: sqlite3.Connection, flt: TraceFilter) -> Iterator[tuple[Any, ...]]:
+def iter_trace_rows(
+    conn: sqlite3.Connection, flt: TraceFilter, tiebreak: str = "rowid"
+) -> Iterator[tuple[Any, ...]]:
     """Stored traces oldest first (by their time, then the order they were written), streamed.
 
     Traces without a time of their own (``timestamp_ms`` NULL) come first, filtered on when they
     were received; the rest follow the time index. Two queries, so each uses an index and
-    none sorts the table.
+    none sorts the table. ``tiebreak``: ``rowid`` on SQLite, ``stream_id`` on PostgreSQL (which
+    has no rowid; its driver also fetches a query's rows at once, so there memory is not flat).
     """
     base = f"SELECT {_COLUMNS} FROM events WHERE event_type = 'database_trace'"
     ws = " AND workspace_hash = ?" if flt.workspace_hash else ""
@@ -55,12 +58,13 @@ def iter_trace_rows(conn: sqlite3.Connection, flt: TraceFilter) -> Iterator[tupl
     since = flt.since_ms
     yield from conn.execute(
         base + ws + " AND timestamp_ms IS NULL"
-        + (" AND received_at_ms >= ?" if since is not None else "") + " ORDER BY rowid",
+        + (" AND received_at_ms >= ?" if since is not None else "")
+        + f" ORDER BY received_at_ms, {tiebreak}",
         ws_args + ((since,) if since is not None else ()),
     )  # fmt: skip
     timed = " AND timestamp_ms >= ?" if since is not None else " AND timestamp_ms IS NOT NULL"
     yield from conn.execute(
-        base + ws + timed + " ORDER BY timestamp_ms, rowid",
+        base + ws + timed + f" ORDER BY timestamp_ms, {tiebreak}",
         ws_args + ((since,) if since is not None else ()),
     )  # fmt: skip
 

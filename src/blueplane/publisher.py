@@ -131,9 +131,18 @@ class Publisher:
     """Publishes traces exactly once and owns every write of the watermark hashes."""
 
     def __init__(
-        self, redis: aioredis.Redis, stream: str, dedup_window_s: float, chunk: int = CHUNK
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        dedup_window_s: float,
+        chunk: int = CHUNK,
+        machine_id: str | None = None,
+        user: str | None = None,
     ) -> None:
         self.redis = redis
+        # In every event's metadata: which install and which person produced it.
+        self.machine_id = machine_id
+        self.user = user
         self.stream = stream
         self.dedup_ttl_s = max(1, int(dedup_window_s))
         self.chunk = max(1, chunk)
@@ -196,6 +205,8 @@ class Publisher:
                 workspace_path=dest.workspace_path,
                 database_path=dest.database_path,
                 storage_id=item.workspace_storage_id or dest.storage_id,
+                machine_id=self.machine_id,
+                user=self.user,
             ),
             payload=item.payload.to_json_dict(),
         )
@@ -213,6 +224,7 @@ class Publisher:
                 TraceMetadata(
                     workspace_hash=dest.workspace_hash, workspace_path=dest.workspace_path,
                     database_path=dest.database_path, storage_id=storage_id,
+                    machine_id=self.machine_id, user=self.user,
                 )
             )  # fmt: skip
             if len(self._meta_cache) >= META_CACHE_MAX:

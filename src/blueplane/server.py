@@ -36,9 +36,12 @@ from blueplane.fast_path.consumer import FastPathConsumer
 from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
 from blueplane.instance_lock import InstanceLock, pid_alive
+from blueplane.machine import machine_id, user_name
 from blueplane.otlp import OtlpExporter
 from blueplane.publisher import Publisher
 from blueplane.store import TraceStore
+from blueplane.stores import open_store_retrying
+from blueplane.urls import mask_url
 
 log = logging.getLogger("blueplane.server")
 
@@ -67,14 +70,14 @@ class Server:
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
         url, self.bundled = await resolve_server_url(s)
-        redis = make_client(url)
+        redis = make_client(url, s.redis)
         self.health.server.update(
-            pid=os.getpid(), version=__version__, started_at=iso_now(), redis_url=url,
+            pid=os.getpid(), version=__version__, started_at=iso_now(), redis_url=mask_url(url),
             bundled_redis=self.bundled is not None, home=str(s.home),
             config_file=str(s.config_file) if s.config_file else None, state="starting",
         )  # fmt: skip
         self._write_status()
-        store = TraceStore(s.store_path)
+        store: TraceStore | None = None
         tasks: list[asyncio.Task[None]] = []
         mapper: WorkspaceMapper | None = None
         try:
@@ -103,15 +106,24 @@ class Server:
                 redis, s.redis.stream, s.session_dir, self.health,
                 file_poll_s=s.session_monitor.session_file_poll_seconds,
                 idle_expiry_hours=s.session_monitor.session_idle_expiry_hours,
+                read_stream=s.session_monitor.read_stream,
             )  # fmt: skip
             mapper = WorkspaceMapper(user_dirs, s.workspace_cache_path, mon.query_timeout_seconds)
-            publisher = Publisher(redis, s.redis.stream, mon.dedup_window_hours * 3600)
+            publisher = Publisher(
+                redis, s.redis.stream, mon.dedup_window_hours * 3600,
+                machine_id=machine_id(s.home), user=user_name(hashed=s.identity.hash_user_name),
+            )  # fmt: skip
             await sessions.load()
             tasks.append(asyncio.create_task(sessions.run(self.stop_event), name="sessions"))
             if mon.enabled:
                 monitor = CursorDatabaseMonitor(mon, sessions, mapper, publisher, self.health)
                 tasks.append(asyncio.create_task(monitor.run(self.stop_event), name="monitor"))
             if s.fast_path.enabled:
+                # only a store that is written needs opening (a producer with the fast path
+                # off publishes to a team's Redis and has no store)
+                store = await self._open_store()
+                if store is None:
+                    return
                 consumer = FastPathConsumer(
                     redis, s.fast_path, s.redis.stream, store,
                     mon.dedup_window_hours * 3600, self.health,
@@ -133,14 +145,16 @@ class Server:
             )
             log.info(
                 "Blueplane Monitor %s running: Redis %s, store %s, %s",
-                __version__, url, s.store_path, detection,
+                __version__, mask_url(url), store.label if store else "none (fast path off)",
+                detection,
             )  # fmt: skip
             await self._supervise(tasks)
         finally:
             await self._shutdown(tasks)
             if mapper is not None:
                 mapper.flush()
-            store.close()
+            if store is not None:
+                store.close()
             if self.lock is not None:
                 await self.lock.release()
             await redis.aclose()
@@ -150,6 +164,22 @@ class Server:
             self.health.server["state"] = "stopped"
             self.health.server["stopped_at"] = iso_now()
             self._write_status()
+
+    async def _open_store(self) -> TraceStore | None:
+        """The store of ``store.url``, waiting (shown in ``status``) while it does not answer."""
+        comp = self.health.component("store")
+        opener = asyncio.create_task(open_store_retrying(self.settings.store_url, self.stop_event))
+        while not opener.done():
+            await asyncio.wait({opener}, timeout=STATUS_EVERY_S)
+            if not opener.done():
+                where = mask_url(self.settings.store_url)
+                comp.fail("unavailable", f"store {where} does not answer; retrying")
+                self._write_status()
+        store = opener.result()
+        if store is not None:
+            comp.status, comp.last_error = "ok", None
+            self.health.server["store"] = store.label
+        return store
 
     def _note_redis(self, facts: RedisFacts) -> None:
         """Record the Redis version and eviction policy; warn once if keys can be evicted."""
@@ -172,7 +202,7 @@ class Server:
         while not waiter.done():
             await asyncio.wait({waiter}, timeout=STATUS_EVERY_S)
             if not waiter.done():
-                comp.fail("unavailable", f"Redis at {url} does not answer; retrying")
+                comp.fail("unavailable", f"Redis at {mask_url(url)} does not answer; retrying")
                 self._write_status()
         ok = waiter.result()
         if ok:

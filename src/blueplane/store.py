@@ -16,36 +16,22 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from blueplane.derived import apply_batch, ensure_derived, stage_batch
+from blueplane.store_schema import (
+    EVENTS,
+    SCHEMA_VERSION,
+    SQLITE,
+    StoreSchemaTooNew,
+    pending_migrations,
+    schema_ddl,
+    too_new_message,
+)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    event_id        TEXT PRIMARY KEY,
-    stream_id       TEXT NOT NULL,
-    event_type      TEXT NOT NULL,
-    hook_type       TEXT,
-    platform        TEXT,
-    trace_type      TEXT,
-    session_id      TEXT,
-    workspace_hash  TEXT,
-    generation_id   TEXT,
-    item_key        TEXT,
-    revision        INTEGER NOT NULL DEFAULT 0,
-    timestamp       TEXT,
-    timestamp_ms    INTEGER,
-    received_at_ms  INTEGER NOT NULL,
-    payload         TEXT,
-    metadata        TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (timestamp_ms);
-CREATE INDEX IF NOT EXISTS events_by_workspace ON events (workspace_hash, timestamp_ms);
-CREATE INDEX IF NOT EXISTS events_by_trace
-    ON events (session_id, trace_type, item_key, revision, received_at_ms);
-CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT);
-"""
-SCHEMA_VERSION = "1"
+# The tables are defined once, for both stores, in ``store_schema`` (see its docstring to add
+# one); this is their SQLite DDL.
+SCHEMA = ";\n".join(schema_ddl(SQLITE)) + ";\n"
 
 
 @dataclass(slots=True)
@@ -73,6 +59,9 @@ class StoredEvent:
     # The JSON text as it came off the stream: stored as is, not serialised a second time.
     payload_json: str | None = None
     metadata_json: str | None = None
+    # metadata.machine_id / metadata.user: which install and person produced it (team stores)
+    machine_id: str | None = None
+    user_name: str | None = None
 
     @property
     def is_trace(self) -> bool:
@@ -89,14 +78,43 @@ class WriteResult:
 # stored within the dedup window (``event_id<>?``: the same event is left to OR IGNORE).
 _INSERT = """
 INSERT OR IGNORE INTO events
-SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?
+SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?
 WHERE ? IS NULL OR NOT EXISTS (
     SELECT 1 FROM events WHERE session_id=? AND trace_type IS ? AND item_key=? AND revision=?
     AND received_at_ms>=? AND event_id<>? LIMIT 1)
 """
 
 
+def event_row(ev: StoredEvent, now_ms: int) -> tuple[Any, ...]:
+    """The ``events`` columns of one event, in ``EVENTS`` order (both stores write these)."""
+    return (
+        ev.event_id, ev.stream_id, ev.event_type, ev.hook_type, ev.platform,
+        ev.trace_type, ev.session_id, ev.workspace_hash, ev.generation_id,
+        ev.item_key, ev.revision, ev.timestamp, ev.timestamp_ms, now_ms,
+        ev.payload_json if ev.payload_json is not None
+        else json.dumps(ev.payload, ensure_ascii=False),
+        ev.metadata_json if ev.metadata_json is not None
+        else json.dumps(ev.metadata, ensure_ascii=False),
+        ev.machine_id, ev.user_name,
+    )  # fmt: skip
+
+
+def dedupable(ev: StoredEvent) -> bool:
+    """Dedup (same trace revision under another event id) only for traces naming their item."""
+    return ev.event_type == "database_trace" and bool(ev.session_id) and bool(ev.item_key)
+
+
+assert len(EVENTS.columns) == 18  # event_row and _INSERT follow EVENTS' column order
+
+
 class TraceStore:
+    """The SQLite store (the default). ``PgTraceStore`` (store_pg.py) is the PostgreSQL one;
+    both have these methods, and the query methods here run on both (see store_schema)."""
+
+    # What a write that failed for the store's sake raises (the consumer retries on these).
+    errors: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.Error,)
+    dialect = SQLITE
+
     def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int = 5000) -> None:
         self.path = path
         # Held for the whole of a write (in a worker thread) and by close(): never both at once.
@@ -106,6 +124,7 @@ class TraceStore:
             # The CLI's view: never writes, never blocks the consumer.
             self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             self.conn.execute("PRAGMA busy_timeout=5000")
+            self._check_version()
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -116,12 +135,64 @@ class TraceStore:
         self.conn.execute("PRAGMA wal_autocheckpoint=10000")
         self.conn.execute("PRAGMA journal_size_limit=67108864")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        self.conn.executescript(SCHEMA)
-        self.conn.execute(
-            "INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-        )
-        # The search index and the overview's aggregates, kept by triggers (derived.py).
-        ensure_derived(self.conn)
+        try:
+            self._migrate()
+            # The search index and the overview's aggregates (SQLite only: derived.py).
+            ensure_derived(self.conn)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @property
+    def label(self) -> str:
+        """What logs and ``status`` call this store."""
+        return str(self.path)
+
+    def _stored_version(self) -> int | None:
+        try:
+            row = self.conn.execute(
+                "SELECT value FROM store_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.OperationalError:  # no store_meta yet
+            return None
+        return int(row[0]) if row else None
+
+    def _check_version(self) -> None:
+        found = self._stored_version()
+        if found is not None and found > SCHEMA_VERSION:
+            raise StoreSchemaTooNew(too_new_message(self.label, found))
+
+    def _migrate(self) -> None:
+        """Create or migrate the schema to ``SCHEMA_VERSION`` in one transaction."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = self._stored_version()
+            has_events = bool(
+                self.conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='events'"
+                ).fetchone()
+            )
+            if found is None:
+                found = 1 if has_events else SCHEMA_VERSION
+            if found > SCHEMA_VERSION:
+                raise StoreSchemaTooNew(too_new_message(self.label, found))
+            if has_events:
+                for m in pending_migrations(found):
+                    for table, col in m.add_columns:
+                        have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                        if col.name not in have:
+                            self.conn.execute(SQLITE.add_column(table, col))
+            for stmt in schema_ddl(SQLITE):
+                self.conn.execute(stmt)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close, after any write still running in another thread has finished."""
@@ -142,19 +213,11 @@ class TraceStore:
         """
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
-        dumps = json.dumps
         rows = [
             (
-                ev.event_id, ev.stream_id, ev.event_type, ev.hook_type, ev.platform,
-                ev.trace_type, ev.session_id, ev.workspace_hash, ev.generation_id,
-                ev.item_key, ev.revision, ev.timestamp, ev.timestamp_ms, now_ms,
-                ev.payload_json if ev.payload_json is not None
-                else dumps(ev.payload, ensure_ascii=False),
-                ev.metadata_json if ev.metadata_json is not None
-                else dumps(ev.metadata, ensure_ascii=False),
+                *event_row(ev, now_ms),
                 # dedup only for traces that name their item: NULL skips the NOT EXISTS
-                1 if ev.event_type == "database_trace" and ev.session_id and ev.item_key
-                else None,
+                1 if dedupable(ev) else None,
                 ev.session_id, ev.trace_type, ev.item_key, ev.revision, since_ms, ev.event_id,
             )
             for ev in events

@@ -191,3 +191,32 @@ def test_markdown_export_writes_one_readable_file_per_conversation(
     proc = run_cli(home, "export", "--format", "markdown", "--output", str(tmp_path / "none"),
                    "--since", "2030-01-01T00:00:00Z")  # fmt: skip
     assert proc.returncode == 0 and list((tmp_path / "none").iterdir()) == []
+
+
+@pytest.mark.integration
+def test_export_and_traces_json_read_a_postgresql_store(tmp_path: Path, pg_url: str) -> None:
+    from blueplane.stores import open_store
+
+    store = open_store(pg_url)
+    batches, _ = generate(120, workspaces=2, turns=2, end_ms=END_MS, span_days=2)
+    fill(store, batches)
+    records = store.traces(limit=10_000)
+    store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
+    env.update(BLUEPLANE_HOME=str(tmp_path), BLUEPLANE_STORE_URL=pg_url)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "blueplane.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+
+    proc = cli("export", "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    exported = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(exported, key=lambda r: r["event_id"]) == sorted(
+        records, key=lambda r: r["event_id"]
+    )
+    proc = cli("traces", "--json", "--limit", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == records[-10:]
+    proc = cli("ui")
+    assert proc.returncode == 2 and "SQLite store" in proc.stderr

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from blueplane.config import ConfigError, Settings, load_settings
+from blueplane.store import TraceStore
+from blueplane.urls import mask_url
 
 app = typer.Typer(
     add_completion=False,
@@ -43,6 +45,30 @@ def settings_or_exit(config: Path | None = None) -> Settings:
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+
+
+def open_store_or_exit(settings: Settings) -> TraceStore:
+    """The store of ``store.url``, read-only, for a query command; one line and exit 1 when
+    it cannot be opened (unreachable, credentials refused, written by a newer Blueplane)."""
+    from blueplane.stores import open_errors, open_store
+
+    try:
+        return open_store(settings.store_url, readonly=True)
+    except open_errors() as exc:
+        err.print(f"[red]error:[/red] {store_error_text(settings, exc)}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+def store_error_text(settings: Settings, exc: BaseException) -> str:
+    """One line for a store that cannot be opened: the store named, never a password."""
+    from blueplane.store_schema import StoreSchemaTooNew
+    from blueplane.stores import StoreAuthError
+
+    if isinstance(exc, StoreSchemaTooNew | StoreAuthError):
+        return str(exc)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = lines[0] if lines else type(exc).__name__
+    return f"cannot open the store {mask_url(settings.store_url)}: {cause}"
 
 
 def setup_logging(level: str) -> None:

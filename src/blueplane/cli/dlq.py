@@ -13,6 +13,7 @@ from blueplane.broker import REDIS_DOWN, make_client, resolve_client_url
 from blueplane.cli.common import app, err, out, settings_or_exit
 from blueplane.config import Settings
 from blueplane.fast_path.dead_letters import ReplayResult, iter_dead_letters, replay
+from blueplane.urls import mask_url
 
 dlq_app = typer.Typer(
     no_args_is_help=True,
@@ -23,11 +24,11 @@ app.add_typer(dlq_app, name="dlq")
 
 async def _with_client(settings: Settings, work: Any) -> Any:
     url = await resolve_client_url(settings)
-    client = make_client(url)
+    client = make_client(url, settings.redis)
     try:
         return await work(client)
     except REDIS_DOWN as exc:
-        err.print(f"[red]error:[/red] Redis at {url} unreachable: {exc}", highlight=False)
+        err.print(f"[red]error:[/red] Redis at {mask_url(url)} unreachable: {exc}", highlight=False)
         raise typer.Exit(1) from exc
     finally:
         await client.aclose()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 import typer
 
-from blueplane.cli.common import app, err, settings_or_exit
+from blueplane.cli.common import app, err, open_store_or_exit, settings_or_exit
 from blueplane.cli.traces import parse_since
 from blueplane.events import normalise_workspace_path, workspace_hash
 from blueplane.export import (
@@ -22,6 +23,8 @@ from blueplane.export import (
     write_jsonl,
 )
 from blueplane.store import TraceStore
+from blueplane.store_schema import SQLITE
+from blueplane.stores import store_exists
 
 
 class Format(StrEnum):
@@ -56,12 +59,12 @@ def export(
     flt = TraceFilter(resolve_workspace(workspace), parse_since(since) if since else None)
     if fmt is Format.markdown and output is None:
         raise typer.BadParameter("markdown needs --output FOLDER", param_hint="--output")
-    if not settings.store_path.exists():
+    if not store_exists(settings):
         err.print(f"no store yet at {settings.store_path}: nothing captured", highlight=False)
         if fmt is not Format.markdown:
             _write_traces(fmt, None, flt, output)
         return
-    store = TraceStore(settings.store_path, readonly=True)
+    store = open_store_or_exit(settings)
     try:
         if fmt is Format.markdown:
             assert output is not None
@@ -76,7 +79,10 @@ def export(
 def _write_traces(
     fmt: Format, store: TraceStore | None, flt: TraceFilter, output: Path | None
 ) -> None:
-    rows = iter_trace_rows(store.conn, flt) if store is not None else iter(())
+    rows: Iterator[Any] = iter(())
+    if store is not None:
+        tiebreak = "rowid" if store.dialect is SQLITE else "stream_id"
+        rows = iter_trace_rows(store.conn, flt, tiebreak)
     writer = write_jsonl if fmt is Format.jsonl else write_csv
     if output is None:
         writer(rows, sys.stdout)

@@ -18,9 +18,11 @@ def run(config: ConfigOpt = None) -> None:
     from blueplane.broker import RedisTooOld
     from blueplane.instance_lock import InstanceLocked
     from blueplane.server import serve
+    from blueplane.store_schema import StoreSchemaTooNew
+    from blueplane.stores import StoreAuthError
 
     try:
         asyncio.run(serve(settings))
-    except (InstanceLocked, RedisTooOld) as exc:
+    except (InstanceLocked, RedisTooOld, StoreSchemaTooNew, StoreAuthError) as exc:
         logging.getLogger("blueplane.server").error("%s", exc)
         raise typer.Exit(1) from exc

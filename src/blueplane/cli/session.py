@@ -14,6 +14,8 @@ from blueplane.cli.common import app, err, out, settings_or_exit
 from blueplane.config import Settings
 from blueplane.cursor.session_monitor import SessionMonitor
 from blueplane.events import SessionEvent, normalise_workspace_path, workspace_hash
+from blueplane.machine import machine_id, user_name
+from blueplane.urls import mask_url
 
 session_app = typer.Typer(no_args_is_help=True, help="Send the session events the extension sends.")
 app.add_typer(session_app, name="session")
@@ -21,19 +23,24 @@ app.add_typer(session_app, name="session")
 
 async def _send(settings: Settings, event: SessionEvent) -> str:
     url = await resolve_client_url(settings)
-    client = make_client(url)
+    client = make_client(url, settings.redis)
+    # who sent it, as in every event the server publishes (a team store tells people apart)
+    event.metadata.setdefault("machine_id", machine_id(settings.home))
+    event.metadata.setdefault("user", user_name(hashed=settings.identity.hash_user_name))
     try:
         entry = await client.xadd(settings.redis.stream, event.to_fields())
         return entry.decode() if isinstance(entry, bytes) else str(entry)
     except (*REDIS_DOWN, RedisError) as exc:
-        err.print(f"[red]error:[/red] Redis at {url} does not answer: {exc}", highlight=False)
+        err.print(
+            f"[red]error:[/red] Redis at {mask_url(url)} does not answer: {exc}", highlight=False
+        )
         raise typer.Exit(1) from exc
     finally:
         await client.aclose()
 
 
 async def _sessions_of(settings: Settings, whash: str) -> list[str]:
-    client = make_client(await resolve_client_url(settings))
+    client = make_client(await resolve_client_url(settings), settings.redis)
     try:
         sessions = await SessionMonitor.stored_sessions(client)
         return [sid for sid, s in sessions.items() if s.workspace_hash == whash]

@@ -9,9 +9,12 @@ from typing import Any
 
 from rich.table import Table
 
-from blueplane.cli.common import JsonOpt, app, out, settings_or_exit
+from blueplane.cli.common import JsonOpt, app, out, settings_or_exit, store_error_text
 from blueplane.cli.formatting import component_line
 from blueplane.cli.stream_stats import stream_stats
+from blueplane.config import Settings
+from blueplane.stores import open_errors, open_store, store_exists
+from blueplane.urls import mask_url
 
 
 def pid_alive(pid: object) -> bool:
@@ -24,6 +27,42 @@ def pid_alive(pid: object) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def consume_processes(settings: Settings) -> dict[str, Any]:
+    """The ``blueplane consume`` processes of this home (``consume-<name>.json``): state, pid,
+    components; ``running`` is checked against the pid."""
+    out: dict[str, Any] = {}
+    for path in sorted(settings.home.glob("consume-*.json")):
+        try:
+            snap = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        server = snap.get("server", {})
+        name = server.get("consumer") or path.stem.removeprefix("consume-")
+        out[name] = {
+            "running": server.get("state") == "running" and pid_alive(server.get("pid")),
+            "server": server,
+            "components": snap.get("components", {}),
+        }
+    return out
+
+
+def store_stats(settings: Settings) -> dict[str, Any]:
+    """The store's URL (masked) and its event counts by type, or why they cannot be read."""
+    stats: dict[str, Any] = {"url": mask_url(settings.store_url), "counts": {}}
+    try:
+        if not store_exists(settings):
+            return stats
+        store = open_store(settings.store_url, readonly=True)
+    except open_errors() as exc:  # shown, not raised: status reports every part it can
+        stats["error"] = store_error_text(settings, exc)
+        return stats
+    try:
+        stats["counts"] = store.counts()
+    finally:
+        store.close()
+    return stats
 
 
 @app.command()
@@ -46,6 +85,8 @@ def status(json_out: JsonOpt = False) -> None:
         "components": snapshot.get("components", {}),
         "workspaces": snapshot.get("workspaces", {}),
         "written_at": snapshot.get("written_at"),
+        "store": store_stats(settings),
+        "consume_processes": consume_processes(settings),
     }
     if json_out:
         out.print_json(json.dumps(result))
@@ -69,6 +110,24 @@ def status(json_out: JsonOpt = False) -> None:
         out.print(
             f"Redis {st['url']}: [red]unreachable[/red] {st.get('error', '')}", highlight=False
         )
+    for name, proc in result["consume_processes"].items():
+        state = "[green]running[/green]" if proc["running"] else "[yellow]not running[/yellow]"
+        out.print(f"consume {name}: {state}  pid {proc['server'].get('pid', '-')}")
+        for cname, comp in proc["components"].items():
+            out.print("  " + component_line(cname, comp), highlight=False)
+    for c in st.get("consumers", []):
+        age = c.get("oldest_pending_age_ms")
+        out.print(
+            f"  consumer {c['name']}: pending {c['pending']}, idle {c['idle_ms']} ms, "
+            f"oldest pending {'-' if age is None else f'{age} ms old'}",
+            highlight=False,
+        )
+    store = result["store"]
+    if store.get("error"):
+        out.print(f"Store {store['url']}: [red]{store['error']}[/red]", highlight=False)
+    else:
+        total = sum(store.get("counts", {}).values())
+        out.print(f"Store {store['url']}: {total} events", highlight=False)
     for name, comp in result["components"].items():
         out.print(component_line(name, comp), highlight=False)
     table = Table(title="Monitored workspaces")

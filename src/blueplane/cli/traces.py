@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from blueplane.cli.common import JsonOpt, app, out, settings_or_exit
+from blueplane.cli.common import JsonOpt, app, open_store_or_exit, out, settings_or_exit
 from blueplane.cli.formatting import trace_cells
+from blueplane.config import Settings
 from blueplane.events import normalise_workspace_path, parse_iso_ms, workspace_hash
 from blueplane.export import TraceFilter, newest_trace_rows, write_json_array
-from blueplane.store import TraceStore
+from blueplane.store_schema import SQLITE
+from blueplane.stores import store_exists
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -34,13 +36,17 @@ def parse_since(text: str, now: float | None = None) -> int:
         ) from exc
 
 
-def _print_json(store_path: Path, flt: TraceFilter, limit: int, trace_type: str | None) -> None:
-    if not store_path.exists():
+def _print_json(settings: Settings, flt: TraceFilter, limit: int, trace_type: str | None) -> None:
+    if not store_exists(settings):
         sys.stdout.write("[]\n")
         return
-    store = TraceStore(store_path, readonly=True)
+    store = open_store_or_exit(settings)
     try:
-        write_json_array(newest_trace_rows(store.conn, flt, limit, trace_type), sys.stdout)
+        if store.dialect is SQLITE:
+            write_json_array(newest_trace_rows(store.conn, flt, limit, trace_type), sys.stdout)
+        else:  # PostgreSQL: the store's own query, written compactly
+            rows = store.traces(flt.workspace_hash, flt.since_ms, limit, trace_type)
+            sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
     finally:
         store.close()
     sys.stdout.flush()
@@ -64,12 +70,12 @@ def traces(
         whash = workspace_hash(normalise_workspace_path(workspace))
     if json_out:
         # Streamed as compact records, one per line: no list in memory, no pretty-printer.
-        _print_json(settings.store_path, TraceFilter(whash, since_ms), limit, trace_type)
+        _print_json(settings, TraceFilter(whash, since_ms), limit, trace_type)
         return
-    if not settings.store_path.exists():
+    if not store_exists(settings):
         rows: list[dict[str, Any]] = []
     else:
-        store = TraceStore(settings.store_path, readonly=True)
+        store = open_store_or_exit(settings)
         try:
             rows = store.traces(whash, since_ms, limit, trace_type)
         finally:

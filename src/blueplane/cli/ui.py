@@ -63,6 +63,15 @@ def ui(
 
     check_host(host)
     settings = settings_or_exit()
+    from blueplane.stores import store_kind
+
+    if store_kind(settings.store_url) != "sqlite":
+        err.print(
+            "[red]error:[/red] blueplane ui reads a SQLite store; store.url names PostgreSQL "
+            "(the page's search index and aggregates are kept by the SQLite writer only)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     sock = bind(port)
     url = f"http://{LOOPBACK}:{port}/"
     config = uvicorn.Config(

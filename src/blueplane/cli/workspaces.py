@@ -90,7 +90,7 @@ def _layout_of(path: Path) -> str:
 
 def _active_hashes(settings: Settings) -> set[str]:
     async def go() -> set[str]:
-        client = make_client(await resolve_client_url(settings))
+        client = make_client(await resolve_client_url(settings), settings.redis)
         try:
             sessions = await SessionMonitor.stored_sessions(client)
             return {s.workspace_hash for s in sessions.values()}

@@ -157,8 +157,12 @@ class SessionMonitor:
         idle_expiry_hours: float = 12.0,
         clock: Callable[[], float] = time.time,
         page_size: int = SCAN_PAGE,
+        read_stream: bool = True,
     ) -> None:
         self.redis = redis
+        # False: sessions come from session files only; the stream (shared by a team's
+        # machines, mostly other machines' traces) is not scanned and Redis sessions not used.
+        self.read_stream = read_stream
         self.stream = stream
         self.session_dir = session_dir
         self.health = health.component("session_monitor")
@@ -285,6 +289,10 @@ class SessionMonitor:
 
     # ----------------------------------------------------------------- lifecycle
     async def load(self) -> None:
+        if not self.read_stream:
+            self.loaded = True
+            self.health.status = "ok"
+            return
         raw = await self.redis.hgetall(SESSIONS_KEY)
         sessions: dict[str, ActiveSession] = {}
         for sid, value in raw.items():
@@ -313,6 +321,10 @@ class SessionMonitor:
             self.changed.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not self.read_stream:
+            await self.load()
+            await asyncio.gather(self._run_files(stop), self._run_maintenance(stop))
+            return
         await asyncio.gather(
             self._run_stream(stop), self._run_files(stop), self._run_maintenance(stop)
         )

@@ -25,6 +25,9 @@ class TraceMetadata(BaseModel):
     workspace_path: str | None = None
     database_path: str | None = None
     storage_id: str | None = None
+    # Who produced it (machine.py): a team's central store tells developers apart by these.
+    machine_id: str | None = None
+    user: str | None = None
 
 
 class TraceEvent(BaseModel):

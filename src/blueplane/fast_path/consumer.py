@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +130,8 @@ def parse_entry(stream_id: str, fields: dict[Any, Any]) -> StoredEvent:
         raise MalformedEntry("'session_id' is not a string")
     timestamp = data.get("timestamp")
     workspace = metadata.get("workspace_hash") or payload.get("workspace_hash")
+    machine = metadata.get("machine_id")
+    user = metadata.get("user")
     return StoredEvent(
         event_id=data.get("event_id") or f"stream:{stream_id}",
         stream_id=stream_id,
@@ -149,6 +150,8 @@ def parse_entry(stream_id: str, fields: dict[Any, Any]) -> StoredEvent:
         metadata=metadata,
         payload_json=payload_json,
         metadata_json=metadata_json,
+        machine_id=machine if isinstance(machine, str) else None,
+        user_name=user if isinstance(user, str) else None,
     )
 
 
@@ -437,7 +440,7 @@ class FastPathConsumer:
         while True:
             try:
                 result = await self._write(events)
-            except sqlite3.Error as exc:
+            except self.store.errors as exc:
                 delay = backoff.next()
                 self._store_failed(exc, len(events), delay)
                 await wait_any([self._stop, self._halt], delay)
@@ -447,7 +450,7 @@ class FastPathConsumer:
             if self._store_down_since is not None:
                 log.warning(
                     "fast path: store %s writable again after %.0f s and %d failed attempt(s)",
-                    self.store.path, self.clock() - self._store_down_since, self._store_attempts,
+                    self.store.label, self.clock() - self._store_down_since, self._store_attempts,
                 )  # fmt: skip
                 self._store_down_since = None
                 self._store_attempts = 0
@@ -472,11 +475,11 @@ class FastPathConsumer:
                             fut.exception())  # fmt: skip
             raise
 
-    def _store_failed(self, exc: sqlite3.Error, n: int, retry_in: float) -> None:
+    def _store_failed(self, exc: BaseException, n: int, retry_in: float) -> None:
         now = self.clock()
         self._store_attempts += 1
         self.health.count("store_errors")
-        self.health.fail("store_unavailable", f"cannot write the store {self.store.path}: {exc}")
+        self.health.fail("store_unavailable", f"cannot write the store {self.store.label}: {exc}")
         if self._store_down_since is None:
             self._store_down_since = now
             self._store_last_log = now - STORE_LOG_EVERY_S
@@ -485,7 +488,7 @@ class FastPathConsumer:
             log.error(
                 "fast path: cannot write the store %s: %s (%s); %d entries kept pending, "
                 "failing for %.0f s, %d attempt(s), next in %.1f s",
-                self.store.path, exc, type(exc).__name__, n, now - self._store_down_since,
+                self.store.label, exc, type(exc).__name__, n, now - self._store_down_since,
                 self._store_attempts, retry_in,
             )  # fmt: skip
 
@@ -526,3 +529,34 @@ async def group_stats(redis: aioredis.Redis, stream: str, group: str) -> dict[st
                 lag = await count_after(redis, stream, g["last-delivered-id"])
             stats["consumer_lag"] = int(lag) if lag is not None else None
     return stats
+
+
+async def consumer_stats(
+    redis: aioredis.Redis, stream: str, group: str, now_ms: int | None = None
+) -> list[dict[str, Any]]:
+    """Each consumer of ``group``: its pending entries, idle time, and lag (age of its oldest
+    pending entry, ms); empty when the stream or group does not exist."""
+    try:
+        consumers = await redis.xinfo_consumers(stream, group)
+    except ResponseError:  # no such key or group
+        return []
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    out: list[dict[str, Any]] = []
+    for c in consumers:
+        name = _text(c["name"])
+        pending = int(c["pending"])
+        row: dict[str, Any] = {
+            "name": name, "pending": pending, "idle_ms": int(c["idle"]),
+            "oldest_pending_age_ms": None,
+        }  # fmt: skip
+        if "inactive" in c and c["inactive"] is not None:
+            row["inactive_ms"] = int(c["inactive"])
+        if pending:
+            first = await redis.xpending_range(
+                stream, group, min="-", max="+", count=1, consumername=name
+            )
+            if first:
+                ms = int(_text(first[0]["message_id"]).partition("-")[0])
+                row["oldest_pending_age_ms"] = max(0, now - ms)
+        out.append(row)
+    return out

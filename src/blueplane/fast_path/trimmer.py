@@ -61,8 +61,13 @@ class StreamTrimmer:
         max_length: int,
         health: Health,
         interval_s: float = 10.0,
+        position_required: bool = True,
     ) -> None:
         self.redis = redis
+        # True (``blueplane run``): without the session monitor's saved position nothing is
+        # trimmed. False (``blueplane consume`` on a central host, whose producers may not
+        # scan the stream): a missing position holds nothing back; a saved one still does.
+        self.position_required = position_required
         self.stream = stream
         self.max_length = max_length
         self.interval_s = interval_s
@@ -91,7 +96,10 @@ class StreamTrimmer:
                     if summary.get("min"):
                         needed.append(_text(summary["min"]))
         pos = await self.redis.get(POSITION_KEY)
-        needed.append(successor(_text(pos)) if pos else "0-1")
+        if pos:
+            needed.append(successor(_text(pos)))
+        elif self.position_required or not needed:
+            needed.append("0-1")
         return min(needed, key=id_key)
 
     async def trim(self) -> int:

@@ -1,0 +1,210 @@
+"""The store's one schema definition, its versions, and the SQL dialects it is written in.
+
+Both stores (SQLite: ``store.py``, PostgreSQL: ``store_pg.py``) create their tables from
+``TABLES`` and migrate with ``MIGRATIONS``; a ``Dialect`` turns them into DDL and adapts the few
+places where the two SQLs differ (placeholders, ``INSERT OR IGNORE`` / ``ON CONFLICT``,
+``IS ?``, JSON access). Queries are written once, in the SQLite spelling with ``?``
+placeholders, and ``Dialect.sql`` rewrites them for PostgreSQL.
+
+The schema version is recorded in ``store_meta``. A store is migrated forward at start (under
+the store's write lock, so concurrent starts agree); a program that finds a *newer* version
+than it knows refuses to use the store (``StoreSchemaTooNew``) instead of writing rows a newer
+reader would misread.
+
+To add a table: append a ``Table`` to ``TABLES`` (it is created on the next start of either
+store, ``CREATE TABLE IF NOT EXISTS``) and bump ``SCHEMA_VERSION`` with a ``Migration`` that
+needs no statements. To add columns to an existing table: add them to its ``Table`` and to a
+new ``Migration``'s ``add_columns``.
+
+Queries: write them once, on ``self.conn.execute(sql, params)`` in the SQLite spelling with
+``?``; on PostgreSQL ``store_pg._PgConn`` runs them through ``POSTGRES.sql``. Keep to SQL both
+engines know (``COALESCE``, ``GROUP BY``, ``LIMIT``, ``INSERT … ON CONFLICT (k) DO UPDATE``
+rather than ``INSERT OR REPLACE``); reach into JSON with ``self.dialect.json_text(col, key)``;
+anything else engine-specific (full-text search: FTS5 vs ``tsvector``) becomes one more
+``Dialect`` method. Rows a writer maintains in the batch's transaction are written inside
+``TraceStore.write_batch`` (SQLite) and ``PgTraceStore.write_batch`` (after the move from
+``_bp_batch``, same transaction).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Generic column types: each dialect maps them (``json`` is JSON text in both).
+TEXT, INT, JSON = "text", "int", "json"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    not_null: bool = False
+    default: str | None = None  # SQL literal
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    indexes: tuple[Index, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What turns version ``version - 1`` into ``version`` (new tables/indexes need nothing:
+    every start creates whatever of ``TABLES`` is missing)."""
+
+    version: int
+    add_columns: tuple[tuple[str, Column], ...] = ()
+    note: str = ""
+
+
+EVENTS = Table(
+    "events",
+    (
+        Column("event_id", TEXT, not_null=True),
+        Column("stream_id", TEXT, not_null=True),
+        Column("event_type", TEXT, not_null=True),
+        Column("hook_type", TEXT),
+        Column("platform", TEXT),
+        Column("trace_type", TEXT),
+        Column("session_id", TEXT),
+        Column("workspace_hash", TEXT),
+        Column("generation_id", TEXT),
+        Column("item_key", TEXT),
+        Column("revision", INT, not_null=True, default="0"),
+        Column("timestamp", TEXT),
+        Column("timestamp_ms", INT),
+        Column("received_at_ms", INT, not_null=True),
+        Column("payload", JSON),
+        Column("metadata", JSON),
+        # v2: who produced the event (metadata.machine_id / metadata.user), for team stores
+        Column("machine_id", TEXT),
+        Column("user_name", TEXT),
+    ),
+    primary_key=("event_id",),
+    indexes=(
+        Index("events_by_time", ("timestamp_ms",)),
+        Index("events_by_workspace", ("workspace_hash", "timestamp_ms")),
+        Index(
+            "events_by_trace",
+            ("session_id", "trace_type", "item_key", "revision", "received_at_ms"),
+        ),
+        Index("events_by_machine", ("machine_id", "timestamp_ms")),
+    ),
+)
+
+STORE_META = Table(
+    "store_meta", (Column("key", TEXT, not_null=True), Column("value", TEXT)), ("key",)
+)
+
+TABLES: tuple[Table, ...] = (EVENTS, STORE_META)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        2,
+        add_columns=(("events", Column("machine_id", TEXT)), ("events", Column("user_name", TEXT))),
+        note="events.machine_id and events.user_name (team stores)",
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version if MIGRATIONS else 1
+
+
+class StoreSchemaTooNew(RuntimeError):
+    """The store was written by a newer Blueplane: this one must not touch it."""
+
+
+class StoreUrlError(ValueError):
+    """``store.url`` names a scheme or path this program cannot use."""
+
+
+def too_new_message(where: str, found: int) -> str:
+    return (
+        f"store {where} has schema version {found}, newer than the {SCHEMA_VERSION} this "
+        "Blueplane knows: it was written by a newer version; upgrade Blueplane (the store is "
+        "left untouched)"
+    )
+
+
+# ----------------------------------------------------------------------------- dialects
+_IS_PARAM = re.compile(r"\bIS \?")
+_INSERT_OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    types: dict[str, str] = field(default_factory=dict)
+    param: str = "?"
+
+    def column_ddl(self, c: Column) -> str:
+        text = f"{c.name} {self.types[c.type]}"
+        if c.not_null:
+            text += " NOT NULL"
+        if c.default is not None:
+            text += f" DEFAULT {c.default}"
+        return text
+
+    def create_table(self, t: Table) -> list[str]:
+        cols = ",\n    ".join(self.column_ddl(c) for c in t.columns)
+        out = [
+            f"CREATE TABLE IF NOT EXISTS {t.name} (\n    {cols},\n"
+            f"    PRIMARY KEY ({', '.join(t.primary_key)})\n)"
+        ]
+        out += [
+            f"CREATE INDEX IF NOT EXISTS {i.name} ON {t.name} ({', '.join(i.columns)})"
+            for i in t.indexes
+        ]
+        return out
+
+    def add_column(self, table: str, c: Column) -> str:
+        return f"ALTER TABLE {table} ADD COLUMN {self.column_ddl(c)}"
+
+    def sql(self, query: str) -> str:
+        """A query written in the SQLite spelling, for this dialect."""
+        if self.name == "sqlite":
+            return query
+        query = _IS_PARAM.sub("IS NOT DISTINCT FROM ?", query)
+        ignore = bool(_INSERT_OR_IGNORE.match(query))
+        if ignore:
+            query = _INSERT_OR_IGNORE.sub("INSERT INTO", query, count=1)
+        # psycopg placeholders; a literal % must be doubled
+        query = query.replace("%", "%%").replace("?", "%s")
+        if ignore:
+            query = query.rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
+        return query
+
+    def json_text(self, column: str, key: str) -> str:
+        """The text at top-level ``key`` of a JSON column."""
+        if self.name == "sqlite":
+            return f"json_extract({column}, '$.{key}')"
+        return f"({column}::jsonb ->> '{key}')"
+
+
+SQLITE = Dialect("sqlite", {TEXT: "TEXT", INT: "INTEGER", JSON: "TEXT"}, "?")
+# JSON kept as text in PostgreSQL too: no per-row jsonb parse on the hot write path; queries
+# cast (``json_text``) where they look inside.
+POSTGRES = Dialect("postgres", {TEXT: "TEXT", INT: "BIGINT", JSON: "TEXT"}, "%s")
+
+
+def schema_ddl(dialect: Dialect) -> list[str]:
+    out: list[str] = []
+    for t in TABLES:
+        out += dialect.create_table(t)
+    return out
+
+
+def pending_migrations(found: int) -> list[Migration]:
+    return [m for m in MIGRATIONS if m.version > found]
