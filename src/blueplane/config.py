@@ -9,6 +9,7 @@ one-line errors that name the file and the cause.
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -178,6 +180,31 @@ class OtlpConfig(_Section):
         )
 
 
+class FeatureFlagsConfig(_Section):
+    """The migration from the TypeScript monitor (rules in ``blueplane.rollout``)."""
+
+    # The master switch: false publishes nothing for any workspace (each is still tracked).
+    python_db_monitor_enabled: bool = True
+    # Share of workspaces (by a stable hash bucket) whose databases the Python monitor publishes.
+    python_db_monitor_rollout_percent: int = Field(100, ge=0, le=100)
+    # Workspace hashes or folder paths always in / always out of the rollout; exclude wins.
+    # From the environment: a JSON list, or entries separated by commas.
+    python_db_monitor_include: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    python_db_monitor_exclude: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("python_db_monitor_include", "python_db_monitor_exclude", mode="before")
+    @classmethod
+    def _entries(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON list: {exc.msg}") from exc
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
 def _default_home() -> Path:
     return Path("~/.blueplane").expanduser()
 
@@ -205,6 +232,7 @@ class Settings(BaseSettings):
     otlp: OtlpConfig = Field(default_factory=OtlpConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    feature_flags: FeatureFlagsConfig = Field(default_factory=FeatureFlagsConfig)
 
     _config_file: Path | None = None
 
@@ -334,6 +362,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from exc
+    except SettingsError as exc:  # an environment variable that cannot be decoded
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"environment: {exc}{cause}") from exc
     finally:
         _yaml_file.reset(token)
     settings._config_file = path

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from blueplane import trace_sources
+
 # The columns of a stored trace, in the order of the JSON record.
 _COLUMNS = (
     "event_id, stream_id, timestamp, timestamp_ms, received_at_ms, session_id,"
@@ -32,7 +34,7 @@ _dumps = json.JSONEncoder(ensure_ascii=False).encode
 CSV_COLUMNS = (
     "event_id", "timestamp", "timestamp_ms", "received_at_ms", "workspace_hash", "session_id",
     "trace_type", "generation_id", "revision", "conversation_id", "role", "model",
-    "input_tokens", "output_tokens", "text",
+    "input_tokens", "output_tokens", "text", "sources",
 )  # fmt: skip
 
 
@@ -94,39 +96,75 @@ def newest_trace_rows(
     yield from conn.execute(sql, (*args, limit))
 
 
-def trace_json(row: tuple[Any, ...]) -> str:
+def trace_json(row: tuple[Any, ...], sources: list[str]) -> str:
     """The ``traces --json`` record of one row, as compact JSON text (no newline)."""
     head = _dumps(dict(zip(_KEYS, row, strict=False)))  # one C call for the ten columns
-    return "".join(
-        (head[:-1], ', "payload": ', row[10] or "{}", ', "metadata": ', row[11] or "{}", "}")
-    )
+    return "".join((
+        head[:-1], ', "payload": ', row[10] or "{}", ', "metadata": ', row[11] or "{}",
+        ', "sources": ', _dumps(sources), "}",
+    ))  # fmt: skip
 
 
-def write_jsonl(rows: Iterator[tuple[Any, ...]], out: IO[str]) -> int:
-    """One record per line; returns how many."""
+def with_sources(
+    conn: sqlite3.Connection, rows: Iterator[tuple[Any, ...]], chunk: int = 1000
+) -> Iterator[tuple[tuple[Any, ...], list[str]]]:
+    """Each row with its ``sources`` as ``TraceStore.traces`` gives them: every monitor that
+    reported a generation (``trace_sources``), else the trace's own ``metadata.source``, else
+    the extension (which sends none). Looked up a chunk of rows at a time."""
+    buf: list[tuple[Any, ...]] = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) >= chunk:
+            yield from _sourced(conn, buf)
+            buf = []
+    if buf:
+        yield from _sourced(conn, buf)
+
+
+def _sourced(
+    conn: sqlite3.Connection, rows: list[tuple[Any, ...]]
+) -> Iterator[tuple[tuple[Any, ...], list[str]]]:
+    keys = [(r[6], r[8]) for r in rows if r[7] == "generation" and r[6] and r[8]]
+    known: dict[tuple[str, str], list[str]] = {}
+    if keys:
+        try:
+            known = trace_sources.sources_for(conn, keys)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise  # a store written before trace_sources existed has none
+    for r in rows:
+        found = known.get((r[6], r[8]))  # as TraceStore.traces: by generation, any trace type
+        if found is None:
+            own = _obj(r[11]).get("source")
+            found = [own if isinstance(own, str) else trace_sources.EXTENSION]
+        yield r, found
+
+
+def write_jsonl(rows: Iterator[tuple[tuple[Any, ...], list[str]]], out: IO[str]) -> int:
+    """One record per line (rows from ``with_sources``); returns how many."""
     n = 0
     write = out.write
-    for row in rows:
-        write(trace_json(row))
+    for row, sources in rows:
+        write(trace_json(row, sources))
         write("\n")
         n += 1
     return n
 
 
-def write_json_array(rows: Iterator[tuple[Any, ...]], out: IO[str]) -> int:
+def write_json_array(rows: Iterator[tuple[tuple[Any, ...], list[str]]], out: IO[str]) -> int:
     """A JSON array, one record per line (``traces --json``); returns how many."""
     n = 0
     write = out.write
     write("[")
-    for row in rows:
+    for row, sources in rows:
         write("\n" if n == 0 else ",\n")
-        write(trace_json(row))
+        write(trace_json(row, sources))
         n += 1
     write("\n]\n" if n else "]\n")
     return n
 
 
-def csv_record(row: tuple[Any, ...]) -> list[Any]:
+def csv_record(row: tuple[Any, ...], sources: list[str]) -> list[Any]:
     """The documented CSV columns of one row."""
     (event_id, _stream_id, ts, ts_ms, recv_ms, session_id, whash, ttype, gen_id, rev,
      payload, metadata) = row  # fmt: skip
@@ -138,17 +176,17 @@ def csv_record(row: tuple[Any, ...]) -> list[Any]:
         session_id or "", ttype or "", gen_id or "", rev,
         p.get("composer_id") or m.get("conversation_id") or "", p.get("role") or "",
         p.get("model") or p.get("model_name") or "", _num(p.get("input_tokens")),
-        _num(p.get("output_tokens")), text,
+        _num(p.get("output_tokens")), text, " ".join(sources),
     ]  # fmt: skip
 
 
-def write_csv(rows: Iterator[tuple[Any, ...]], out: IO[str]) -> int:
+def write_csv(rows: Iterator[tuple[tuple[Any, ...], list[str]]], out: IO[str]) -> int:
     """A header line, then one line per trace; returns how many traces."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     n = 0
-    for row in rows:
-        w.writerow(csv_record(row))
+    for row, sources in rows:
+        w.writerow(csv_record(row, sources))
         n += 1
     return n
 

@@ -65,6 +65,8 @@ class WorkspaceHealth(_Tracked):
     active_reason: str | None = None
     # A big database's first sync: rows done / total.
     catch_up: dict[str, Any] | None = None
+    # The migration's feature flag for this workspace: {"enabled": bool, "reason": "…"}.
+    rollout: dict[str, Any] | None = None
 
     def ok(self, status: str = "ok") -> None:
         now = iso_now()

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -27,6 +28,7 @@ from blueplane.broker import (
     wait_for_redis,
 )
 from blueplane.config import Settings
+from blueplane.config_reloader import ConfigReloader
 from blueplane.cursor.database_monitor import CursorDatabaseMonitor
 from blueplane.cursor.paths import resolve_user_dirs
 from blueplane.cursor.session_monitor import SessionMonitor
@@ -39,6 +41,7 @@ from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.machine import machine_id, user_name
 from blueplane.otlp import OtlpExporter
 from blueplane.publisher import Publisher
+from blueplane.rollout import Rollout, describe
 from blueplane.store import TraceStore
 from blueplane.stores import open_store_retrying
 from blueplane.urls import mask_url
@@ -60,6 +63,13 @@ class Server:
         self.stop_event = asyncio.Event()
         self.bundled: BundledRedis | None = None
         self.lock: InstanceLock | None = None
+        self.rollout = Rollout(settings.feature_flags)
+        self.reloader: ConfigReloader | None = None
+
+    def request_reload(self) -> None:
+        """SIGHUP: reread the config (only the feature flags apply without a restart)."""
+        if self.reloader is not None:
+            self.reloader.request()
 
     def request_stop(self, reason: str = "stop requested") -> None:
         if not self.stop_event.is_set():
@@ -115,8 +125,19 @@ class Server:
             )  # fmt: skip
             await sessions.load()
             tasks.append(asyncio.create_task(sessions.run(self.stop_event), name="sessions"))
+            reloader = ConfigReloader(
+                s, self.rollout, self.health,
+                known_workspaces=_known_workspaces(mapper),
+                active_workspaces=_active_workspaces(sessions),
+            )  # fmt: skip
+            self.reloader = reloader
+            log.info("%s", describe(s.feature_flags))
+            await reloader.warn_unknown_entries()
+            tasks.append(asyncio.create_task(reloader.run(self.stop_event), name="config"))
             if mon.enabled:
-                monitor = CursorDatabaseMonitor(mon, sessions, mapper, publisher, self.health)
+                monitor = CursorDatabaseMonitor(
+                    mon, sessions, mapper, publisher, self.health, rollout=self.rollout
+                )
                 tasks.append(asyncio.create_task(monitor.run(self.stop_event), name="monitor"))
             if s.fast_path.enabled:
                 # only a store that is written needs opening (a producer with the fast path
@@ -259,10 +280,23 @@ class Server:
         )  # fmt: skip
 
 
+def _known_workspaces(mapper: WorkspaceMapper) -> Callable[[], list[tuple[str, str | None]]]:
+    """Workspaces Cursor has opened on this machine: what include/exclude can name."""
+    return lambda: [(f.workspace_hash, f.local_path) for f in mapper.discover() if f.workspace_hash]
+
+
+def _active_workspaces(sessions: SessionMonitor) -> Callable[[], list[tuple[str, str | None]]]:
+    """Workspaces with a session (read on the event loop, where the sessions live)."""
+    return lambda: [
+        (h, active[-1].workspace_path or None) for h, active in sessions.active_workspaces().items()
+    ]
+
+
 def install_signal_handlers(server: Server) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.request_stop, signal.Signals(sig).name)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
 
 
 async def serve(settings: Settings) -> None:

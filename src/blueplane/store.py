@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from blueplane import trace_sources
 from blueplane.derived import apply_batch, ensure_derived, stage_batch
 from blueplane.store_schema import (
     EVENTS,
@@ -62,6 +63,8 @@ class StoredEvent:
     # metadata.machine_id / metadata.user: which install and person produced it (team stores)
     machine_id: str | None = None
     user_name: str | None = None
+    # Which monitor reported it (metadata ``source``; ``extension`` for the TypeScript monitor).
+    source: str | None = None
 
     @property
     def is_trace(self) -> bool:
@@ -83,6 +86,8 @@ WHERE ? IS NULL OR NOT EXISTS (
     SELECT 1 FROM events WHERE session_id=? AND trace_type IS ? AND item_key=? AND revision=?
     AND received_at_ms>=? AND event_id<>? LIMIT 1)
 """
+# A generation with a workspace: also one trace whichever monitors report it (trace_sources).
+_INSERT_GENERATION = _INSERT + trace_sources.NOT_FIRST
 
 
 def event_row(ev: StoredEvent, now_ms: int) -> tuple[Any, ...]:
@@ -120,6 +125,7 @@ class TraceStore:
         # Held for the whole of a write (in a worker thread) and by close(): never both at once.
         self._lock = threading.Lock()
         self._closed = False
+        self._next_seq = 0
         if readonly:
             # The CLI's view: never writes, never blocks the consumer.
             self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -213,7 +219,46 @@ class TraceStore:
         """
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
-        rows = [
+        keyed = trace_sources.is_keyed_generation
+        generations = [ev for ev in events if keyed(ev)]
+        if generations:
+            others = [ev for ev in events if not keyed(ev)]
+            # Reports of one generation are ordered by seq: never backwards in this process.
+            seq = max(now_ms * trace_sources.SEQ_PER_MS, self._next_seq)
+            self._next_seq = seq + len(generations)
+            source_rows = trace_sources.rows(generations, now_ms, seq)
+        else:
+            others, source_rows = list(events), []
+        rows = self._rows(others, now_ms, since_ms)
+        gen_rows = [
+            (*row, *trace_sources.not_first_args(src))
+            for row, src in zip(self._rows(generations, now_ms, since_ms), source_rows, strict=True)
+        ]
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"store {self.path} is closed")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                before_rowid = stage_batch(self.conn, events)
+                if source_rows:
+                    # First: every source is recorded, even when its trace is a duplicate.
+                    self.conn.executemany(trace_sources.INSERT, source_rows)
+                before = self.conn.total_changes
+                self.conn.executemany(_INSERT, rows)
+                if gen_rows:
+                    self.conn.executemany(_INSERT_GENERATION, gen_rows)
+                inserted = self.conn.total_changes - before
+                apply_batch(self.conn, before_rowid)  # search index, activity (derived.py)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        return WriteResult(inserted, len(events) - inserted)
+
+    @staticmethod
+    def _rows(events: Sequence[StoredEvent], now_ms: int, since_ms: int) -> list[tuple[Any, ...]]:
+        return [
             (
                 *event_row(ev, now_ms),
                 # dedup only for traces that name their item: NULL skips the NOT EXISTS
@@ -222,22 +267,6 @@ class TraceStore:
             )
             for ev in events
         ]  # fmt: skip
-        with self._lock:
-            if self._closed:
-                raise sqlite3.ProgrammingError(f"store {self.path} is closed")
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                before_rowid = stage_batch(self.conn, events)
-                before = self.conn.total_changes
-                self.conn.executemany(_INSERT, rows)
-                inserted = self.conn.total_changes - before
-                apply_batch(self.conn, before_rowid)  # search index, activity (derived.py)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-        return WriteResult(inserted, len(rows) - inserted)
 
     # ----------------------------------------------------------------- queries
     def traces(
@@ -270,7 +299,31 @@ class TraceStore:
             " ORDER BY COALESCE(timestamp_ms, received_at_ms) DESC, stream_id DESC LIMIT ?"
         )
         rows = self.conn.execute(sql, (*args, limit)).fetchall()
-        return [_trace_row(r) for r in reversed(rows)]
+        out = [_trace_row(r) for r in reversed(rows)]
+        self._add_sources(out)
+        return out
+
+    def _add_sources(self, records: list[dict[str, Any]]) -> None:
+        """``"sources"`` of each trace: every monitor that reported its generation."""
+        keys = [
+            (r["workspace_hash"], r["generation_id"])
+            for r in records
+            if r["trace_type"] == "generation" and r["workspace_hash"] and r["generation_id"]
+        ]
+        try:
+            known = trace_sources.sources_for(self.conn, keys) if keys else {}
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            known = {}  # a store written before trace_sources existed
+        for r in records:
+            found = known.get((r["workspace_hash"], r["generation_id"]))
+            if found is None:
+                meta = r["metadata"]
+                own = meta.get("source") if isinstance(meta, dict) else None
+                # Only the extension's TypeScript monitor sends traces without a source.
+                found = [own if isinstance(own, str) else trace_sources.EXTENSION]
+            r["sources"] = found
 
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute(

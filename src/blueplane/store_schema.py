@@ -55,6 +55,8 @@ class Table:
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
     indexes: tuple[Index, ...] = ()
+    # SQLite: one B-tree keyed by the primary key (no rowid table beside it); ignored elsewhere.
+    without_rowid: bool = False
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -110,7 +112,29 @@ STORE_META = Table(
     "store_meta", (Column("key", TEXT, not_null=True), Column("value", TEXT)), ("key",)
 )
 
-TABLES: tuple[Table, ...] = (EVENTS, STORE_META)
+# Which monitors reported each generation (``trace_sources.py``): one row per
+# (workspace_hash, generation_id, source); ``seq`` orders the reports of one generation.
+TRACE_SOURCES = Table(
+    "trace_sources",
+    (
+        Column("workspace_hash", TEXT, not_null=True),
+        Column("generation_id", TEXT, not_null=True),
+        Column("source", TEXT, not_null=True),
+        Column("seq", INT, not_null=True),
+        Column("event_id", TEXT, not_null=True),
+        Column("stream_id", TEXT, not_null=True),
+        Column("session_id", TEXT),
+        Column("received_at_ms", INT, not_null=True),
+        Column("timestamp_ms", INT),
+        Column("generation_ms", INT),
+        Column("generation_type", TEXT),
+        Column("description", TEXT),
+    ),
+    primary_key=("workspace_hash", "generation_id", "source"),
+    without_rowid=True,
+)
+
+TABLES: tuple[Table, ...] = (EVENTS, STORE_META, TRACE_SOURCES)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -118,6 +142,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         add_columns=(("events", Column("machine_id", TEXT)), ("events", Column("user_name", TEXT))),
         note="events.machine_id and events.user_name (team stores)",
     ),
+    Migration(3, note="trace_sources: every monitor that reported a generation (migration)"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version if MIGRATIONS else 1
 
@@ -162,6 +187,7 @@ class Dialect:
         out = [
             f"CREATE TABLE IF NOT EXISTS {t.name} (\n    {cols},\n"
             f"    PRIMARY KEY ({', '.join(t.primary_key)})\n)"
+            + (" WITHOUT ROWID" if t.without_rowid and self.name == "sqlite" else "")
         ]
         out += [
             f"CREATE INDEX IF NOT EXISTS {i.name} ON {t.name} ({', '.join(i.columns)})"

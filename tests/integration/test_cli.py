@@ -73,8 +73,9 @@ def test_traces_filters_and_json_shape(bp_env: BlueplaneEnv, server, tmp_path: P
     keys = {
         "event_id", "stream_id", "timestamp", "timestamp_ms", "received_at_ms", "session_id",
         "workspace_hash", "trace_type", "generation_id", "revision", "payload", "metadata",
+        "sources",
     }  # fmt: skip
-    assert set(newest[0]) == keys
+    assert set(newest[0]) == keys and newest[0]["sources"] == ["python_monitor"]
     human = bp_env.cli("traces", "--limit", "3").stdout
     assert "generation" in human and "two 2" in human
     bad = bp_env.cli("traces", "--since", "yesterday", check=False)

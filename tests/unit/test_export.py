@@ -89,7 +89,7 @@ def test_csv_has_the_documented_columns(home: Path) -> None:
     assert tuple(rows[0].keys()) == CSV_COLUMNS == (
         "event_id", "timestamp", "timestamp_ms", "received_at_ms", "workspace_hash",
         "session_id", "trace_type", "generation_id", "revision", "conversation_id", "role",
-        "model", "input_tokens", "output_tokens", "text",
+        "model", "input_tokens", "output_tokens", "text", "sources",
     )  # fmt: skip
     records = {r["event_id"]: r for r in stored_records(home)}
     assert len(rows) == len(records)
@@ -101,6 +101,7 @@ def test_csv_has_the_documented_columns(home: Path) -> None:
         assert int(row["output_tokens"]) == p["output_tokens"]
         assert row["model"] == p["model"] and row["text"] == p["text"]
         assert row["conversation_id"] == p["composer_id"]
+        assert row["sources"] == "python_monitor"
 
 
 @pytest.mark.parametrize("command", [("export", "--format", "jsonl"), ("traces", "--json")])

@@ -10,6 +10,7 @@ the helpers they share.
 from __future__ import annotations
 
 from blueplane.cli import (  # noqa: F401 (commands)
+    compare,
     consume,
     dlq,
     export,

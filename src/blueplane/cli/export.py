@@ -19,6 +19,7 @@ from blueplane.export import (
     conversation_markdown,
     iter_trace_rows,
     markdown_file_name,
+    with_sources,
     write_csv,
     write_jsonl,
 )
@@ -82,7 +83,7 @@ def _write_traces(
     rows: Iterator[Any] = iter(())
     if store is not None:
         tiebreak = "rowid" if store.dialect is SQLITE else "stream_id"
-        rows = iter_trace_rows(store.conn, flt, tiebreak)
+        rows = with_sources(store.conn, iter_trace_rows(store.conn, flt, tiebreak))
     writer = write_jsonl if fmt is Format.jsonl else write_csv
     if output is None:
         writer(rows, sys.stdout)

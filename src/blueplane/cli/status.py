@@ -131,11 +131,19 @@ def status(json_out: JsonOpt = False) -> None:
     for name, comp in result["components"].items():
         out.print(component_line(name, comp), highlight=False)
     table = Table(title="Monitored workspaces")
-    for col in ("workspace", "status", "layout", "last check", "errors", "published", "last error"):
+    for col in ("workspace", "status", "rollout", "layout", "last check", "errors", "published",
+                "last error"):  # fmt: skip
         table.add_column(col, overflow="fold")
     for h, w in result["workspaces"].items():
+        rollout = w.get("rollout") or {}
+        rollout_cell = (
+            ("on: " if rollout.get("enabled") else "off: ") + str(rollout.get("reason", ""))
+            if rollout
+            else ""
+        )
         table.add_row(
-            f"{h}\n{w.get('workspace_path') or ''}", w.get("status", ""), w.get("layout") or "",
+            f"{h}\n{w.get('workspace_path') or ''}", w.get("status", ""), rollout_cell,
+            w.get("layout") or "",
             w.get("last_check") or "", str(w.get("errors", 0)), str(w.get("items_published", 0)),
             w.get("last_error") or "",
         )  # fmt: skip

@@ -15,7 +15,7 @@ from blueplane.cli.common import JsonOpt, app, open_store_or_exit, out, settings
 from blueplane.cli.formatting import trace_cells
 from blueplane.config import Settings
 from blueplane.events import normalise_workspace_path, parse_iso_ms, workspace_hash
-from blueplane.export import TraceFilter, newest_trace_rows, write_json_array
+from blueplane.export import TraceFilter, newest_trace_rows, with_sources, write_json_array
 from blueplane.store_schema import SQLITE
 from blueplane.stores import store_exists
 
@@ -43,7 +43,8 @@ def _print_json(settings: Settings, flt: TraceFilter, limit: int, trace_type: st
     store = open_store_or_exit(settings)
     try:
         if store.dialect is SQLITE:
-            write_json_array(newest_trace_rows(store.conn, flt, limit, trace_type), sys.stdout)
+            rows = newest_trace_rows(store.conn, flt, limit, trace_type)
+            write_json_array(with_sources(store.conn, rows), sys.stdout)
         else:  # PostgreSQL: the store's own query, written compactly
             rows = store.traces(flt.workspace_hash, flt.since_ms, limit, trace_type)
             sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
@@ -91,8 +92,9 @@ def traces(
         "model",
         "tokens",
         "text",
+        "sources",
     ):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(*trace_cells(r))
+        table.add_row(*trace_cells(r), ", ".join(r.get("sources", [])))
     out.print(table)

@@ -34,6 +34,7 @@ from blueplane.cursor.sqlite_ro import CursorDbError, fingerprint
 from blueplane.events import iso_now
 from blueplane.health import Health
 from blueplane.publisher import Destination, Publisher
+from blueplane.rollout import Rollout
 
 log = logging.getLogger("blueplane.database_monitor")
 
@@ -74,15 +75,23 @@ class CursorDatabaseMonitor:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         watcher: ChangeWatcher | None = None,
+        rollout: Rollout | None = None,
     ) -> None:
         self.cfg = config
+        # The migration's flag: out-of-rollout workspaces are mapped but never read/published.
+        self.rollout = rollout if rollout is not None else Rollout()
+        self._rollout_epoch = self.rollout.epoch
+        self._rollout_on: dict[str, bool] = {}
+        self._off_fingerprints: dict[str, Any] = {}  # files of out-of-rollout workspaces
         self.sessions = sessions
         self.mapper = mapper
         self.health = health
         self.poller = DatabasePoller(
             config, publisher, detector, clock=clock, sleep=sleep, jitter=jitter
         )
-        self.global_dbs = GlobalDatabases(config, sessions, mapper, self.poller, health)
+        self.global_dbs = GlobalDatabases(
+            config, sessions, mapper, self.poller, health, self.rollout
+        )
         if watcher is None and config.watch_files:
             watcher = ChangeWatcher(config.watch_debounce_ms)
         self.watcher = watcher
@@ -142,6 +151,7 @@ class CursorDatabaseMonitor:
         while not stop.is_set():
             sessions_changed = self.sessions.changed.is_set()
             self.sessions.changed.clear()
+            self.rollout.changed.clear()
             self._wake.clear()
             try:
                 if down_since is not None:
@@ -169,7 +179,7 @@ class CursorDatabaseMonitor:
                 )
                 down_since = None
                 redis_delay.reset()
-            waits = [stop, self.sessions.changed, self._wake]
+            waits = [stop, self.sessions.changed, self._wake, self.rollout.changed]
             if self.watcher is not None:
                 waits.append(self.watcher.wake)
             await wait_any(waits, self._next_due() - time.monotonic())
@@ -209,6 +219,8 @@ class CursorDatabaseMonitor:
             self._drop_inactive(self._active)
             self._new_active(self._active)
         active = self._active
+        if self.rollout.epoch != self._rollout_epoch:
+            self._apply_rollout(active)
         succeeded = self._collect(now)
         if self.watcher is not None:
             for folder in self.watcher.take():
@@ -237,6 +249,34 @@ class CursorDatabaseMonitor:
             c.set_counter("watched_folders", info["watched_folders"])
             c.set_counter("polled_folders", info["polled_folders"])
         return succeeded or not active
+
+    def _apply_rollout(self, active: dict[str, list[ActiveSession]]) -> None:
+        """New flags: re-decide every active workspace now (not at its next read). One that
+        turned on is read at once from its watermarks, so what was written while it was off
+        is published then; the global databases re-read its conversations (session replay)."""
+        self._rollout_epoch = self.rollout.epoch
+        turned_on = False
+        for h, sessions in active.items():
+            decision = self.rollout.decide(h, sessions[-1].workspace_path or None)
+            wh = self.health.workspace(h)
+            wh.rollout = decision.to_json()
+            was = self._rollout_on.get(h)
+            self._rollout_on[h] = decision.enabled
+            if decision.enabled and was is False:
+                turned_on = True
+                log.info("workspace %s: publication on (%s)", h, decision.reason)
+                state = self._states.get(h)
+                if state is not None:
+                    state.fingerprint = None  # read it whole from the watermarks
+            elif not decision.enabled and was is not False:
+                log.info("workspace %s: publication off (%s)", h, decision.reason)
+                wh.status = "rollout_off"
+            target = self._targets.get(h)
+            if target is not None:
+                target.dirty = True
+        glob = self._targets.get(GLOBAL)
+        if glob is not None and turned_on:
+            glob.dirty = True
 
     def _unchanged(self, key: str) -> bool:
         """A timed poll of a healthy workspace whose files did not change: two ``stat`` calls
@@ -382,6 +422,8 @@ class CursorDatabaseMonitor:
             log.info("workspace %s has no active session: monitoring stopped", gone)
             self._states.pop(gone, None)
             self.poller.forget(gone)
+            self._rollout_on.pop(gone, None)
+            self._off_fingerprints.pop(gone, None)
             self.health.workspaces.pop(gone, None)
             self._cancel(gone)
 
@@ -421,6 +463,11 @@ class CursorDatabaseMonitor:
         ids = [s.session_id for s in sessions]
         if wh.session_ids != ids:
             wh.session_ids = ids
+        decision = self.rollout.decide(workspace_hash, newest.workspace_path or None)
+        rollout = decision.to_json()
+        if wh.rollout != rollout:
+            wh.rollout = rollout
+        self._rollout_on[workspace_hash] = decision.enabled
         started = time.perf_counter()
         state = self._states.get(workspace_hash)
         if state is None or not state.path.exists():
@@ -444,6 +491,21 @@ class CursorDatabaseMonitor:
                 "workspace %s → %s (%s); syncing the last %g h",
                 workspace_hash, mapping.database, mapping.strategy, self.cfg.sync_window_hours,
             )  # fmt: skip
+        if not decision.enabled:
+            # Tracked and mapped, never read: its watermarks wait where they are. A change of
+            # its files is still activity (a stat, no read), so its session does not expire.
+            wh.status = "rollout_off"
+            wh.last_check = iso_now()
+            try:
+                fp = fingerprint(state.path)
+            except CursorDbError:
+                return
+            if self._off_fingerprints.get(workspace_hash) != fp:
+                if workspace_hash in self._off_fingerprints:
+                    self.sessions.touch(workspace_hash)
+                self._off_fingerprints[workspace_hash] = fp
+            return
+        self._off_fingerprints.pop(workspace_hash, None)
         dest = Destination(
             workspace_hash=workspace_hash,
             session_id=newest.session_id,

@@ -55,6 +55,7 @@ from blueplane.events import iso_now
 from blueplane.health import Health
 from blueplane.keys import attribution_key, database_key, parked_key
 from blueplane.publisher import Destination
+from blueplane.rollout import Rollout
 
 if TYPE_CHECKING:
     import sqlite3
@@ -104,8 +105,10 @@ class GlobalDatabases:
         mapper: GlobalMapper,
         poller: DatabasePoller,
         health: Health,
+        rollout: Rollout | None = None,
     ) -> None:
         self.cfg = config
+        self.rollout = rollout if rollout is not None else Rollout()
         self.sessions = sessions
         self.mapper = mapper
         self.poller = poller
@@ -149,14 +152,18 @@ class GlobalDatabases:
             self._health.fail("error", repr(exc))
 
     async def _poll(self) -> None:
-        active = self.sessions.active_workspaces()
+        tracked = self.sessions.active_workspaces()
+        # Out-of-rollout workspaces: their composers are mapped (membership) but not routed,
+        # so they wait; turning one on replays them like a session start.
+        on = self.rollout.enabled
+        active = {h: s for h, s in tracked.items() if on(h, s[-1].workspace_path or None)}
         if not active:
             return
         paths = self.paths()
         for path in paths:
             if self._quiet(path, active):
                 continue
-            targets = await self._targets(active, path)
+            targets = await self._targets(tracked, path, active)
             await self._poll_one(path, targets, active)
         self._health.status = "ok" if paths else "no_global_database"
         self._health.set_counter("global_databases", len(paths))
@@ -269,15 +276,22 @@ class GlobalDatabases:
 
         return route
 
-    async def _targets(self, active: dict[str, list[ActiveSession]], path: Path) -> _Targets:
+    async def _targets(
+        self,
+        tracked: dict[str, list[ActiveSession]],
+        path: Path,
+        enabled: dict[str, list[ActiveSession]] | None = None,
+    ) -> _Targets:
+        """Where each storage id's items go (workspaces in ``enabled`` only), and which
+        composers belong to which storage id (every tracked workspace)."""
         out = _Targets()
-        for h, sessions in active.items():
+        for h, sessions in tracked.items():
             newest = sessions[-1]
             wh = self.health.workspaces.get(h)
             sids: set[str] = set(self.mapper.storage_ids_for(h))
             if wh is not None and wh.storage_id:
                 sids.add(wh.storage_id)
-            for sid in sids:
+            for sid in sids if enabled is None or h in enabled else ():
                 out.by_storage[sid] = Destination(
                     workspace_hash=h,
                     session_id=newest.session_id,

@@ -35,6 +35,8 @@ from blueplane.store import StoredEvent, TraceStore, WriteResult
 
 log = logging.getLogger("blueplane.fast_path")
 
+EXTENSION_SOURCE = "extension"  # the TypeScript monitor of the Cursor extension
+
 MAX_ENTRY_BYTES = 1_048_576  # an entry larger than this is dead-lettered, not stored
 MAX_BACKOFF_S = 10.0  # while Redis is away: the store trails the stream by at most this
 STORE_LOG_EVERY_S = 60.0  # an unusable store is one log line per minute, not one per retry
@@ -103,11 +105,21 @@ def parse_entry(stream_id: str, fields: dict[Any, Any]) -> StoredEvent:
     if not event_type:
         raise MalformedEntry("missing 'event_type'")
     session_id: Any = data.get("session_id") or payload.get("session_id") or None
+    source = metadata.get("source")
     trace_type = generation_id = item_key = None
     revision = 0
     if event_type == "database_trace":
         trace_type = payload.get("trace_type")
         generation_id = payload.get("generation_id")
+        if source is None and "version" not in data:
+            # The TypeScript monitor's shape (typescript-monitor-events.md): no ``source``, no
+            # ``version``, its session in ``external_session_id``, older builds in camelCase.
+            source = EXTENSION_SOURCE
+            session_id = session_id or data.get("external_session_id") or None
+            trace_type = trace_type or payload.get("traceType")
+            generation_id = generation_id or payload.get("generationId")
+            if "workspace_hash" not in metadata and "workspaceHash" in metadata:
+                metadata["workspace_hash"] = metadata["workspaceHash"]
         required = (
             ("payload.trace_type", trace_type),
             ("payload.generation_id", generation_id),
@@ -152,6 +164,7 @@ def parse_entry(stream_id: str, fields: dict[Any, Any]) -> StoredEvent:
         metadata_json=metadata_json,
         machine_id=machine if isinstance(machine, str) else None,
         user_name=user if isinstance(user, str) else None,
+        source=source if isinstance(source, str) else None,
     )
 
 

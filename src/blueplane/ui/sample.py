@@ -93,7 +93,7 @@ def _event(
         item_key=item, revision=revision, timestamp=iso_from_ms(ts_ms), timestamp_ms=ts_ms,
         payload=payload, metadata=meta,
         payload_json=json.dumps(payload, ensure_ascii=False),
-        metadata_json=json.dumps(meta, ensure_ascii=False),
+        metadata_json=json.dumps(meta, ensure_ascii=False), source="python_monitor",
     )  # fmt: skip
 
 
