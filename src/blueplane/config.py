@@ -205,6 +205,21 @@ class FeatureFlagsConfig(_Section):
         return value
 
 
+class HooksConfig(_Section):
+    # Text of hook events and transcripts (prompts, answers, tool input/output). None: follow
+    # cursor_database_monitor.capture_content. False keeps lengths and sha256 hashes only.
+    capture_content: bool | None = None
+    # Secrets (API keys, tokens, private keys, .env assignments) become [REDACTED] in captured
+    # hook and transcript text before it leaves the process.
+    redact_secrets: bool = True
+    # Follow Cursor's agent transcripts (~/.cursor/projects/*/agent-transcripts).
+    transcripts: bool = True
+    # Where Cursor keeps them (default ~/.cursor/projects).
+    transcripts_dir: Path | None = None
+    # How often the spool of hook events that could not be sent is checked for replay.
+    spool_replay_seconds: float = Field(2.0, gt=0)
+
+
 def _default_home() -> Path:
     return Path("~/.blueplane").expanduser()
 
@@ -233,6 +248,7 @@ class Settings(BaseSettings):
     store: StoreConfig = Field(default_factory=StoreConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     feature_flags: FeatureFlagsConfig = Field(default_factory=FeatureFlagsConfig)
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
 
     _config_file: Path | None = None
 
@@ -299,6 +315,19 @@ class Settings(BaseSettings):
     @property
     def bundled_redis_dir(self) -> Path:
         return self.home / "redis"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def hooks_capture_content(self) -> bool:
+        c = self.hooks.capture_content
+        return self.cursor_database_monitor.capture_content if c is None else c
+
+    @property
+    def transcripts_dir(self) -> Path:
+        return (self.hooks.transcripts_dir or Path("~/.cursor/projects")).expanduser()
 
     @property
     def config_file(self) -> Path | None:

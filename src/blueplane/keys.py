@@ -14,6 +14,7 @@ rather than reading the key themselves.
 - ``blueplane:sessions`` (hash), ``…:sessions:last_id``, ``…:sessions:activity``: the
   session monitor's active sessions, stream position and per-workspace last activity.
 - ``blueplane:lock:<home digest>``: the single-instance lock of one ``BLUEPLANE_HOME``.
+- ``blueplane:spooled:<event_id>``: a spooled hook event already replayed (TTL 7 days).
 
 ``<db>`` is ``database_key(path)``: the first 16 hex digits of the SHA-256 of the path.
 """
@@ -38,6 +39,15 @@ SESSIONS_KEY = f"{KEY_PREFIX}sessions"
 POSITION_KEY = f"{KEY_PREFIX}sessions:last_id"
 # workspace_hash -> "<epoch seconds> <what>": the workspace's last activity, for expiry.
 ACTIVITY_KEY = f"{KEY_PREFIX}sessions:activity"
+
+
+# A replayed spool file is remembered this long (a crash between replay and delete).
+SPOOLED_TTL_S = 7 * 86400
+
+
+def spooled_key(event_id: str) -> str:
+    """Set, with the XADD, when a spooled hook event is replayed: never twice."""
+    return f"{KEY_PREFIX}spooled:{event_id}"
 
 
 def database_key(path: str) -> str:

@@ -32,11 +32,13 @@ from blueplane.config_reloader import ConfigReloader
 from blueplane.cursor.database_monitor import CursorDatabaseMonitor
 from blueplane.cursor.paths import resolve_user_dirs
 from blueplane.cursor.session_monitor import SessionMonitor
+from blueplane.cursor.transcripts import TranscriptFollower
 from blueplane.cursor.workspace_mapper import WorkspaceMapper
 from blueplane.events import iso_now
 from blueplane.fast_path.consumer import FastPathConsumer
 from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
+from blueplane.hooks.spool import SpoolReplayer
 from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.machine import machine_id, user_name
 from blueplane.otlp import OtlpExporter
@@ -153,6 +155,16 @@ class Server:
             if s.otlp.active():
                 otlp = OtlpExporter(redis, s.otlp, s.redis.stream, s.otlp_state_path, self.health)
                 tasks.append(asyncio.create_task(otlp.run(self.stop_event), name="otlp"))
+            if s.hooks.transcripts:
+                follower = TranscriptFollower(
+                    sessions, publisher, s.transcripts_dir, self.health,
+                    capture_content=s.hooks_capture_content, redact=s.hooks.redact_secrets,
+                )  # fmt: skip
+                tasks.append(asyncio.create_task(follower.run(self.stop_event), name="transcripts"))
+            spool = SpoolReplayer(
+                redis, s.redis.stream, s.spool_dir, self.health, s.hooks.spool_replay_seconds
+            )
+            tasks.append(asyncio.create_task(spool.run(self.stop_event), name="hook_spool"))
             trimmer = StreamTrimmer(
                 redis, s.redis.stream, s.fast_path.max_stream_length, self.health,
                 s.fast_path.trim_interval_seconds,

@@ -10,6 +10,7 @@ connection under it. This is our own database, never Cursor's: here PRAGMAs that
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from blueplane import trace_sources
+from blueplane import conversation_index, trace_sources
 from blueplane.derived import apply_batch, ensure_derived, stage_batch
 from blueplane.store_schema import (
     EVENTS,
@@ -33,6 +34,12 @@ from blueplane.store_schema import (
 # The tables are defined once, for both stores, in ``store_schema`` (see its docstring to add
 # one); this is their SQLite DDL.
 SCHEMA = ";\n".join(schema_ddl(SQLITE)) + ";\n"
+
+log = logging.getLogger("blueplane.store")
+
+# Set once the conversation tables hold every stored event (conversation_index.py).
+CONVERSATIONS_META = "conversations_indexed"
+BACKFILL_CHUNK = 5000
 
 
 @dataclass(slots=True)
@@ -145,6 +152,10 @@ class TraceStore:
             self._migrate()
             # The search index and the overview's aggregates (SQLite only: derived.py).
             ensure_derived(self.conn)
+            # The reconciled conversations (conversation_index.py), kept by every write.
+            conversation_index.create_schema(self.conn)
+            self._indexer = conversation_index.ConversationIndexer(self.conn)
+            self._backfill_conversations()
         except BaseException:
             self.conn.close()
             raise
@@ -200,6 +211,50 @@ class TraceStore:
                 self.conn.execute("ROLLBACK")
             raise
 
+    def _backfill_conversations(self) -> None:
+        """A store written before the conversation tables existed: index what it holds, once.
+
+        Chunked transactions; re-running after a crash is harmless (the index is idempotent).
+        """
+        done = self.conn.execute(
+            "SELECT value FROM store_meta WHERE key = ?", (CONVERSATIONS_META,)
+        ).fetchone()
+        if done is not None:
+            return
+        indexer = conversation_index.ConversationIndexer(self.conn)
+        last = 0
+        done_n = 0
+        started = time.monotonic()
+        while True:
+            rows = self.conn.execute(
+                "SELECT rowid, event_id, stream_id, event_type, hook_type, platform, trace_type,"
+                " session_id, workspace_hash, generation_id, item_key, revision, timestamp,"
+                " timestamp_ms, payload, metadata FROM events WHERE rowid > ? AND"
+                " (hook_type = 'CursorHook' OR trace_type IN ('message', 'composer',"
+                " 'transcript_message')) ORDER BY rowid LIMIT ?",
+                (last, BACKFILL_CHUNK),
+            ).fetchall()
+            if not rows:
+                break
+            if not done_n:
+                log.info("indexing the conversations of the events already in %s (once)",
+                         self.path)  # fmt: skip
+            last = rows[-1][0]
+            done_n += len(rows)
+            events = [_stored_from_row(r[1:]) for r in rows]
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                indexer.apply(events)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        self.conn.execute("INSERT OR IGNORE INTO store_meta VALUES (?, '1')", (CONVERSATIONS_META,))
+        if done_n:
+            log.info("conversations of %d stored events indexed in %.1f s", done_n,
+                     time.monotonic() - started)  # fmt: skip
+
     def close(self) -> None:
         """Close, after any write still running in another thread has finished."""
         with self._lock:
@@ -249,6 +304,8 @@ class TraceStore:
                     self.conn.executemany(_INSERT_GENERATION, gen_rows)
                 inserted = self.conn.total_changes - before
                 apply_batch(self.conn, before_rowid)  # search index, activity (derived.py)
+                # Same transaction: the conversation view never disagrees with the traces.
+                self._indexer.apply(events)
                 self.conn.execute("COMMIT")
             except BaseException:
                 if self.conn.in_transaction:
@@ -330,6 +387,25 @@ class TraceStore:
             "SELECT COALESCE(trace_type, event_type), COUNT(*) FROM events GROUP BY 1"
         ).fetchall()
         return {str(k): int(v) for k, v in rows}
+
+
+def _stored_from_row(r: Sequence[Any]) -> StoredEvent:
+    (event_id, stream_id, event_type, hook_type, platform, trace_type, session_id, whash,
+     gen_id, item_key, revision, ts, ts_ms, payload, metadata) = r  # fmt: skip
+    return StoredEvent(
+        event_id=event_id, stream_id=stream_id, event_type=event_type, hook_type=hook_type,
+        platform=platform, trace_type=trace_type, session_id=session_id, workspace_hash=whash,
+        generation_id=gen_id, item_key=item_key, revision=revision or 0, timestamp=ts,
+        timestamp_ms=ts_ms, payload=_object(payload), metadata=_object(metadata),
+    )  # fmt: skip
+
+
+def _object(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _trace_row(r: Iterable[Any]) -> dict[str, Any]:

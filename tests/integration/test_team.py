@@ -158,7 +158,13 @@ def test_two_consumers_share_one_group_and_a_killed_one_loses_nothing(
     assert status["store"]["counts"] == {"generation": n}
     procs = status["consume_processes"]
     assert procs["team-b"]["running"] is True and procs["team-a"]["running"] is False
-    assert procs["team-b"]["components"]["fast_path_consumer"]["counters"]["stored"] > 0
+
+    def b_counted_its_stores() -> bool:
+        # a consume process writes its status file every couple of seconds: wait for it
+        b_status = env.cli_json("status")["consume_processes"]["team-b"]
+        return b_status["components"]["fast_path_consumer"]["counters"].get("stored", 0) > 0
+
+    wait_until(b_counted_its_stores, timeout=15, what="team-b's status to count what it stored")
     assert b.stop() == 0
 
 

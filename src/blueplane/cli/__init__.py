@@ -12,8 +12,10 @@ from __future__ import annotations
 from blueplane.cli import (  # noqa: F401 (commands)
     compare,
     consume,
+    conversations,
     dlq,
     export,
+    hooks,
     run,
     session,
     status,

@@ -60,7 +60,9 @@ MIN_SCAN_INTERVAL_S = 0.1
 ERROR_RETRY_S = 10.0
 
 # KEYS[1] = stream; ARGV[1] = last examined id (exclusive); ARGV[2] = page size.
-# Returns {last examined id, entries examined, {session entries as XRANGE gives them}}.
+# Returns {last examined id, entries examined, {entries as XRANGE gives them}}: session events
+# whole, Cursor hook events cut to what sessions need (event type, metadata, time) so a large
+# tool output never leaves Redis.
 _SCAN_LUA = """
 local page = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
 local found = {}
@@ -68,14 +70,20 @@ local last = ARGV[1]
 for _, entry in ipairs(page) do
   last = entry[1]
   local fields = entry[2]
+  local etype, htype, meta, ts
   for i = 1, #fields, 2 do
-    if fields[i] == 'event_type' then
-      local t = fields[i + 1]
-      if t == 'session_start' or t == 'session_end' then
-        found[#found + 1] = entry
-      end
-      break
+    local k = fields[i]
+    if k == 'event_type' then etype = fields[i + 1]
+    elseif k == 'hook_type' then htype = fields[i + 1]
+    elseif k == 'metadata' then meta = fields[i + 1]
+    elseif k == 'timestamp' then ts = fields[i + 1]
     end
+  end
+  if htype == 'CursorHook' and etype then
+    found[#found + 1] = {entry[1], {'event_type', etype, 'hook_type', htype,
+                                    'metadata', meta or '{}', 'timestamp', ts or ''}}
+  elseif etype == 'session_start' or etype == 'session_end' then
+    found[#found + 1] = entry
   end
 end
 return {last, #page, found}
@@ -182,6 +190,9 @@ class SessionMonitor:
         self._activity: dict[str, _Activity] = {}
         self._activity_dirty = asyncio.Event()
         self._lock = asyncio.Lock()  # one of: a page applied, an expiry check
+        # Agent transcripts named by hook events: path -> (conversation id, workspace hash).
+        self.transcript_paths: dict[str, tuple[str, str]] = {}
+        self.transcripts_changed = asyncio.Event()
         self._last_id = "0-0"
         self.loaded = False
         # Set whenever the active set changes, so the database monitor polls at once.
@@ -409,7 +420,10 @@ class SessionMonitor:
         async with self.redis.pipeline(transaction=True) as pipe:
             for entry_id, fields in page.entries:
                 self.health.count("entries_parsed")
-                ws = self._apply(entry_id, fields, sessions, pipe)
+                if _text(fields.get(b"hook_type", fields.get("hook_type", ""))) == "CursorHook":
+                    ws = self._apply_hook(entry_id, fields, sessions, pipe)
+                else:
+                    ws = self._apply(entry_id, fields, sessions, pipe)
                 if ws is not None:
                     changed = True
                     if ws:
@@ -474,6 +488,65 @@ class SessionMonitor:
         log.info("session %s ended for workspace %s", p.session_id, p.workspace_hash)
         self.health.count("session_ends")
         return ""
+
+    def _apply_hook(
+        self,
+        entry_id: str,
+        fields: dict[Any, Any],
+        sessions: dict[str, ActiveSession],
+        pipe: aioredis.client.Pipeline,
+    ) -> str | None:
+        """A Cursor hook event: ``sessionStart``/``sessionEnd`` start and end the session of
+        its conversation in ``workspace_roots[0]``; any other hook event is activity, and
+        starts a session when its workspace has none (hooks installed mid-session)."""
+        get = lambda k: _text(fields.get(k.encode(), fields.get(k, "")))  # noqa: E731
+        name = get("event_type")
+        try:
+            meta = json.loads(get("metadata") or "{}")
+        except json.JSONDecodeError:
+            meta = None
+        if not isinstance(meta, dict):
+            log.error("stream entry %s: hook event %s with unreadable metadata ignored",
+                      entry_id, name)  # fmt: skip
+            self.health.count("malformed_session_events")
+            return None
+        ws, path = meta.get("workspace_hash"), meta.get("workspace_path") or ""
+        conv = meta.get("conversation_id")
+        self.health.count("hook_events")
+        tpath = meta.get("transcript_path")
+        if isinstance(tpath, str) and tpath and tpath not in self.transcript_paths:
+            self.transcript_paths[tpath] = (str(conv or ""), str(ws or ""))
+            self.transcripts_changed.set()
+        if not isinstance(ws, str) or not ws:
+            return None  # no workspace_roots (e.g. a CLI agent outside a folder)
+        sid = conv if isinstance(conv, str) and conv else f"hook:{ws}"
+        started_at = get("timestamp")
+        if _epoch_of(started_at) is None:
+            started_at = iso_from_ms(self.clock() * 1000)
+        if name == "sessionEnd":
+            if sessions.pop(sid, None) is None:
+                return None
+            pipe.hdel(SESSIONS_KEY, sid)
+            log.info("session %s ended for workspace %s (hook)", sid, ws)
+            self.health.count("session_ends")
+            return ""
+        self.touch(ws, "hook event")
+        if name != "sessionStart" and (
+            any(s.workspace_hash == ws for s in sessions.values())
+            or any(s.workspace_hash == ws for s in self._file_sessions.values())
+        ):
+            return None
+        if name == "sessionStart" and sid in sessions:
+            return None
+        session = ActiveSession(sid, ws, str(path), started_at, "hook")
+        sessions[sid] = session
+        pipe.hset(SESSIONS_KEY, sid, session.to_json())
+        why = "sessionStart" if name == "sessionStart" else f"hook activity ({name})"
+        log.info("session %s started for workspace %s (%s) by %s", sid, ws, path, why)
+        self.health.count("session_starts")
+        if name != "sessionStart":
+            self.health.count("hook_sessions_implied")
+        return ws
 
     # ----------------------------------------------------------------- expiry
     async def _run_maintenance(self, stop: asyncio.Event) -> None:

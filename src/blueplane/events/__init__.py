@@ -25,6 +25,8 @@ from blueplane.events.payloads import (
     PromptPayload,
     ToolCall,
     TracePayload,
+    TranscriptPayload,
+    TranscriptToolUse,
 )
 from blueplane.events.times import iso_from_ms, iso_now, parse_iso_ms
 from blueplane.events.workspace_id import normalise_workspace_path, workspace_hash
@@ -33,6 +35,7 @@ __all__ = [
     "SESSION_EVENT_TYPES", "SOURCE", "TRACE_VERSION", "CodeBlocks", "ComposerPayload",
     "GenerationPayload", "MalformedEntry", "MessagePayload", "PromptPayload", "SessionEvent",
     "SessionPayload", "ToolCall", "TraceEvent", "TraceMetadata", "TracePayload",
+    "TranscriptPayload", "TranscriptToolUse",
     "decode_fields", "encode_fields", "iso_from_ms", "iso_now", "normalise_workspace_path",
     "parse_iso_ms", "workspace_hash",
 ]  # fmt: skip

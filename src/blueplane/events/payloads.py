@@ -142,3 +142,34 @@ class MessagePayload(TracePayload):
     tool_calls: list[ToolCall] | None = None
     code_blocks: CodeBlocks | None = None
     settled_by: str | None = None
+
+
+class TranscriptToolUse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    name: str | None = None
+
+
+class TranscriptPayload(TracePayload):
+    """One line of a Cursor agent transcript (``agent-transcripts/**.jsonl`` or older ``.txt``).
+
+    ``item_id`` = ``generation_id`` = ``<conversation_id>:<line>`` (line numbers from 0), so each
+    line is one trace, exactly once. ``turn_index`` counts the user messages before and at this
+    line (-1 before the first): the transcript has no generation ids, so its turns are joined to
+    the others by position. A subagent's transcript names its parent conversation.
+    """
+
+    trace_type: Literal["transcript_message"] = "transcript_message"
+    conversation_id: str
+    parent_conversation_id: str | None = None
+    transcript_path: str
+    line: int
+    turn_index: int
+    role: str | None = None
+    entry_type: str | None = None
+    status: str | None = None
+    text: str | None = None
+    text_length: int = 0
+    text_sha256: str | None = None
+    tool_uses: list[TranscriptToolUse] | None = None
