@@ -77,7 +77,10 @@ def main() -> None:
             "feed": "/api/feed",
             "feed?workspace": f"/api/feed?workspace={ws}",
             "version": "/api/version",
-            "conversations?q": "/api/conversations?q=refactor%20parser",
+            "conversations": "/api/conversations",
+            "conversations?q (common words)": "/api/conversations?q=refactor%20parser",
+            "conversations?q (a title)": "/api/conversations?q=Topic%204242",
+            "conversation page": "/api/conversations/conv-0004242",
         }
         results = {}
         for name, path in endpoints.items():

@@ -122,7 +122,10 @@ def test_store_written_before_the_tables_is_indexed_once_on_open(tmp_path: Path)
     conn.executescript(SCHEMA)
     for ev in sample_events():
         conn.execute(
-            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO events (event_id, stream_id, event_type, hook_type, platform,"
+            " trace_type, session_id, workspace_hash, generation_id, item_key, revision,"
+            " timestamp, timestamp_ms, received_at_ms, payload, metadata)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (ev.event_id, ev.stream_id, ev.event_type, ev.hook_type, ev.platform,
              ev.trace_type, ev.session_id, ev.workspace_hash, ev.generation_id, ev.item_key,
              ev.revision, ev.timestamp, ev.timestamp_ms, 0, ev.payload_json,
