@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from blueplane import __version__
-from blueplane.aio import sleep_or_stop
 from blueplane.broker import make_client, redis_facts, resolve_client_url, wait_for_redis
 from blueplane.config import Settings
 from blueplane.events import iso_now
@@ -31,6 +30,7 @@ from blueplane.health import Health
 from blueplane.server import GIL_SWITCH_INTERVAL_S, STATUS_EVERY_S, STOP_GRACE_S
 from blueplane.store import TraceStore
 from blueplane.stores import open_store_retrying
+from blueplane.supervisor import supervise
 from blueplane.urls import mask_url
 
 log = logging.getLogger("blueplane.consume")
@@ -118,19 +118,7 @@ class ConsumeServer:
             self._write_status()
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
-        written = None
-        while not self.stop_event.is_set():
-            for task in tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    log.error("component %s failed: %r; stopping", task.get_name(), exc,
-                              exc_info=exc)  # fmt: skip
-                    self.health.server["last_error"] = f"{task.get_name()}: {exc!r}"
-                    self.stop_event.set()
-            if self.health.generation != written:
-                self._write_status()
-                written = self.health.generation
-            await sleep_or_stop(self.stop_event, STATUS_EVERY_S)
+        await supervise(tasks, self.stop_event, self.health, self._write_status, STATUS_EVERY_S)
 
 
 async def consume(settings: Settings) -> None:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from blueplane import __version__
-from blueplane.aio import sleep_or_stop
 from blueplane.broker import (
     BundledRedis,
     RedisFacts,
@@ -46,6 +45,7 @@ from blueplane.publisher import Publisher
 from blueplane.rollout import Rollout, describe
 from blueplane.store import TraceStore
 from blueplane.stores import open_store_retrying
+from blueplane.supervisor import supervise
 from blueplane.urls import mask_url
 
 log = logging.getLogger("blueplane.server")
@@ -243,21 +243,7 @@ class Server:
         return ok
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
-        written: tuple[int, int] | None = None
-        while not self.stop_event.is_set():
-            for task in tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    exc = task.exception()
-                    log.error("component %s failed: %r; stopping", task.get_name(), exc,
-                              exc_info=exc)  # fmt: skip
-                    self.health.server["last_error"] = f"{task.get_name()}: {exc!r}"
-                    self.stop_event.set()
-            # Idle means nothing serialised: the file is rewritten only when something changed.
-            now = (self.health.generation, hash(repr(sorted(self.health.server.items()))))
-            if now != written:
-                self._write_status()
-                written = now
-            await sleep_or_stop(self.stop_event, STATUS_EVERY_S)
+        await supervise(tasks, self.stop_event, self.health, self._write_status, STATUS_EVERY_S)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self.stop_event.set()
