@@ -26,7 +26,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, STREAM
+from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, OTLP_GROUP, STREAM
 from blueplane.urls import mask_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -147,6 +147,39 @@ class SessionMonitorConfig(_Section):
     read_stream: bool = True
 
 
+class OtlpConfig(_Section):
+    """OTLP export of assistant turns as OpenTelemetry GenAI spans (and token metrics)."""
+
+    # None: on when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    enabled: bool | None = None
+    # Base URL of the collector (http://host:4318): /v1/traces and /v1/metrics are appended.
+    # None: the standard OTEL_EXPORTER_OTLP_* variables (else http://localhost:4318).
+    endpoint: str | None = None
+    # Extra request headers (e.g. an API key). Empty: OTEL_EXPORTER_OTLP_HEADERS.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Prompt and answer text as gen_ai.input.messages / gen_ai.output.messages.
+    capture_content: bool = False
+    group: str = OTLP_GROUP
+    consumer: str = "otlp-1"
+    batch_size: int = Field(500, ge=1)
+    block_ms: int = Field(1000, ge=1)
+    # A turn is sent once the next one of its conversation starts, or after this quiet time.
+    settle_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+    # A collector that does not answer 2xx: retry after this, doubling up to the max.
+    retry_initial_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    metrics: bool = True
+
+    def active(self) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return bool(
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+
+
 class FeatureFlagsConfig(_Section):
     """The migration from the TypeScript monitor (rules in ``blueplane.rollout``)."""
 
@@ -211,6 +244,7 @@ class Settings(BaseSettings):
     )
     session_monitor: SessionMonitorConfig = Field(default_factory=SessionMonitorConfig)
     fast_path: FastPathConfig = Field(default_factory=FastPathConfig)
+    otlp: OtlpConfig = Field(default_factory=OtlpConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     feature_flags: FeatureFlagsConfig = Field(default_factory=FeatureFlagsConfig)
@@ -273,6 +307,10 @@ class Settings(BaseSettings):
     @property
     def workspace_cache_path(self) -> Path:
         return self.home / "workspace_db_cache.json"
+
+    @property
+    def otlp_state_path(self) -> Path:
+        return self.home / "otlp_exported.db"
 
     @property
     def bundled_redis_dir(self) -> Path:

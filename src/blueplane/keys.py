@@ -30,6 +30,8 @@ KEY_PREFIX = "blueplane:"
 STREAM = "telemetry:events"
 DEAD_LETTER_STREAM = "telemetry:dead_letter"
 FAST_PATH_GROUP = "blueplane-fast-path"
+# The OTLP exporter's own consumer group: it acknowledges a turn once the collector took it.
+OTLP_GROUP = "blueplane-otlp"
 
 # The session monitor's keys.
 SESSIONS_KEY = f"{KEY_PREFIX}sessions"

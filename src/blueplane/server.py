@@ -40,6 +40,7 @@ from blueplane.health import Health
 from blueplane.hooks.spool import SpoolReplayer
 from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.machine import machine_id, user_name
+from blueplane.otlp import OtlpExporter
 from blueplane.publisher import Publisher
 from blueplane.rollout import Rollout, describe
 from blueplane.store import TraceStore
@@ -151,6 +152,9 @@ class Server:
                     mon.dedup_window_hours * 3600, self.health,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(consumer.run(self.stop_event), name="consumer"))
+            if s.otlp.active():
+                otlp = OtlpExporter(redis, s.otlp, s.redis.stream, s.otlp_state_path, self.health)
+                tasks.append(asyncio.create_task(otlp.run(self.stop_event), name="otlp"))
             if s.hooks.transcripts:
                 follower = TranscriptFollower(
                     sessions, publisher, s.transcripts_dir, self.health,

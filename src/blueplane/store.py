@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from blueplane import conversation_index, trace_sources
+from blueplane.derived import apply_batch, ensure_derived, stage_batch
 from blueplane.store_schema import (
     EVENTS,
     SCHEMA_VERSION,
@@ -149,6 +150,8 @@ class TraceStore:
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         try:
             self._migrate()
+            # The search index and the overview's aggregates (derived.py).
+            ensure_derived(self.conn)
             # The reconciled conversations (conversation_index.py, tables in store_schema),
             # kept by every write.
             self._indexer = conversation_index.ConversationIndexer(self.conn)
@@ -285,6 +288,7 @@ class TraceStore:
                 raise sqlite3.ProgrammingError(f"store {self.path} is closed")
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                before_rowid = stage_batch(self.conn, events)
                 source_rows: list[tuple[Any, ...]] = []
                 gen_rows: list[tuple[Any, ...]] = []
                 if generations:
@@ -307,6 +311,7 @@ class TraceStore:
                 if gen_rows:
                     self.conn.executemany(_INSERT_GENERATION, gen_rows)
                 inserted = self.conn.total_changes - before
+                apply_batch(self.conn, before_rowid)  # search index, activity (derived.py)
                 # Same transaction: the conversation view never disagrees with the traces.
                 self._indexer.apply(events)
                 self.conn.execute("COMMIT")

@@ -14,11 +14,13 @@ from blueplane.cli import (  # noqa: F401 (commands)
     consume,
     conversations,
     dlq,
+    export,
     hooks,
     run,
     session,
     status,
     traces,
+    ui,
     workspaces,
 )
 from blueplane.cli.common import app

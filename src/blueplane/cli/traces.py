@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from typing import Annotated, Any
 
@@ -12,7 +13,10 @@ from rich.table import Table
 
 from blueplane.cli.common import JsonOpt, app, open_store_or_exit, out, settings_or_exit
 from blueplane.cli.formatting import trace_cells
+from blueplane.config import Settings
 from blueplane.events import normalise_workspace_path, parse_iso_ms, workspace_hash
+from blueplane.export import TraceFilter, newest_trace_rows, with_sources, write_json_array
+from blueplane.store_schema import SQLITE
 from blueplane.stores import store_exists
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -32,6 +36,23 @@ def parse_since(text: str, now: float | None = None) -> int:
         ) from exc
 
 
+def _print_json(settings: Settings, flt: TraceFilter, limit: int, trace_type: str | None) -> None:
+    if not store_exists(settings):
+        sys.stdout.write("[]\n")
+        return
+    store = open_store_or_exit(settings)
+    try:
+        if store.dialect is SQLITE:
+            rows = newest_trace_rows(store.conn, flt, limit, trace_type)
+            write_json_array(with_sources(store.conn, rows), sys.stdout)
+        else:  # PostgreSQL: the store's own query, written compactly
+            rows = store.traces(flt.workspace_hash, flt.since_ms, limit, trace_type)
+            sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
+    finally:
+        store.close()
+    sys.stdout.flush()
+
+
 @app.command()
 def traces(
     json_out: JsonOpt = False,
@@ -48,6 +69,10 @@ def traces(
     whash = workspace
     if workspace and not re.fullmatch(r"[0-9a-f]{16}", workspace):
         whash = workspace_hash(normalise_workspace_path(workspace))
+    if json_out:
+        # Streamed as compact records, one per line: no list in memory, no pretty-printer.
+        _print_json(settings, TraceFilter(whash, since_ms), limit, trace_type)
+        return
     if not store_exists(settings):
         rows: list[dict[str, Any]] = []
     else:
@@ -56,9 +81,6 @@ def traces(
             rows = store.traces(whash, since_ms, limit, trace_type)
         finally:
             store.close()
-    if json_out:
-        out.print_json(json.dumps(rows))
-        return
     table = Table(title=f"Traces ({len(rows)})")
     for col in (
         "time",
