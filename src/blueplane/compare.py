@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from blueplane.events import iso_from_ms, parse_iso_ms
 from blueplane.fast_path.dead_letters import DeadLetter
+from blueplane.store_schema import is_missing_table
 from blueplane.trace_sources import EXTENSION, PYTHON
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def compare(
     try:
         by_key = _generations(conn, since_ms, until_ms, workspace)
     except Exception as exc:
-        if not _missing_table(exc):
+        if not is_missing_table(exc):
             raise
         by_key = {}  # a store no server of this version has opened yet
         report.notes.append("the store has no trace sources yet: start the server once")
@@ -203,11 +204,6 @@ def compare(
     if report.python_events == 0:
         report.notes.append("the Python monitor sent 0 generations in the window")
     return report
-
-
-def _missing_table(exc: Exception) -> bool:
-    """The store's engine says a table is not there (SQLite's or PostgreSQL's words)."""
-    return "no such table" in str(exc) or type(exc).__name__ == "UndefinedTable"
 
 
 def _generations(

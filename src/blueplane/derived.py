@@ -16,9 +16,13 @@ applies the stage to the rows the batch really inserted (``apply_batch``: rowids
 largest before the batch, so nothing is counted for a duplicate the ``INSERT OR IGNORE``
 dropped). A later revision of a message adds only the
 difference of its token counts to the previous revision's, and is not counted as a new turn.
-This is the one SQLite-specific place (FTS5, ``json_extract``); a PostgreSQL store
-keeps the same tables its own way. ``ensure_derived`` creates them and fills them once from the
-events already stored (a store written by an older version).
+The activity tables are ``store_schema.ACTIVITY_*``; the search index is the dialect's
+(``Dialect.search_table``: FTS5 on SQLite, a ``tsvector`` column with a GIN index on
+PostgreSQL). The queries are written once, formatted with the dialect's few differences
+(``IS`` / ``IS NOT DISTINCT FROM``, a JSON number). SQLite finds "the rows this batch inserted"
+by rowid; PostgreSQL (no rowid) stages only the events its move returned (``store_pg``).
+``ensure_derived`` creates them and fills them once from the events already stored (a store
+written by an older version); ``store_pg.PgTraceStore`` does the same on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,80 +34,92 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from blueplane.store_schema import (
+    ACTIVITY_DAILY,
+    ACTIVITY_HOURLY,
+    SEARCH_TABLE,
+    SQLITE,
+    Dialect,
+)
+
 if TYPE_CHECKING:
     from blueplane.store import StoredEvent
 
 log = logging.getLogger("blueplane.derived")
 
 DERIVED_VERSION = "3"
-_META_KEY = "derived_version"
+META_KEY = "derived_version"
 
-SCHEMA = """
-CREATE VIRTUAL TABLE IF NOT EXISTS trace_text USING fts5(
-    text, conversation_id UNINDEXED, event_id UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 2', detail = none, columnsize = 0);
-CREATE TABLE IF NOT EXISTS activity_hourly (
-    hour_ms           INTEGER NOT NULL,
-    workspace_hash  TEXT NOT NULL,
-    trace_type      TEXT NOT NULL,
-    model           TEXT NOT NULL,
-    traces          INTEGER NOT NULL,
-    turns           INTEGER NOT NULL,
-    input_tokens    INTEGER NOT NULL,
-    output_tokens   INTEGER NOT NULL,
-    PRIMARY KEY (hour_ms, workspace_hash, trace_type, model)
-);
-CREATE TABLE IF NOT EXISTS activity_daily (
-    day_ms           INTEGER NOT NULL,
-    workspace_hash  TEXT NOT NULL,
-    trace_type      TEXT NOT NULL,
-    model           TEXT NOT NULL,
-    traces          INTEGER NOT NULL,
-    turns           INTEGER NOT NULL,
-    input_tokens    INTEGER NOT NULL,
-    output_tokens   INTEGER NOT NULL,
-    PRIMARY KEY (day_ms, workspace_hash, trace_type, model)
-);
-"""
 # What the writer knows of each event of a batch (from the payload it has already parsed).
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS derived_stage (
     event_id TEXT PRIMARY KEY, text TEXT, conversation_id TEXT, model TEXT NOT NULL,
     turn INTEGER NOT NULL, input_tokens INTEGER, output_tokens INTEGER)
 """
-_STAGE_INSERT = "INSERT OR IGNORE INTO temp.derived_stage VALUES (?,?,?,?,?,?,?)"
-# Only the rows this batch inserted: rowids above the largest before the batch.
+STAGE_INSERT = "INSERT OR IGNORE INTO derived_stage VALUES (?,?,?,?,?,?,?)"
+# ``{rows}``: the staged events this batch inserted (SQLite: rowids above the largest before
+# the batch; PostgreSQL: every staged one).
 _APPLY_TEXT = """
-INSERT INTO trace_text (text, conversation_id, event_id)
+INSERT INTO {search} (text, conversation_id, event_id)
 SELECT s.text, s.conversation_id, e.event_id FROM events e
-JOIN temp.derived_stage s ON s.event_id = e.event_id
-WHERE e.rowid > ? AND e.rowid <= ? AND s.text IS NOT NULL
+JOIN derived_stage s ON s.event_id = e.event_id
+WHERE {rows} AND s.text IS NOT NULL
 """
-_PREV_FIELD = """(SELECT coalesce(json_extract(p.payload, '$.{field}'), 0) FROM events p
-    WHERE p.session_id = e.session_id AND p.trace_type IS e.trace_type
+_PREV_FIELD = """(SELECT coalesce({number}, 0) FROM events p
+    WHERE p.session_id = e.session_id AND {same_type}
     AND p.item_key = e.item_key AND p.revision < e.revision AND p.event_id <> e.event_id
     ORDER BY p.revision DESC LIMIT 1)"""
 _HAS_PREV = """EXISTS (SELECT 1 FROM events p
-    WHERE p.session_id = e.session_id AND p.trace_type IS e.trace_type
+    WHERE p.session_id = e.session_id AND {same_type}
     AND p.item_key = e.item_key AND p.revision < e.revision AND p.event_id <> e.event_id)"""
-_APPLY_ACTIVITY = f"""
-INSERT INTO {{table}}
+_APPLY_ACTIVITY = """
+INSERT INTO {table}
 SELECT h, w, tt, m, COUNT(*), SUM(turn), SUM(i), SUM(o) FROM (
-    SELECT (coalesce(e.timestamp_ms, e.received_at_ms) / {{bucket}}) * {{bucket}} AS h,
+    SELECT (coalesce(e.timestamp_ms, e.received_at_ms) / {bucket}) * {bucket} AS h,
         coalesce(e.workspace_hash, '') AS w, coalesce(e.trace_type, '') AS tt, s.model AS m,
-        CASE WHEN s.turn = 1 AND (e.revision = 0 OR NOT {_HAS_PREV}) THEN 1 ELSE 0 END AS turn,
+        CASE WHEN s.turn = 1 AND (e.revision = 0 OR NOT {has_prev}) THEN 1 ELSE 0 END AS turn,
         coalesce(s.input_tokens, 0) - CASE WHEN e.revision > 0
-            THEN coalesce({_PREV_FIELD.format(field="input_tokens")}, 0) ELSE 0 END AS i,
+            THEN coalesce({prev_in}, 0) ELSE 0 END AS i,
         coalesce(s.output_tokens, 0) - CASE WHEN e.revision > 0
-            THEN coalesce({_PREV_FIELD.format(field="output_tokens")}, 0) ELSE 0 END AS o
-    FROM events e JOIN temp.derived_stage s ON s.event_id = e.event_id
-    WHERE e.rowid > ? AND e.rowid <= ? AND e.event_type = 'database_trace')
+            THEN coalesce({prev_out}, 0) ELSE 0 END AS o
+    FROM events e JOIN derived_stage s ON s.event_id = e.event_id
+    WHERE {rows} AND e.event_type = 'database_trace') AS batch
 WHERE true GROUP BY h, w, tt, m
-ON CONFLICT ({{col}}, workspace_hash, trace_type, model) DO UPDATE SET
-    traces = traces + excluded.traces, turns = turns + excluded.turns,
-    input_tokens = input_tokens + excluded.input_tokens,
-    output_tokens = output_tokens + excluded.output_tokens
+ON CONFLICT ({col}, workspace_hash, trace_type, model) DO UPDATE SET
+    traces = {table}.traces + excluded.traces, turns = {table}.turns + excluded.turns,
+    input_tokens = {table}.input_tokens + excluded.input_tokens,
+    output_tokens = {table}.output_tokens + excluded.output_tokens
 """
+ACTIVITY = (("activity_hourly", "hour_ms", 3_600_000), ("activity_daily", "day_ms", 86_400_000))
+
+
+def apply_statements(dialect: Dialect, rows: str) -> list[str]:
+    """The search index's and the activity tables' statements for ``rows`` (a condition on
+    ``e``, the events, and ``s``, the stage), in the dialect's spelling."""
+    same_type = dialect.same("p.trace_type", "e.trace_type")
+
+    def prev(field: str) -> str:
+        number = dialect.json_number("p.payload", field)
+        return _PREV_FIELD.format(number=number, same_type=same_type)
+
+    out = [_APPLY_TEXT.format(search=SEARCH_TABLE, rows=rows)]
+    for table, col, bucket in ACTIVITY:
+        parts = {"table": table, "col": col, "bucket": bucket, "rows": rows}
+        parts["has_prev"] = _HAS_PREV.format(same_type=same_type)
+        parts["prev_in"], parts["prev_out"] = prev("input_tokens"), prev("output_tokens")
+        out.append(_APPLY_ACTIVITY.format(**parts))
+    return out
+
+
+def derived_ddl(dialect: Dialect) -> list[str]:
+    """The derived tables (dropped and made again when ``DERIVED_VERSION`` changes)."""
+    out = dialect.search_table()
+    for table in (ACTIVITY_HOURLY, ACTIVITY_DAILY):
+        out += dialect.create_table(table)
+    return out
+
+
+_SQLITE_APPLY = apply_statements(SQLITE, "e.rowid > ? AND e.rowid <= ?")
 _TEXT_FIELDS = ("text", "prompt_text", "description", "prompt", "name")
 
 
@@ -111,20 +127,24 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def stage_row(ev: StoredEvent) -> tuple[Any, ...]:
+def stage_row(ev: StoredEvent, dialect: Dialect = SQLITE) -> tuple[Any, ...]:
     """What the derived tables need of one event, from its parsed payload and metadata."""
-    return _stage(ev.event_id, ev.trace_type, ev.payload, ev.metadata)
+    return _stage(ev.event_id, ev.trace_type, ev.payload, ev.metadata, dialect)
 
 
 def _stage(
-    event_id: str, trace_type: str | None, p: dict[str, Any], m: dict[str, Any]
+    event_id: str,
+    trace_type: str | None,
+    p: dict[str, Any],
+    m: dict[str, Any],
+    dialect: Dialect = SQLITE,
 ) -> tuple[Any, ...]:
     parts = [v for k in _TEXT_FIELDS if isinstance(v := p.get(k), str) and v]
     conv = p.get("composer_id") or m.get("conversation_id") or p.get("conversation_id")
     model = p.get("model") or p.get("model_name") or ""
     turn = 1 if trace_type == "message" and p.get("role") == "assistant" else 0
     return (
-        event_id, " ".join(parts) if parts else None,
+        event_id, dialect.search_text(" ".join(parts)) if parts else None,
         conv if isinstance(conv, str) else None, model if isinstance(model, str) else "",
         turn, _int(p.get("input_tokens")), _int(p.get("output_tokens")),
     )  # fmt: skip
@@ -134,8 +154,8 @@ def stage_batch(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> int:
     """Inside the writer's transaction, before the insert: stage the batch and return the
     largest rowid of ``events`` (the rows above it are the ones this batch inserts)."""
     conn.execute(_STAGE)
-    conn.execute("DELETE FROM temp.derived_stage")
-    conn.executemany(_STAGE_INSERT, [stage_row(ev) for ev in events])
+    conn.execute("DELETE FROM derived_stage")
+    conn.executemany(STAGE_INSERT, [stage_row(ev) for ev in events])
     return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
 
 
@@ -145,13 +165,25 @@ def apply_batch(conn: sqlite3.Connection, before_rowid: int) -> None:
 
 
 def _apply(conn: sqlite3.Connection, lo: int, hi: int) -> None:
-    conn.execute(_APPLY_TEXT, (lo, hi))
-    for table, col, bucket in (
-        ("activity_hourly", "hour_ms", 3_600_000),
-        ("activity_daily", "day_ms", 86_400_000),
-    ):
-        conn.execute(_APPLY_ACTIVITY.format(table=table, col=col, bucket=bucket), (lo, hi))
-    conn.execute("DELETE FROM temp.derived_stage")
+    for statement in _SQLITE_APPLY:
+        conn.execute(statement, (lo, hi))
+    conn.execute("DELETE FROM derived_stage")
+
+
+def stage_fields(
+    event_id: str,
+    trace_type: str | None,
+    payload: str | None,
+    metadata: str | None,
+    dialect: Dialect = SQLITE,
+) -> tuple[Any, ...]:
+    """``stage_row`` of a stored event (its JSON columns as stored)."""
+    return _stage(event_id, trace_type, _obj(payload), _obj(metadata), dialect)
+
+
+def stage_table() -> str:
+    """The stage's DDL (a temporary table of the writer's connection, either engine)."""
+    return _STAGE
 
 
 def ensure_derived(conn: sqlite3.Connection) -> None:
@@ -161,22 +193,20 @@ def ensure_derived(conn: sqlite3.Connection) -> None:
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (_META_KEY,)).fetchone()
+        row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (META_KEY,)).fetchone()
         if row is not None and row[0] == DERIVED_VERSION:
             conn.execute("COMMIT")
             return
         started = time.monotonic()
         # Derived: rebuilt whole when their version changes (their schema may have too).
-        for table in ("trace_text", "activity_hourly", "activity_daily"):
+        for table in (SEARCH_TABLE, *(t for t, _, _ in ACTIVITY)):
             conn.execute(f"DROP TABLE IF EXISTS {table}")
-        for statement in _statements(SCHEMA):
+        for statement in derived_ddl(SQLITE):
             conn.execute(statement)
         stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         if stored:
             _backfill(conn)
-        conn.execute(
-            "INSERT OR REPLACE INTO store_meta VALUES (?, ?)", (_META_KEY, DERIVED_VERSION)
-        )
+        conn.execute("INSERT OR REPLACE INTO store_meta VALUES (?, ?)", (META_KEY, DERIVED_VERSION))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -187,19 +217,6 @@ def ensure_derived(conn: sqlite3.Connection) -> None:
             "search index and activity tables built from %d stored events in %.1f s",
             stored, time.monotonic() - started,
         )  # fmt: skip
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of ``script`` (triggers contain ``;`` inside BEGIN … END)."""
-    out: list[str] = []
-    current = ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            if current.strip():
-                out.append(current.strip())
-            current = ""
-    return out
 
 
 def _backfill(conn: sqlite3.Connection, chunk: int = 5000) -> None:
@@ -214,9 +231,9 @@ def _backfill(conn: sqlite3.Connection, chunk: int = 5000) -> None:
         ).fetchall()
         if not rows:
             return
-        conn.execute("DELETE FROM temp.derived_stage")
+        conn.execute("DELETE FROM derived_stage")
         conn.executemany(
-            _STAGE_INSERT,
+            STAGE_INSERT,
             [_stage(eid, tt, _obj(payload), _obj(meta)) for _, eid, tt, payload, meta in rows],
         )
         hi = rows[-1][0]

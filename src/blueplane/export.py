@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from blueplane import trace_sources
+from blueplane.store_schema import is_missing_table
 
 # The columns of a stored trace, in the order of the JSON record.
 _COLUMNS = (
@@ -129,8 +130,8 @@ def _sourced(
     if keys:
         try:
             known = trace_sources.sources_for(conn, keys)
-        except sqlite3.OperationalError as exc:
-            if "no such table" not in str(exc):
+        except Exception as exc:
+            if not is_missing_table(exc):
                 raise  # a store written before trace_sources existed has none
     for r in rows:
         found = known.get((r[6], r[8]))  # as TraceStore.traces: by generation, any trace type

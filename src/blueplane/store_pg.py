@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import psycopg
 
-from blueplane import conversation_index, trace_sources
+from blueplane import conversation_index, derived, trace_sources
 from blueplane.store import (
     BACKFILL_CHUNK,
     CONVERSATIONS_META,
@@ -107,15 +107,27 @@ _NOW_SEQ = (
 )
 # A store's events in the order they were stored (PostgreSQL keeps no rowid): by write time,
 # then by stream id (``ms-n``, compared as numbers).
-_BACKFILL = (
-    "SELECT event_id, stream_id, event_type, hook_type, platform, trace_type, session_id,"
-    " workspace_hash, generation_id, item_key, revision, timestamp, timestamp_ms, payload,"
-    " metadata FROM events WHERE hook_type = 'CursorHook' OR trace_type IN"
-    f" ({', '.join(repr(t) for t in conversation_index.INDEXED_TRACE_TYPES)})"
+_STORED_ORDER = (
     " ORDER BY received_at_ms,"
     " CASE WHEN stream_id ~ '^[0-9]+-[0-9]+$' THEN split_part(stream_id, '-', 1)::numeric END,"
     " CASE WHEN stream_id ~ '^[0-9]+-[0-9]+$' THEN split_part(stream_id, '-', 2)::numeric END,"
     " event_id"
+)
+_BACKFILL = (
+    "SELECT event_id, stream_id, event_type, hook_type, platform, trace_type, session_id,"
+    " workspace_hash, generation_id, item_key, revision, timestamp, timestamp_ms, payload,"
+    " metadata FROM events WHERE hook_type = 'CursorHook' OR trace_type IN"
+    f" ({', '.join(repr(t) for t in conversation_index.INDEXED_TRACE_TYPES)})" + _STORED_ORDER
+)
+# The derived tables of an older store: every event, in the order they were stored.
+_DERIVED_BACKFILL = "SELECT event_id, trace_type, payload, metadata FROM events" + _STORED_ORDER
+_DERIVED_APPLY = derived.apply_statements(POSTGRES, "TRUE")
+_COPY_STAGE = "COPY derived_stage FROM STDIN"
+# The page's change token (SQLite's is max(rowid)): events stored, counted by the writers.
+STORED_META = "events_stored"
+_COUNT_STORED = (
+    "INSERT INTO store_meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
+    " SET value = (store_meta.value::bigint + EXCLUDED.value::bigint)::text"
 )
 # The temporary table has no statistics: never let the planner hash all of ``events``.
 _PLAN = ("SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off")
@@ -181,6 +193,8 @@ class _PgConn:
     """The slice of ``sqlite3.Connection`` the query methods use, on a psycopg connection:
     queries in the SQLite spelling run unchanged (autocommit: reads see every commit)."""
 
+    dialect = POSTGRES
+
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn
 
@@ -225,6 +239,7 @@ class PgTraceStore(TraceStore):
             self._migrate()
             if not readonly:
                 self._backfill_conversations()
+                self._ensure_derived()
 
     @property
     def label(self) -> str:
@@ -306,6 +321,49 @@ class PgTraceStore(TraceStore):
         finally:
             conn.close()
 
+    def _ensure_derived(self) -> None:
+        """The search index and the activity tables (derived.py): made, and filled from the
+        stored events, when their version changed (or a store predates them). One
+        transaction under the write lock, as the conversations' backfill."""
+        raw = self.conn.raw  # type: ignore[attr-defined]
+        flag = "SELECT value FROM store_meta WHERE key = %s"
+        row = raw.execute(flag, (derived.META_KEY,)).fetchone()
+        if row is not None and row[0] == derived.DERIVED_VERSION:
+            return
+        conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                row = conn.execute(flag, (derived.META_KEY,)).fetchone()
+                if row is not None and row[0] == derived.DERIVED_VERSION:
+                    return
+                started, done_n = time.monotonic(), 0
+                for table in (derived.SEARCH_TABLE, *(t for t, _, _ in derived.ACTIVITY)):
+                    conn.execute(f"DROP TABLE IF EXISTS {table}")  # type: ignore[arg-type]
+                for stmt in derived.derived_ddl(POSTGRES):
+                    conn.execute(stmt)  # type: ignore[arg-type]
+                conn.execute(derived.stage_table())  # type: ignore[arg-type]
+                with conn.cursor(name="bp_derived") as src:
+                    src.execute(_DERIVED_BACKFILL)  # type: ignore[arg-type]
+                    while rows := src.fetchmany(BACKFILL_CHUNK):
+                        done_n += len(rows)
+                        staged = [
+                            derived.stage_fields(eid, tt, payload, meta, POSTGRES)
+                            for eid, tt, payload, meta in rows
+                        ]
+                        with conn.cursor() as cur:
+                            _apply_derived(cur, staged)
+                conn.execute(
+                    "INSERT INTO store_meta VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (derived.META_KEY, derived.DERIVED_VERSION),
+                )
+            if done_n:
+                log.info("search index and activity tables built from %d stored events in"
+                         " %.1f s", done_n, time.monotonic() - started)  # fmt: skip
+        finally:
+            conn.close()
+
     def has_table(self, name: str) -> bool:
         row = self.conn.raw.execute("SELECT to_regclass(%s)", (name,)).fetchone()  # type: ignore[attr-defined]
         return bool(row and row[0] is not None)
@@ -328,6 +386,7 @@ class PgTraceStore(TraceStore):
             conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
             conn.execute(_BATCH_DDL)  # type: ignore[arg-type]
             conn.execute(_SOURCES_DDL)  # type: ignore[arg-type]
+            conn.execute(derived.stage_table())  # type: ignore[arg-type]
             conn.commit()
             self._write_conn = conn
         return conn
@@ -375,6 +434,14 @@ class PgTraceStore(TraceStore):
                     cur.execute(_MOVE, {"since": since_ms, "base": base})  # type: ignore[arg-type]
                     held = {r[0] for r in cur.fetchall()}
                     inserted = len(held)
+                    if inserted:
+                        # the search index and the activity counts of what was inserted
+                        staged: dict[str, tuple[Any, ...]] = {}
+                        for ev in events:
+                            if ev.event_id in held and ev.event_id not in staged:
+                                staged[ev.event_id] = derived.stage_row(ev, POSTGRES)
+                        _apply_derived(cur, list(staged.values()))
+                        cur.execute(_COUNT_STORED, (STORED_META, str(inserted)))  # type: ignore[arg-type]
                 # Same transaction, still under the lock: the conversation view never
                 # disagrees with the traces, and one writer at a time reads-modifies-writes it.
                 conversation_index.ConversationIndexer(_PgTx(conn)).apply(events, held)
@@ -387,3 +454,15 @@ class PgTraceStore(TraceStore):
                         conn.close()
                 raise
         return WriteResult(inserted, len(events) - inserted)
+
+
+def _apply_derived(cur: psycopg.Cursor[Any], staged: list[tuple[Any, ...]]) -> None:
+    """Stage rows (``derived.stage_row``) into the search index and the activity tables."""
+    if not staged:
+        return
+    with cur.copy(_COPY_STAGE) as copy:  # type: ignore[arg-type]
+        for row in staged:
+            copy.write_row(row)
+    for stmt in _DERIVED_APPLY:
+        cur.execute(stmt)  # type: ignore[arg-type]
+    cur.execute("DELETE FROM derived_stage")

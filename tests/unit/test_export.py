@@ -219,5 +219,3 @@ def test_export_and_traces_json_read_a_postgresql_store(tmp_path: Path, pg_url: 
     proc = cli("traces", "--json", "--limit", "10")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == records[-10:]
-    proc = cli("ui")
-    assert proc.returncode == 2 and "SQLite store" in proc.stderr

@@ -63,22 +63,15 @@ def ui(
 
     check_host(host)
     settings = settings_or_exit()
-    from blueplane.stores import store_kind
-
-    if store_kind(settings.store_url) != "sqlite":
-        err.print(
-            "[red]error:[/red] blueplane ui reads a SQLite store; store.url names PostgreSQL "
-            "(the page's search index and aggregates are kept by the SQLite writer only)",
-            highlight=False,
-        )
-        raise typer.Exit(2)
     sock = bind(port)
     url = f"http://{LOOPBACK}:{port}/"
     config = uvicorn.Config(
         create_app(settings), log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
-    err.print(f"Blueplane page at {url} (store {settings.store_path}); Ctrl-C stops it",
+    from blueplane.urls import mask_url
+
+    err.print(f"Blueplane page at {url} (store {mask_url(settings.store_url)}); Ctrl-C stops it",
               highlight=False)  # fmt: skip
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()

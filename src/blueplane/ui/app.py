@@ -1,6 +1,7 @@
 """``blueplane ui``: the local page and the JSON endpoints behind it (Starlette).
 
-Every endpoint reads the store read-only (a fresh ``mode=ro`` connection per request) and the
+Every endpoint reads the store read-only (a fresh ``mode=ro`` connection per request, or a
+read-only PostgreSQL store for ``store.url: postgresql://…``) and the
 server's ``status.json``; nothing here writes. The page is static (``static/``), draws with the
 vendored uPlot, and polls ``/api/version`` every second: when the store grew it refetches the
 overview, the feed and the list, so a new trace shows within about two seconds.
@@ -28,7 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from blueplane.config import Settings
 from blueplane.search import search_conversation_ids
-from blueplane.store import TraceStore
+from blueplane.stores import open_store, store_exists
 from blueplane.ui import queries
 
 log = logging.getLogger("blueplane.ui")
@@ -62,7 +63,7 @@ class UiApp:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.reader = queries.StoreReader(settings.store_path)
+        self.reader = queries.StoreReader(settings.store_url)  # SQLite or PostgreSQL
         self._health: tuple[float, dict[str, Any]] | None = None
         self._overviews: dict[tuple[str | None, int, int], bytes] = {}  # also /api/tokens
 
@@ -104,7 +105,7 @@ class UiApp:
                 return JSONResponse({"source": "traces", "days": []})
         cached = self._overviews.get(key)
         if cached is None:
-            store = TraceStore(self.settings.store_path, readonly=True)
+            store = open_store(self.settings.store_url, readonly=True)
             try:
                 days = mod.token_totals_by_day(store, workspace=workspace)
             finally:
@@ -145,9 +146,9 @@ class UiApp:
         q = (request.query_params.get("q") or "").strip()
         workspace = request.query_params.get("workspace") or None
         limit = _int_param(request, "limit", 50, 1, 500)
-        if not self.settings.store_path.exists():
+        if not store_exists(self.settings):
             return JSONResponse({"conversations": [], "available": True, "query": q})
-        store = TraceStore(self.settings.store_path, readonly=True)
+        store = open_store(self.settings.store_url, readonly=True)
         try:
             ids: list[str] | None = None
             if q:
@@ -166,9 +167,9 @@ class UiApp:
     def conversation(self, request: Request) -> JSONResponse:
         mod = _conversations_module()
         cid = request.path_params["conversation_id"]
-        if mod is None or not self.settings.store_path.exists():
+        if mod is None or not store_exists(self.settings):
             return JSONResponse({"error": f"no conversation {cid}"}, status_code=404)
-        store = TraceStore(self.settings.store_path, readonly=True)
+        store = open_store(self.settings.store_url, readonly=True)
         try:
             got = mod.get_conversation(store, cid)
         finally:

@@ -4,6 +4,11 @@ The charts read ``activity_daily`` and, for the last 48 hours, ``activity_hourly
 the writer, derived.py: their size grows with days × workspaces × models, not with traces),
 never the events; the feed reads the newest events by rowid (or by the workspace index).
 A store written before those tables existed is read from ``events`` directly (correct, slower).
+
+Either store: a SQLite file (a fresh ``mode=ro`` connection per request) or PostgreSQL (a
+read-only ``PgTraceStore`` per request); the queries are written once in the SQLite spelling and
+the connection's ``dialect`` adapts the few differences (PostgreSQL has no rowid: the change
+token is the writers' count of stored events, the feed is newest by time).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from blueplane.store_schema import SQLITE, Dialect
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -52,13 +59,29 @@ class Overview:
 
 class StoreReader:
     """Opens the store read-only per request (a connection is cheap; none is shared across
-    the server's threads), and says so when there is no store yet."""
+    the server's threads), and says so when there is no store yet.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    ``where``: a SQLite file's path, or a store URL (``sqlite://…`` or ``postgresql://…``)."""
+
+    def __init__(self, where: Path | str) -> None:
+        self.url: str | None = None
+        if isinstance(where, str) and not where.startswith("sqlite://"):
+            self.url = where
+            self.path = Path()
+        else:
+            self.path = Path(where[len("sqlite://") :]) if isinstance(where, str) else where
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection | None]:
+    def connect(self) -> Iterator[Any]:
+        if self.url is not None:
+            from blueplane.stores import open_store
+
+            store = open_store(self.url, readonly=True)
+            try:
+                yield store.conn
+            finally:
+                store.close()
+            return
         if not self.path.exists():
             yield None
             return
@@ -70,36 +93,46 @@ class StoreReader:
             conn.close()
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (name,)
-    ).fetchone()
-    return row is not None
+def _dialect(conn: Any) -> Dialect:
+    """A PostgreSQL store's connection says so; a ``sqlite3.Connection`` is SQLite."""
+    return getattr(conn, "dialect", SQLITE)
 
 
-def last_rowid(conn: sqlite3.Connection | None) -> int:
+def _has_table(conn: Any, name: str) -> bool:
+    sql, params = _dialect(conn).table_exists(name)
+    return conn.execute(sql, params).fetchone() is not None
+
+
+def last_rowid(conn: Any) -> int:
     """Grows with every stored event: the page polls it to know when to refresh."""
     if conn is None or not _has_table(conn, "events"):
         return 0
+    if _dialect(conn) is not SQLITE:  # no rowid: the writers count what they store
+        from blueplane.store_pg import STORED_META
+
+        row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (STORED_META,)).fetchone()
+        return int(row[0]) if row else 0
     return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
 
 
-_FALLBACK_ACTIVITY = """
+def _fallback_activity(d: Dialect) -> str:
+    """The activity table's rows computed from the events (a store without the table)."""
+    model = (
+        f"coalesce({d.json_text('payload', 'model')}, {d.json_text('payload', 'model_name')}, '')"
+    )
+    return f"""
 SELECT (coalesce(timestamp_ms, received_at_ms) / 3600000) * 3600000 AS hour_ms,
        coalesce(workspace_hash, '') AS workspace_hash, coalesce(trace_type, '') AS trace_type,
-       coalesce(json_extract(payload, '$.model'), json_extract(payload, '$.model_name'), '')
-           AS model,
+       {model} AS model,
        COUNT(*) AS traces,
-       SUM(CASE WHEN trace_type = 'message' AND json_extract(payload, '$.role') = 'assistant'
+       SUM(CASE WHEN trace_type = 'message' AND {d.json_text("payload", "role")} = 'assistant'
            AND revision = 0 THEN 1 ELSE 0 END) AS turns,
        0 AS input_tokens, 0 AS output_tokens
 FROM events WHERE event_type = 'database_trace' GROUP BY 1, 2, 3, 4
 """
 
 
-def overview(
-    conn: sqlite3.Connection | None, workspace: str | None, now_ms: int | None = None
-) -> Overview:
+def overview(conn: Any, workspace: str | None, now_ms: int | None = None) -> Overview:
     """The charts' data for all time (days) and the last 48 hours (hours)."""
     ov = Overview(empty=True, workspace=workspace)
     if conn is None or not _has_table(conn, "events"):
@@ -108,7 +141,7 @@ def overview(
     if _has_table(conn, "activity_daily") and _has_table(conn, "activity_hourly"):
         source, tcol, hours = "activity_daily", "day_ms", "activity_hourly"
     else:  # a store no writer of this version has opened yet: from the events (slower)
-        source = hours = f"({_FALLBACK_ACTIVITY})"
+        source = hours = f"({_fallback_activity(_dialect(conn))}) AS activity"
         tcol = "hour_ms"
     where, args = ("WHERE workspace_hash = ?", [workspace]) if workspace else ("", [])
     sums = "SUM(traces), SUM(turns), SUM(input_tokens), SUM(output_tokens)"
@@ -158,11 +191,11 @@ def overview(
     return ov
 
 
-def _count_any(conn: sqlite3.Connection) -> int:
+def _count_any(conn: Any) -> int:
     return 1 if conn.execute("SELECT 1 FROM events LIMIT 1").fetchone() else 0
 
 
-def workspace_list(conn: sqlite3.Connection | None) -> list[str]:
+def workspace_list(conn: Any) -> list[str]:
     """Every workspace with stored traces (for the filter)."""
     if conn is None or not _has_table(conn, "events"):
         return []
@@ -183,17 +216,23 @@ def _text_of(payload: dict[str, Any]) -> str:
     return ""
 
 
-def feed(
-    conn: sqlite3.Connection | None, workspace: str | None, limit: int = 25
-) -> list[dict[str, Any]]:
+def feed(conn: Any, workspace: str | None, limit: int = 25) -> list[dict[str, Any]]:
     """The newest stored traces with their text, newest first."""
     if conn is None or not _has_table(conn, "events"):
         return []
+    sqlite = _dialect(conn) is SQLITE
     cols = (
-        "rowid, event_id, timestamp, timestamp_ms, received_at_ms, workspace_hash, trace_type,"
-        " generation_id, revision, payload, metadata"
+        f"{'rowid' if sqlite else 'NULL'}, event_id, timestamp, timestamp_ms, received_at_ms,"
+        " workspace_hash, trace_type, generation_id, revision, payload, metadata"
     )
-    if workspace:
+    if not sqlite:  # no rowid: newest by the time index (traces without a time left out)
+        ws = "workspace_hash = ? AND " if workspace else ""
+        rows = conn.execute(
+            f"SELECT {cols} FROM events WHERE {ws}event_type = 'database_trace'"
+            " AND timestamp_ms IS NOT NULL ORDER BY timestamp_ms DESC, stream_id DESC LIMIT ?",
+            (*([workspace] if workspace else []), limit),
+        ).fetchall()
+    elif workspace:
         rows = conn.execute(
             f"SELECT {cols} FROM events WHERE workspace_hash = ? AND event_type = 'database_trace'"
             " ORDER BY timestamp_ms DESC LIMIT ?",
