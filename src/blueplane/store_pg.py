@@ -7,6 +7,13 @@ stored within the window under another event id is dropped, also within the batc
 holds a transaction-scoped advisory lock, so several ``blueplane consume`` processes writing at
 once dedup exactly as one SQLite writer does; the ``COPY`` (most of the work) runs in parallel.
 
+In the same transaction and under the same lock, the writer also keeps what SQLite's keeps:
+``trace_sources`` (and its NOT_FIRST rule, ordered by a seq read from the database's clock
+under the lock, so consumers on several hosts agree), the reconciled conversations
+(``conversation_index`` on ``_PgTx``), the search index and the activity tables (``derived``).
+A store written by an older version gets its conversation tables and derived tables built once
+by the first writer that opens it (one transaction under the lock).
+
 A connection lost mid-batch (PostgreSQL restarted) rolls the batch back and raises
 ``psycopg.Error``: the consumer keeps the entries pending and retries; the next write reconnects.
 The query methods are ``TraceStore``'s own, run through ``_PgConn`` which rewrites their SQLite
@@ -402,6 +409,12 @@ class PgTraceStore(TraceStore):
         keyed = trace_sources.is_keyed_generation
         generations = [ev for ev in events if keyed(ev)]
         source_rows = trace_sources.rows(generations, now_ms, 0)
+        # What the search index and the activity tables need of each event, computed here,
+        # before the write lock (the words of every text: Python's share of the cost).
+        stage: dict[str, tuple[Any, ...]] = {}
+        for ev in events:
+            if ev.event_id not in stage:
+                stage[ev.event_id] = derived.stage_row(ev, POSTGRES)
         with self._lock:
             if self._closed:
                 raise psycopg.InterfaceError(f"store {self.label} is closed")
@@ -436,11 +449,7 @@ class PgTraceStore(TraceStore):
                     inserted = len(held)
                     if inserted:
                         # the search index and the activity counts of what was inserted
-                        staged: dict[str, tuple[Any, ...]] = {}
-                        for ev in events:
-                            if ev.event_id in held and ev.event_id not in staged:
-                                staged[ev.event_id] = derived.stage_row(ev, POSTGRES)
-                        _apply_derived(cur, list(staged.values()))
+                        _apply_derived(cur, [row for eid, row in stage.items() if eid in held])
                         cur.execute(_COUNT_STORED, (STORED_META, str(inserted)))  # type: ignore[arg-type]
                 # Same transaction, still under the lock: the conversation view never
                 # disagrees with the traces, and one writer at a time reads-modifies-writes it.

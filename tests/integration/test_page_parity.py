@@ -10,12 +10,16 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from starlette.testclient import TestClient
+
+with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the tests install
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 from blueplane.config import load_settings
 from blueplane.search import search_conversation_ids, search_event_ids
