@@ -19,11 +19,15 @@ new ``Migration``'s ``add_columns``.
 Queries: write them once, on ``self.conn.execute(sql, params)`` in the SQLite spelling with
 ``?``; on PostgreSQL ``store_pg._PgConn`` runs them through ``POSTGRES.sql``. Keep to SQL both
 engines know (``COALESCE``, ``GROUP BY``, ``LIMIT``, ``INSERT … ON CONFLICT (k) DO UPDATE``
-rather than ``INSERT OR REPLACE``); reach into JSON with ``self.dialect.json_text(col, key)``;
-anything else engine-specific (full-text search: FTS5 vs ``tsvector``) becomes one more
-``Dialect`` method. Rows a writer maintains in the batch's transaction are written inside
+rather than ``INSERT OR REPLACE``; a subquery in FROM gets an alias; a ``SUM`` comes back as a
+``Decimal`` from PostgreSQL: ``int()`` it); reach into JSON with ``self.dialect.json_text`` /
+``json_number``; ask whether a table exists with ``store.has_table`` (``Dialect.table_exists``,
+never ``sqlite_master``). The engine-specific rest is a ``Dialect`` method each: the full-text
+index (``search_table`` / ``search_match`` / ``search_query`` / ``search_text``: FTS5 vs a
+``tsvector`` column with a GIN index), ``same`` (``IS`` vs ``IS NOT DISTINCT FROM``).
+Rows a writer maintains in the batch's transaction are written inside
 ``TraceStore.write_batch`` (SQLite) and ``PgTraceStore.write_batch`` (after the move from
-``_bp_batch``, same transaction).
+``_bp_batch``, same transaction, under the advisory write lock).
 """
 
 from __future__ import annotations
