@@ -195,7 +195,7 @@ def test_one_span_per_turn_across_an_outage_and_a_restart(
     )
     add(message("conv-1", "gen-1", "a2", "assistant", "It depends on the time zone.", tin=1500,
                 tout=220))  # fmt: skip
-    # Turn 2 of conv-1 (its start sends turn 1), and turn 1 of conv-2.
+    # Turn 2 of conv-1, and turn 1 of conv-2: each sent once quiet for the settle window.
     add(message("conv-1", "gen-2", "u2", "user", "Fix it."))
     add(message("conv-1", "gen-2", "a3", "assistant", "Fixed: UTC everywhere.", tin=2000,
                 tout=300, model="gpt-5"))  # fmt: skip
@@ -235,6 +235,11 @@ def test_one_span_per_turn_across_an_outage_and_a_restart(
                 tin=1500, tout=230, revision=1))  # fmt: skip
     add(message("conv-3", "gen-4", "a5", "assistant", "During the outage", tin=5, tout=5))
     add(message("conv-3", "gen-5", "a6", "assistant", "Still down", tin=6, tout=6))
+    # hook events: of a turn the database saw too, of a hooks-only turn, of a sent turn
+    add(hook("conv-3", "gen-4", "stop", status="completed", input_tokens=50, output_tokens=7))
+    add(hook("conv-3", "gen-6", "afterAgentResponse", text="Hooks only", input_tokens=8,
+             output_tokens=3))  # fmt: skip
+    add(hook("conv-1", "gen-1", "stop", status="completed", input_tokens=1, output_tokens=1))
     wait_until(lambda: receiver.refused >= 2 and otlp_health(bp_env).get("counters", {}).get(
         "export_failures", 0) >= 1, timeout=20, what="failed exports in status")  # fmt: skip
     assert otlp_health(bp_env)["status"] == "collector_unavailable"
@@ -244,12 +249,15 @@ def test_one_span_per_turn_across_an_outage_and_a_restart(
     wait_until(lambda: receiver.refused >= 4, timeout=20, what="retries after the restart")
     # ...then the collector is back: every turn arrives, and only once.
     receiver.down = False
-    wait_until(lambda: {"gen-4", "gen-5"} <= {s["attributes"]["gen_ai.response.id"]
+    wait_until(lambda: {"gen-4", "gen-5", "gen-6"} <= {s["attributes"]["gen_ai.response.id"]
                                               for s in receiver.chat_spans()},
                timeout=20, what="the turns of the outage")  # fmt: skip
     wait_until(lambda: otlp_health(bp_env).get("status") == "ok", what="otlp ok again")
     ids = [s["attributes"]["gen_ai.response.id"] for s in receiver.chat_spans()]
-    assert sorted(ids) == ["gen-1", "gen-2", "gen-3", "gen-4", "gen-5"]
+    assert sorted(ids) == ["gen-1", "gen-2", "gen-3", "gen-4", "gen-5", "gen-6"]
+    assert usage(receiver.of_turn("gen-4")[0])[:2] == (50, 7)  # the hook's, merged after restart
+    assert receiver.of_turn("gen-4")[0]["attributes"]["blueplane.sources"] == ["database", "hook"]
+    assert usage(receiver.of_turn("gen-6")[0])[:2] == (8, 3)
     # Every entry of the stream was acknowledged by the exporter's own group.
     group = next(g for g in redis_client.xinfo_groups("telemetry:events")
                  if g["name"] in (b"blueplane-otlp", "blueplane-otlp"))  # fmt: skip
