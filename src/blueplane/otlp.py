@@ -114,14 +114,13 @@ class ToolSpan:
         return self.db_status in _DB_TOOL_ERRORS
 
     def bounds(self, start_ms: int | None, end_ms: int | None) -> tuple[int | None, int | None]:
-        """(start, end): Cursor's own ``duration`` ending at the post event, else the pre and
-        post events' times, else the turn's."""
+        """(start, end): Cursor's own ``duration`` ending at the post event (the events' own
+        times include the hook command's start-up), else the pre and post events' times, else
+        the turn's."""
         end = self.post_ms
         start = self.pre_ms
         if end is not None and self.duration_ms is not None:
             start = end - self.duration_ms
-        elif start is not None and end is None and self.duration_ms is not None:
-            end = start + self.duration_ms
         start = start if start is not None else start_ms
         end = end if end is not None else max(start or 0, end_ms or 0) or None
         return start, end
@@ -244,7 +243,7 @@ class Turn:
             tool.pre_ms = at
             return
         tool.post_ms = at
-        tool.duration_ms = _int(p.get("duration")) if p.get("duration") is not None else None
+        tool.duration_ms = _int(p.get("duration"))
         tool.failed = name == "postToolUseFailure"
         if tool.failed:
             tool.failure_type = _str(p.get("failure_type")) or "error"
