@@ -163,7 +163,7 @@ class OtlpConfig(_Section):
     consumer: str = "otlp-1"
     batch_size: int = Field(500, ge=1)
     block_ms: int = Field(1000, ge=1)
-    # A turn is sent once the next one of its conversation starts, or after this quiet time.
+    # A turn is sent once no event of it (database message, hook event) came for this long.
     settle_seconds: float = Field(10.0, gt=0)
     timeout_seconds: float = Field(10.0, gt=0)
     # A collector that does not answer 2xx: retry after this, doubling up to the max.

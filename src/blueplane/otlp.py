@@ -1,12 +1,21 @@
 """OTLP export: each assistant turn as an OpenTelemetry GenAI span, exactly once.
 
-Reads ``telemetry:events`` in its own consumer group (``otlp.group``). Assistant message traces
-of one generation (Cursor writes one or more assistant bubbles per request) are gathered into
-a turn; the turn is sent once the next turn of its conversation starts or it has been quiet
-for ``settle_seconds``. A turn is a span ``chat {model}`` (``gen_ai.operation.name=chat``,
-``gen_ai.provider.name=cursor``, model, conversation id, token usage), under one
-``invoke_agent Cursor`` span per conversation, with a child ``execute_tool {name}`` span per
-tool call. Text goes out only with ``capture_content``.
+Reads ``telemetry:events`` in its own consumer group (``otlp.group``) and builds each turn from
+every source on the stream that knows its generation, joined on ``(conversation_id,
+generation_id)`` with the rules of the store's reconciled conversations
+(``conversation_index``): the database's assistant message traces (one or more bubbles per
+request, and the user bubble before them) and the Cursor hook events of the generation
+(``beforeSubmitPrompt``, ``afterAgentResponse``, ``stop``, ``preToolUse`` / ``postToolUse`` /
+``postToolUseFailure``, …). Tokens come from ``afterAgentResponse``, else ``stop`` (never both
+added), else the database; the model from the hook unless it says ``default`` (Auto), else the
+database; text from the hook, else the database; tool calls are merged by their call id (the
+hooks give their timing and outcome). A turn seen only by hooks is exported too.
+
+A turn is sent once it has been quiet for ``settle_seconds``, so the late events of a turn seen
+by several sources are merged into its one span. A turn is a span ``chat {model}``
+(``gen_ai.operation.name=chat``, ``gen_ai.provider.name=cursor``, model, conversation id, token
+usage), under one ``invoke_agent Cursor`` span per conversation, with a child
+``execute_tool {name}`` span per tool call. Text goes out only with ``capture_content``.
 
 Exactly once: the entries of a turn are acknowledged only after the collector answered 2xx,
 so a collector that is down keeps them pending (retried with backoff; nothing is lost) and a
@@ -38,6 +47,14 @@ from blueplane import __version__
 from blueplane.aio import Backoff, sleep_or_stop
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import OtlpConfig
+from blueplane.conversation_index import (
+    DATABASE,
+    HOOK,
+    TOKEN_FIELDS,
+    TOKEN_PRIORITY,
+    _int,
+    _str,
+)
 from blueplane.events import MalformedEntry
 from blueplane.fast_path.consumer import group_stats, parse_entry
 from blueplane.health import Health
@@ -58,12 +75,11 @@ def _id(text: str, bits: int) -> int:
 
 @dataclass(slots=True)
 class Tool:
+    """A tool call of the database's bubble (``tool_calls``)."""
+
     name: str
     call_id: str | None
     status: str | None
-
-
-_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 @dataclass(slots=True)
@@ -71,38 +87,103 @@ class Bubble:
     """The latest revision of one assistant message of a turn."""
 
     revision: int
-    tokens: tuple[int | None, ...]
+    tokens: tuple[int | None, ...] | None  # None: the bubble reported no tokens
     text: str | None
     tools: list[Tool]
 
 
 @dataclass(slots=True)
+class ToolSpan:
+    """One tool call of a turn, merged across sources by its call id: the database names it
+    (and its status), the hooks time it (``preToolUse`` / ``postToolUse[Failure]``)."""
+
+    name: str | None = None
+    call_id: str | None = None
+    db_status: str | None = None
+    pre_ms: int | None = None
+    post_ms: int | None = None
+    duration_ms: int | None = None
+    failed: bool | None = None  # None: no post* event; True: postToolUseFailure
+    failure_type: str | None = None
+    error_message: str | None = None
+
+    @property
+    def error(self) -> bool:
+        if self.failed is not None:
+            return self.failed
+        return self.db_status in _DB_TOOL_ERRORS
+
+    def bounds(self, start_ms: int | None, end_ms: int | None) -> tuple[int | None, int | None]:
+        """(start, end): Cursor's own ``duration`` ending at the post event (the events' own
+        times include the hook command's start-up), else the pre and post events' times, else
+        the turn's."""
+        end = self.post_ms
+        start = self.pre_ms
+        if end is not None and self.duration_ms is not None:
+            start = end - self.duration_ms
+        start = start if start is not None else start_ms
+        end = end if end is not None else max(start or 0, end_ms or 0) or None
+        return start, end
+
+
+# The hook's stop status as a GenAI finish reason.
+_FINISH = {"completed": "stop", "aborted": "cancelled"}
+_DB_TOOL_ERRORS = frozenset({"error", "failed"})
+_TOOL_HOOKS = ("preToolUse", "postToolUse", "postToolUseFailure")
+
+
+def _tokens_of(payload: dict[str, Any]) -> tuple[int | None, ...] | None:
+    """The four counts of a token report; None when it carries none (as the store's index)."""
+    values = tuple(_int(payload.get(name)) for name in TOKEN_FIELDS)
+    return None if all(v is None for v in values) else values
+
+
+@dataclass(slots=True)
 class Turn:
-    """One assistant turn being gathered from its messages (and the prompt before it)."""
+    """One assistant turn, gathered from every source on the stream and joined on
+    ``(conversation_id, generation_id)`` like the store's ``conv_turns``: the database's
+    assistant messages (and the prompt before them), and the hook events of the generation."""
 
     key: str
     conversation_id: str
     generation_id: str
     workspace_hash: str | None
-    model: str | None = None
+    db_model: str | None = None
+    hook_model: str | None = None
     start_ms: int | None = None
     end_ms: int | None = None
-    prompt: str | None = None
+    db_prompt: str | None = None
+    hook_prompt: str | None = None
+    stop_status: str | None = None
     bubbles: dict[str, Bubble] = field(default_factory=dict)
+    # hook answers (afterAgentResponse) by event id: (time, text)
+    hook_texts: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # token reports by kind (TOKEN_PRIORITY's hook kinds), by event id
+    hook_tokens: dict[str, dict[str, tuple[int | None, ...]]] = field(default_factory=dict)
+    hook_tools: dict[str, ToolSpan] = field(default_factory=dict)
+    hook_events: set[str] = field(default_factory=set)
+    sources: set[str] = field(default_factory=set)
     entry_ids: list[str] = field(default_factory=list)
     touched: float = 0.0
 
+    def _time(self, start: Any, end: Any) -> None:
+        if isinstance(start, int) and not isinstance(start, bool):
+            self.start_ms = start if self.start_ms is None else min(self.start_ms, start)
+        if isinstance(end, int) and not isinstance(end, bool):
+            self.end_ms = end if self.end_ms is None else max(self.end_ms, end)
+
     def add(self, ev: StoredEvent, now: float) -> None:
-        """A message of the turn; a later revision of a message replaces the earlier one."""
+        """A database message of the turn; a later revision replaces the earlier one."""
         p = ev.payload
         self.touched = now
+        self.sources.add(DATABASE)
         bubble = str(p.get("bubble_id") or ev.item_key or ev.event_id)
         old = self.bubbles.get(bubble)
         if old is None or ev.revision >= old.revision:
-            tokens = tuple(
-                v if isinstance(v := p.get(name), int) and not isinstance(v, bool) else None
-                for name in _TOKENS
-            )
+            # As the store: a bubble's counts only when Cursor reported some (not its {0,0}).
+            tokens = _tokens_of(p) if p.get("tokens_reported") else None
+            if tokens is None and old is not None:
+                tokens = old.tokens
             tools = [
                 Tool(t["name"], t.get("tool_call_id"), t.get("status"))
                 for t in p.get("tool_calls") or []
@@ -110,41 +191,145 @@ class Turn:
             ]
             text = str(p["text"]) if p.get("text") else None
             self.bubbles[bubble] = Bubble(ev.revision, tokens, text, tools)
-        self.model = p.get("model") or self.model
+        self.db_model = _str(p.get("model")) or self.db_model
         start = p.get("client_rpc_send_time_ms") or ev.timestamp_ms
         end = p.get("client_end_time_ms") or p.get("client_settle_time_ms") or ev.timestamp_ms
-        if isinstance(start, int):
-            self.start_ms = start if self.start_ms is None else min(self.start_ms, start)
-        if isinstance(end, int):
-            self.end_ms = end if self.end_ms is None else max(self.end_ms, end)
+        self._time(start, end)
 
-    def _sum(self, i: int) -> int | None:
-        known = [b.tokens[i] for b in self.bubbles.values() if b.tokens[i] is not None]
-        return sum(known) if known else None  # type: ignore[arg-type]
+    def add_hook(self, ev: StoredEvent, now: float) -> None:
+        """A Cursor hook event of the turn (the store's ``ConversationIndexer._hook`` rules)."""
+        self.touched = now
+        event_id = str(ev.event_id)
+        if event_id in self.hook_events:
+            return  # the same event twice on the stream: counted once
+        self.hook_events.add(event_id)
+        self.sources.add(HOOK)
+        p, name, at = ev.payload, ev.event_type, ev.timestamp_ms
+        self._time(at, at)
+        if self.workspace_hash is None:
+            self.workspace_hash = ev.workspace_hash
+        model = _str(p.get("model"))
+        if model:
+            self.hook_model = model
+        if name == "beforeSubmitPrompt":
+            self.hook_prompt = _str(p.get("prompt")) or self.hook_prompt
+        elif name == "afterAgentResponse":
+            text = _str(p.get("text"))
+            if text is not None:
+                self.hook_texts[event_id] = (at or 0, text)
+        elif name == "stop":
+            self.stop_status = _str(p.get("status")) or self.stop_status
+        if name in ("afterAgentResponse", "stop") and (tokens := _tokens_of(p)) is not None:
+            self.hook_tokens.setdefault(name, {})[event_id] = tokens
+        if name in _TOOL_HOOKS:
+            self._hook_tool(name, p, at)
+
+    def _hook_tool(self, name: str, p: dict[str, Any], at: int | None) -> None:
+        call_id = _str(p.get("tool_use_id"))
+        tool_name = _str(p.get("tool_name"))
+        if call_id is not None:
+            key = call_id
+        elif name == "preToolUse":
+            key = f"hook:{len(self.hook_tools)}"
+        else:  # no id: the earliest unfinished call of the same tool
+            open_calls = (
+                k for k, t in self.hook_tools.items()
+                if k.startswith("hook:") and t.name == tool_name and t.failed is None
+            )  # fmt: skip
+            key = next(open_calls, f"hook:{len(self.hook_tools)}")
+        tool = self.hook_tools.setdefault(key, ToolSpan(call_id=call_id))
+        tool.name = tool_name or tool.name
+        if name == "preToolUse":
+            tool.pre_ms = at
+            return
+        tool.post_ms = at
+        tool.duration_ms = _int(p.get("duration"))
+        tool.failed = name == "postToolUseFailure"
+        if tool.failed:
+            tool.failure_type = _str(p.get("failure_type")) or "error"
+            tool.error_message = _str(p.get("error_message"))
+
+    # ----------------------------------------------------------------- the reconciled turn
+    @property
+    def model(self) -> str | None:
+        """As the store: the hook's model (``default`` is Auto: the database may know
+        better), else the database's; the hook's ``default`` when no source names one."""
+        if self.hook_model and self.hook_model != "default":
+            return self.hook_model
+        return self.db_model or self.hook_model
+
+    @property
+    def token_source(self) -> str | None:
+        """The best token source (``TOKEN_PRIORITY``): afterAgentResponse, else stop, else the
+        database; never two of them added."""
+        for kind in TOKEN_PRIORITY:
+            if kind == DATABASE:
+                if any(b.tokens is not None for b in self.bubbles.values()):
+                    return kind
+            elif self.hook_tokens.get(kind):
+                return kind
+        return None
+
+    @property
+    def tokens(self) -> tuple[int | None, ...]:
+        """The four counts from the best source, summed within it; None where unknown."""
+        kind = self.token_source
+        if kind is None:
+            return (None, None, None, None)
+        if kind == DATABASE:
+            rows = [b.tokens for b in self.bubbles.values() if b.tokens is not None]
+        else:
+            rows = list(self.hook_tokens[kind].values())
+        totals: list[int | None] = [None, None, None, None]
+        for row in rows:
+            for i, v in enumerate(row):
+                if v is not None:
+                    totals[i] = (totals[i] or 0) + v
+        return tuple(totals)
 
     @property
     def input_tokens(self) -> int | None:
-        return self._sum(0)
+        return self.tokens[0]
 
     @property
     def output_tokens(self) -> int | None:
-        return self._sum(1)
+        return self.tokens[1]
 
     @property
     def cache_read_tokens(self) -> int | None:
-        return self._sum(2)
+        return self.tokens[2]
 
     @property
     def cache_write_tokens(self) -> int | None:
-        return self._sum(3)
+        return self.tokens[3]
+
+    @property
+    def prompt(self) -> str | None:
+        """Content from whichever source has it, the hook first (``CONTENT_ORDER``)."""
+        return self.hook_prompt or self.db_prompt
 
     @property
     def response(self) -> list[str]:
-        return [b.text for b in self.bubbles.values() if b.text]
+        hook = [text for _, text in sorted(self.hook_texts.values(), key=lambda x: x[0])]
+        return hook or [b.text for b in self.bubbles.values() if b.text]
 
     @property
-    def tools(self) -> list[Tool]:
-        return [t for b in self.bubbles.values() for t in b.tools]
+    def tools(self) -> list[ToolSpan]:
+        """The database's tool calls and the hooks' in one list, one per call id."""
+        merged: dict[str, ToolSpan] = {}
+        for bubble, b in self.bubbles.items():
+            for i, t in enumerate(b.tools):
+                merged[t.call_id or f"db:{bubble}:{i}"] = ToolSpan(t.name, t.call_id, t.status)
+        for key, h in self.hook_tools.items():
+            m = merged.get(key)
+            if m is None:
+                merged[key] = h
+                continue
+            merged[key] = ToolSpan(
+                h.name or m.name, m.call_id or h.call_id, m.db_status, h.pre_ms, h.post_ms,
+                h.duration_ms, h.failed, h.failure_type, h.error_message,
+            )  # fmt: skip
+        return list(merged.values())
 
 
 class ExportedKeys:
@@ -218,7 +403,7 @@ class SpanSender:
 
     def spans(self, turns: Sequence[Turn], new_conversations: set[str]) -> list[Any]:
         from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
         out: list[Any] = []
 
@@ -229,8 +414,11 @@ class SpanSender:
         for t in turns:
             trace_id = _id(f"conversation:{t.conversation_id}", 128)
             agent = ctx(trace_id, _id(f"agent:{t.conversation_id}", 64))
-            start = (t.start_ms or int(time.time() * 1000)) * 1_000_000
-            end = max(start, (t.end_ms or t.start_ms or 0) * 1_000_000)
+            tools = [(tool, *tool.bounds(t.start_ms, t.end_ms)) for tool in t.tools]
+            starts = [s for s in [t.start_ms, *(b[1] for b in tools)] if s is not None]
+            ends = [e for e in [t.end_ms, *(b[2] for b in tools)] if e is not None]
+            start = (min(starts) if starts else int(time.time() * 1000)) * 1_000_000
+            end = max(start, (max(ends) if ends else 0) * 1_000_000)
             common = {
                 "gen_ai.provider.name": PROVIDER,
                 "gen_ai.conversation.id": t.conversation_id,
@@ -259,6 +447,12 @@ class SpanSender:
                     attrs[name] = value
             if t.workspace_hash:
                 attrs["blueplane.workspace_hash"] = t.workspace_hash
+            attrs["blueplane.sources"] = sorted(t.sources)
+            if t.token_source:
+                attrs["blueplane.token_source"] = t.token_source
+            if t.stop_status:
+                attrs["gen_ai.response.finish_reasons"] = [_FINISH.get(t.stop_status,
+                                                                       t.stop_status)]  # fmt: skip
             if self.cfg.capture_content:
                 if t.prompt:
                     attrs["gen_ai.input.messages"] = json.dumps(
@@ -267,7 +461,9 @@ class SpanSender:
                     )
                 if t.response:
                     attrs["gen_ai.output.messages"] = json.dumps(
-                        [{"role": "assistant", "finish_reason": "stop",
+                        [{"role": "assistant",
+                          "finish_reason": _FINISH.get(t.stop_status or "completed",
+                                                       t.stop_status),
                           "parts": [{"type": "text", "content": "\n\n".join(t.response)}]}],
                         ensure_ascii=False,
                     )  # fmt: skip
@@ -276,18 +472,28 @@ class SpanSender:
                 f"chat {t.model or 'unknown'}", context=chat, parent=agent,
                 resource=self.resource, attributes=attrs, kind=SpanKind.CLIENT,
                 start_time=start, end_time=end, instrumentation_scope=self.scope,
+                status=Status(StatusCode.ERROR, "the agent stopped with an error")
+                if t.stop_status == "error" else Status(StatusCode.UNSET),
             ))  # fmt: skip
-            for i, tool in enumerate(t.tools):
+            for i, (tool, tstart, tend) in enumerate(tools):
+                name = tool.name or "unknown"
                 tattrs = {**common, "gen_ai.operation.name": "execute_tool",
-                          "gen_ai.tool.name": tool.name}  # fmt: skip
+                          "gen_ai.tool.name": name}  # fmt: skip
                 if tool.call_id:
                     tattrs["gen_ai.tool.call.id"] = tool.call_id
-                tool_ctx = ctx(trace_id, _id(f"tool:{t.key}:{i}", 64))
+                status = Status(StatusCode.UNSET)
+                if tool.error:
+                    tattrs["error.type"] = tool.failure_type or tool.db_status or "error"
+                    why = tool.error_message if self.cfg.capture_content else None
+                    status = Status(StatusCode.ERROR, why or tattrs["error.type"])
+                ts = (tstart or 0) * 1_000_000 or start
+                te = max(ts, (tend or 0) * 1_000_000 or end)
+                tool_ctx = ctx(trace_id, _id(f"tool:{t.key}:{tool.call_id or i}", 64))
                 out.append(ReadableSpan(
-                    f"execute_tool {tool.name}", context=tool_ctx,
+                    f"execute_tool {name}", context=tool_ctx,
                     parent=chat, resource=self.resource, attributes=tattrs,
-                    kind=SpanKind.INTERNAL, start_time=start, end_time=end,
-                    instrumentation_scope=self.scope,
+                    kind=SpanKind.INTERNAL, start_time=ts, end_time=te,
+                    instrumentation_scope=self.scope, status=status,
                 ))  # fmt: skip
         return out
 
@@ -331,7 +537,6 @@ class OtlpExporter:
         self.state_path = state_path
         self.sender = sender
         self.open: dict[str, Turn] = {}
-        self.current: dict[str, str] = {}  # conversation -> key of its open turn
         # conversation -> (its latest prompt, the entries holding it, when seen)
         self.prompts: dict[str, tuple[str | None, list[str], float]] = {}
         self.ready: list[Turn] = []
@@ -383,7 +588,6 @@ class OtlpExporter:
         """Unacknowledged entries are re-read from the group: drop what was gathered."""
         self._drained, self._cursor = False, "0"
         self.open.clear()
-        self.current.clear()
         self.prompts.clear()
         self.ready.clear()
 
@@ -430,6 +634,9 @@ class OtlpExporter:
             self._take(sid_text, ev, now)
 
     def _take(self, sid: str, ev: StoredEvent, now: float) -> None:
+        if ev.hook_type == "CursorHook":
+            self._take_hook(sid, ev, now)
+            return
         p = ev.payload
         if ev.event_type != "database_trace" or ev.trace_type != "message":
             self.to_ack.append(sid)
@@ -445,29 +652,50 @@ class OtlpExporter:
             self.to_ack.append(sid)
             return
         gen = ev.generation_id or p.get("request_id") or p.get("bubble_id") or ev.event_id
-        key = f"{conv}:{gen}"
-        if self.keys.has(key):
-            self.to_ack.append(sid)  # a revision or a redelivery of a turn already sent
-            return
-        previous = self.current.get(conv)
-        if previous is not None and previous != key and previous in self.open:
-            self.ready.append(self.open.pop(previous))  # the conversation moved on
-        turn = self.open.get(key)
+        turn = self._turn(sid, conv, str(gen), ev.workspace_hash)
         if turn is None:
-            turn = Turn(key, conv, gen, ev.workspace_hash)
+            return
+        if DATABASE not in turn.sources:
+            # The database's prompt is the user bubble before the turn's first answer.
             prompt, ids, _ = self.prompts.pop(conv, (None, [], now))
-            turn.prompt, turn.entry_ids = prompt, list(ids)
-            self.open[key] = turn
-            self.current[conv] = key
+            turn.db_prompt = prompt
+            turn.entry_ids.extend(ids)
         turn.entry_ids.append(sid)
         turn.add(ev, now)
 
+    def _take_hook(self, sid: str, ev: StoredEvent, now: float) -> None:
+        """A hook event joins the turn of its (conversation_id, generation_id), as in the
+        store; one without a generation (sessionStart, sessionEnd) is no turn's."""
+        meta, p = ev.metadata, ev.payload
+        conv = _str(meta.get("conversation_id")) or _str(p.get("conversation_id"))
+        gen = _str(meta.get("generation_id")) or _str(p.get("generation_id"))
+        if conv is None or gen is None:
+            self.to_ack.append(sid)
+            return
+        turn = self._turn(sid, conv, gen, ev.workspace_hash)
+        if turn is None:
+            return
+        turn.entry_ids.append(sid)
+        turn.add_hook(ev, now)
+
+    def _turn(self, sid: str, conv: str, gen: str, workspace: str | None) -> Turn | None:
+        """The open turn of ``conv:gen`` (new if need be); None (the entry acknowledged) when
+        that turn was already sent: a revision, a late event or a redelivery sends nothing."""
+        key = f"{conv}:{gen}"
+        turn = self.open.get(key)
+        if turn is not None:
+            return turn
+        if self.keys.has(key):
+            self.to_ack.append(sid)
+            return None
+        turn = self.open[key] = Turn(key, conv, gen, workspace)
+        return turn
+
     def _settle(self, now: float) -> None:
+        # A turn is sent after it was quiet for the settle window, whatever its conversation
+        # does meanwhile: a database bubble or a hook event of it may still arrive late.
         for key in [k for k, t in self.open.items() if now - t.touched >= self.cfg.settle_seconds]:
-            turn = self.open.pop(key)
-            if self.current.get(turn.conversation_id) == key:
-                del self.current[turn.conversation_id]
-            self.ready.append(turn)
+            self.ready.append(self.open.pop(key))
         # A prompt no answer followed (a cancelled request): let its entries go.
         for conv in [c for c, (_, _, seen) in self.prompts.items()
                      if now - seen >= 6 * self.cfg.settle_seconds]:  # fmt: skip

@@ -30,7 +30,8 @@ def test_a_turn_sums_its_messages_and_keeps_the_latest_revision_of_each() -> Non
     def msg(bubble: str, revision: int, tin: int | None, tout: int | None, text: str,
             tools: list[dict] | None = None) -> StoredEvent:  # fmt: skip
         p = {"role": "assistant", "bubble_id": bubble, "model": "gpt-5", "text": text,
-             "input_tokens": tin, "output_tokens": tout, "tool_calls": tools or []}  # fmt: skip
+             "input_tokens": tin, "output_tokens": tout, "tokens_reported": tin is not None,
+             "tool_calls": tools or []}  # fmt: skip
         return StoredEvent(f"{bubble}-{revision}", "1-0", "database_trace", None, "cursor",
                            "message", "s", "w", "g", bubble, revision, None, 1000 + revision,
                            p, {})  # fmt: skip
@@ -44,3 +45,8 @@ def test_a_turn_sums_its_messages_and_keeps_the_latest_revision_of_each() -> Non
     assert (t.input_tokens, t.output_tokens) == (150, 25)
     assert t.response == ["Looking again", "Done"]
     assert [(x.name, x.call_id) for x in t.tools] == [("grep", "1")]
+    # Cursor's {0,0} (tokens_reported false) is no count, as in the store's conversations
+    zero = msg("c", 0, 0, 0, "More")
+    zero.payload["tokens_reported"] = False
+    t.add(zero, 0.0)
+    assert (t.input_tokens, t.output_tokens, t.token_source) == (150, 25, "database")
