@@ -27,6 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from blueplane import conversations
 from blueplane.config import Settings
 from blueplane.search import search_conversation_ids
 from blueplane.stores import open_store, store_exists
@@ -47,15 +48,6 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     except ValueError as exc:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
     return max(lo, min(hi, value))
-
-
-def _conversations_module() -> Any:
-    """Issue 11's module; None in a build without it."""
-    try:
-        from blueplane import conversations
-    except ImportError:
-        return None
-    return conversations
 
 
 class UiApp:
@@ -96,9 +88,6 @@ class UiApp:
         conversation tables exist; ``{"source": "traces"}`` (the page keeps the overview's
         per-day tokens from the message traces) where they do not. Cached per store change."""
         workspace = request.query_params.get("workspace") or None
-        mod = _conversations_module()
-        if mod is None or not hasattr(mod, "token_totals_by_day"):
-            return JSONResponse({"source": "traces", "days": []})
         with self.reader.connect() as conn:
             key = (f"tokens:{workspace}", queries.last_rowid(conn), 0)
             if conn is None:
@@ -107,7 +96,7 @@ class UiApp:
         if cached is None:
             store = open_store(self.settings.store_url, readonly=True)
             try:
-                days = mod.token_totals_by_day(store, workspace=workspace)
+                days = conversations.token_totals_by_day(store, workspace=workspace)
             finally:
                 store.close()
             body = {
@@ -140,38 +129,32 @@ class UiApp:
         )
 
     def conversations(self, request: Request) -> JSONResponse:
-        mod = _conversations_module()
-        if mod is None:
-            return JSONResponse({"conversations": [], "available": False})
         q = (request.query_params.get("q") or "").strip()
         workspace = request.query_params.get("workspace") or None
         limit = _int_param(request, "limit", 50, 1, 500)
         if not store_exists(self.settings):
-            return JSONResponse({"conversations": [], "available": True, "query": q})
+            return JSONResponse({"conversations": [], "query": q})
         store = open_store(self.settings.store_url, readonly=True)
         try:
             ids: list[str] | None = None
             if q:
                 ids = search_conversation_ids(store, q, limit)
                 if not ids:
-                    return JSONResponse({"conversations": [], "available": True, "query": q})
-            convs = mod.list_conversations(
+                    return JSONResponse({"conversations": [], "query": q})
+            convs = conversations.list_conversations(
                 store, workspace=workspace, limit=limit, conversation_ids=ids
             )
         finally:
             store.close()
-        return JSONResponse(
-            {"conversations": [c.to_json() for c in convs], "available": True, "query": q}
-        )
+        return JSONResponse({"conversations": [c.to_json() for c in convs], "query": q})
 
     def conversation(self, request: Request) -> JSONResponse:
-        mod = _conversations_module()
         cid = request.path_params["conversation_id"]
-        if mod is None or not store_exists(self.settings):
+        if not store_exists(self.settings):
             return JSONResponse({"error": f"no conversation {cid}"}, status_code=404)
         store = open_store(self.settings.store_url, readonly=True)
         try:
-            got = mod.get_conversation(store, cid)
+            got = conversations.get_conversation(store, cid)
         finally:
             store.close()
         if got is None:

@@ -117,11 +117,6 @@
   async function loadConversations() {
     const data = await getJSON("/api/conversations" + qs({ q: state.query }));
     const ul = $("#conversations");
-    if (data.available === false) {
-      ul.replaceChildren();
-      $("#conversations-note").textContent = "Conversations are not available in this build.";
-      return;
-    }
     ul.replaceChildren(...data.conversations.map((c) => el("li", { "data-conversation-id": c.conversation_id },
       el("a", { href: "#conversation/" + encodeURIComponent(c.conversation_id) }, c.title || "Untitled conversation"),
       el("div", { class: "muted" }, [c.last_at || c.first_at || "", (c.models || []).join(", "), `${fmt(c.turns)} turns`,
