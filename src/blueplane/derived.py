@@ -3,9 +3,9 @@
 Two things the page and the search need and that a query over a million events cannot give
 within 200 ms:
 
-- ``trace_text``: an FTS5 index of each stored event's text (message and prompt text, the
-  generation's description and prompt, the composer's title), with the conversation it belongs
-  to. ``search.search_conversation_ids`` reads it.
+- ``trace_text``: an FTS5 index of the text of each stored event that belongs to a
+  conversation (message and prompt text, the composer's title, hook and transcript text), with
+  that conversation. ``search.search_conversation_ids`` reads it.
 - ``activity_hourly`` and ``activity_daily``: per hour (or day, UTC), workspace, trace type and
   model: traces stored, assistant turns, input and output tokens. The overview reads these
   instead of the events (days for all time, hours for the last 48 hours).
@@ -139,8 +139,15 @@ def _stage(
     m: dict[str, Any],
     dialect: Dialect = SQLITE,
 ) -> tuple[Any, ...]:
-    parts = [v for k in _TEXT_FIELDS if isinstance(v := p.get(k), str) and v]
     conv = p.get("composer_id") or m.get("conversation_id") or p.get("conversation_id")
+    # Search answers conversations: text of no conversation (a generation's description, a
+    # prompt of the prompt list) is never found, so it is not indexed (the same text reaches the
+    # index with its conversation's messages). Generation-heavy batches skip FTS work entirely.
+    parts = (
+        [v for k in _TEXT_FIELDS if isinstance(v := p.get(k), str) and v]
+        if isinstance(conv, str) and conv
+        else []
+    )
     model = p.get("model") or p.get("model_name") or ""
     turn = 1 if trace_type == "message" and p.get("role") == "assistant" else 0
     return (
