@@ -26,7 +26,16 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from blueplane.keys import DEAD_LETTER_STREAM, FAST_PATH_GROUP, OTLP_GROUP, STREAM
+from blueplane.keys import (
+    DEAD_LETTER_STREAM,
+    FAST_PATH_GROUP,
+    MACHINE_NAMESPACE,
+    OTLP_GROUP,
+    STREAM,
+    Keys,
+    check_namespace,
+)
+from blueplane.machine import machine_id
 from blueplane.urls import mask_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -81,8 +90,21 @@ class RedisConfig(_Section):
     ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
     ssl_check_hostname: bool = True
     stream: str = STREAM
+    # Per-install namespace of the producer-private keys (watermarks, dedup, revision memory,
+    # sessions, lock, spool): "" keeps today's names (one machine); "machine" = this install's
+    # machine_id; any other value (A-Z a-z 0-9 _ . -) is used as given. Set it on every laptop
+    # of a team's shared Redis: identical paths on two machines would otherwise share keys.
+    key_namespace: str = ""
     # Seconds between reconnection attempts while Redis is unreachable (doubles up to 30 s).
     reconnect_backoff_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("key_namespace", mode="after")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        value = value.strip()
+        if value != MACHINE_NAMESPACE:
+            check_namespace(value)  # InvalidNamespace is a ValueError: a validation error
+        return value
 
 
 class FastPathConfig(_Section):
@@ -275,6 +297,11 @@ class Settings(BaseSettings):
         return (env_settings, init_settings, _YamlFile(settings_cls, _yaml_file.get()))
 
     # ----------------------------------------------------------------- derived paths
+    def keys(self) -> Keys:
+        """This install's key names: ``redis.key_namespace`` resolved (``machine`` → machine_id)."""
+        ns = self.redis.key_namespace
+        return Keys(machine_id(self.home) if ns == MACHINE_NAMESPACE else ns)
+
     @property
     def redis_url_explicit(self) -> bool:
         return self.redis.url is not None

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from blueplane.aio import sleep_or_stop
 from blueplane.broker import REDIS_DOWN
 from blueplane.events import iso_now
-from blueplane.keys import lock_key
+from blueplane.keys import LEGACY, Keys
 
 log = logging.getLogger("blueplane.instance_lock")
 
@@ -115,9 +115,10 @@ class InstanceLock:
         ttl_s: float = LOCK_TTL_S,
         refresh_s: float = REFRESH_EVERY_S,
         is_alive: Callable[[int], bool] = pid_alive,
+        keys: Keys = LEGACY,
     ) -> None:
         self.redis = redis
-        self.key = lock_key(home)
+        self.key = keys.lock(home)
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.refresh_s = refresh_s
         self.is_alive = is_alive

@@ -23,7 +23,7 @@ from pydantic_core import PydanticSerializationError
 
 from blueplane.cursor.layouts.base import TraceItem, Watermark
 from blueplane.events import TRACE_VERSION, TraceEvent, TraceMetadata, iso_from_ms, iso_now
-from blueplane.keys import dedup_key, revision_key, watermark_key
+from blueplane.keys import LEGACY, Keys
 
 log = logging.getLogger("blueplane.publisher")
 
@@ -138,8 +138,11 @@ class Publisher:
         chunk: int = CHUNK,
         machine_id: str | None = None,
         user: str | None = None,
+        keys: Keys = LEGACY,
     ) -> None:
         self.redis = redis
+        # This install's key names (``redis.key_namespace``); the global database reads it too.
+        self.keys = keys
         # In every event's metadata: which install and which person produced it.
         self.machine_id = machine_id
         self.user = user
@@ -151,7 +154,7 @@ class Publisher:
         self._meta_cache: dict[tuple[Destination, str | None], str] = {}
 
     async def load_watermarks(self, db_path: str) -> dict[str, Watermark]:
-        raw = await self.redis.hgetall(watermark_key(db_path))
+        raw = await self.redis.hgetall(self.keys.watermark(db_path))
         out: dict[str, Watermark] = {}
         for field, value in raw.items():
             name = field.decode() if isinstance(field, bytes) else str(field)
@@ -171,7 +174,7 @@ class Publisher:
         out: dict[str, list[object]] = {}
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
-            values = await self.redis.mget([revision_key(db_path, layout, i) for i in chunk])
+            values = await self.redis.mget([self.keys.revision(db_path, layout, i) for i in chunk])
             for item, raw in zip(chunk, values, strict=True):
                 if raw is None:
                     continue
@@ -187,11 +190,11 @@ class Publisher:
     async def set_watermark_fields(self, db_path: str, fields: Mapping[str, str]) -> None:
         """Store fields of a database's watermark hash (e.g. its file marker) on their own."""
         if fields:
-            await self.redis.hset(watermark_key(db_path), mapping=dict(fields))
+            await self.redis.hset(self.keys.watermark(db_path), mapping=dict(fields))
 
     async def reset_watermarks(self, db_path: str) -> None:
         """Forget where a database was read up to: it is read from the start, dedup skips."""
-        await self.redis.delete(watermark_key(db_path))
+        await self.redis.delete(self.keys.watermark(db_path))
 
     def build_event(self, dest: Destination, item: TraceItem) -> TraceEvent:
         ts = iso_from_ms(item.timestamp_ms) if item.timestamp_ms else iso_now()
@@ -257,8 +260,8 @@ class Publisher:
             wm_pairs += [name, value]
         memo_pairs: list[str] = []
         for item, value in (revisions or {}).items():
-            memo_pairs += [revision_key(db_path, layout, item), json.dumps(value)]
-        keys_fixed = [self.stream, watermark_key(db_path)]
+            memo_pairs += [self.keys.revision(db_path, layout, item), json.dumps(value)]
+        keys_fixed = [self.stream, self.keys.watermark(db_path)]
         sent = 0
         n = len(routed)
         # Chunk k+1 is encoded while Redis runs chunk k; it is sent only once k succeeded, so
@@ -270,7 +273,7 @@ class Publisher:
                 keys = list(keys_fixed)
                 rows: list[tuple[str, ...]] = []
                 for dest, item in chunk:
-                    keys.append(dedup_key(dest.workspace_hash, item.dedup_id))
+                    keys.append(self.keys.dedup(dest.workspace_hash, item.dedup_id))
                     rows.append(self.event_values(dest, item))
                 args: list[str | int] = [self.dedup_ttl_s]
                 if start + self.chunk >= n:

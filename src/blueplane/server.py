@@ -96,7 +96,10 @@ class Server:
             if not await self._wait_for_redis(redis, url):
                 return
             self._note_redis(await redis_facts(redis))  # RedisTooOld: exit 1
-            self.lock = InstanceLock(redis, s.home)
+            keys = s.keys()  # this install's producer-private key names (redis.key_namespace)
+            if keys.namespace:
+                log.info("producer keys under %s (redis.key_namespace)", keys.prefix)
+            self.lock = InstanceLock(redis, s.home, keys=keys)
             await self.lock.acquire()  # InstanceLocked: exit 1, naming the holder
             tasks.append(
                 asyncio.create_task(
@@ -118,12 +121,13 @@ class Server:
                 redis, s.redis.stream, s.session_dir, self.health,
                 file_poll_s=s.session_monitor.session_file_poll_seconds,
                 idle_expiry_hours=s.session_monitor.session_idle_expiry_hours,
-                read_stream=s.session_monitor.read_stream,
+                read_stream=s.session_monitor.read_stream, keys=keys,
             )  # fmt: skip
             mapper = WorkspaceMapper(user_dirs, s.workspace_cache_path, mon.query_timeout_seconds)
             publisher = Publisher(
                 redis, s.redis.stream, mon.dedup_window_hours * 3600,
                 machine_id=machine_id(s.home), user=user_name(hashed=s.identity.hash_user_name),
+                keys=keys,
             )  # fmt: skip
             await sessions.load()
             tasks.append(asyncio.create_task(sessions.run(self.stop_event), name="sessions"))
@@ -162,14 +166,20 @@ class Server:
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(follower.run(self.stop_event), name="transcripts"))
             spool = SpoolReplayer(
-                redis, s.redis.stream, s.spool_dir, self.health, s.hooks.spool_replay_seconds
-            )
-            tasks.append(asyncio.create_task(spool.run(self.stop_event), name="hook_spool"))
-            trimmer = StreamTrimmer(
-                redis, s.redis.stream, s.fast_path.max_stream_length, self.health,
-                s.fast_path.trim_interval_seconds,
+                redis, s.redis.stream, s.spool_dir, self.health, s.hooks.spool_replay_seconds,
+                keys=keys,
             )  # fmt: skip
-            tasks.append(asyncio.create_task(trimmer.run(self.stop_event), name="trimmer"))
+            tasks.append(asyncio.create_task(spool.run(self.stop_event), name="hook_spool"))
+            if keys.namespace and not s.fast_path.enabled:
+                # One producer of many on a team's Redis: it knows only its own stream
+                # position, so it does not trim for the others (the central consume trims).
+                log.info("stream trimmer off: namespaced producer without the fast path")
+            else:
+                trimmer = StreamTrimmer(
+                    redis, s.redis.stream, s.fast_path.max_stream_length, self.health,
+                    s.fast_path.trim_interval_seconds, position_key=keys.position,
+                )  # fmt: skip
+                tasks.append(asyncio.create_task(trimmer.run(self.stop_event), name="trimmer"))
             self.health.server["state"] = "running"
             detection = (
                 f"file events, safety poll every {mon.poll_interval_seconds:g} s"

@@ -13,13 +13,8 @@ import redis.asyncio as aioredis
 
 from blueplane.cursor.layouts.base import TraceItem
 from blueplane.events import GenerationPayload
-from blueplane.publisher import (
-    TRACE_FIELDS,
-    Destination,
-    Publisher,
-    dedup_key,
-    watermark_key,
-)
+from blueplane.keys import dedup_key, watermark_key
+from blueplane.publisher import TRACE_FIELDS, Destination, Publisher
 
 STREAM = "telemetry:events"
 

@@ -42,7 +42,7 @@ async def _send(settings: Settings, event: SessionEvent) -> str:
 async def _sessions_of(settings: Settings, whash: str) -> list[str]:
     client = make_client(await resolve_client_url(settings), settings.redis)
     try:
-        sessions = await SessionMonitor.stored_sessions(client)
+        sessions = await SessionMonitor.stored_sessions(client, settings.keys())
         return [sid for sid, s in sessions.items() if s.workspace_hash == whash]
     except (*REDIS_DOWN, RedisError):
         return []

@@ -27,7 +27,9 @@ async def stream_stats(settings: Settings) -> dict[str, Any]:
         stats["reachable"] = True
         stats.update(await group_stats(client, stream, fp.group))
         stats["consumers"] = await consumer_stats(client, stream, fp.group)
-        stats["active_sessions"] = await SessionMonitor.stored_session_count(client)
+        stats["active_sessions"] = await SessionMonitor.stored_session_count(
+            client, settings.keys()
+        )
     except (*REDIS_DOWN, RedisError) as exc:
         stats["error"] = str(exc)
     finally:

@@ -92,7 +92,7 @@ def _active_hashes(settings: Settings) -> set[str]:
     async def go() -> set[str]:
         client = make_client(await resolve_client_url(settings), settings.redis)
         try:
-            sessions = await SessionMonitor.stored_sessions(client)
+            sessions = await SessionMonitor.stored_sessions(client, settings.keys())
             return {s.workspace_hash for s in sessions.values()}
         except (*REDIS_DOWN, RedisError):
             return set()

@@ -53,7 +53,7 @@ from blueplane.cursor.sqlite_ro import (
 )
 from blueplane.events import iso_now
 from blueplane.health import Health
-from blueplane.keys import attribution_key, database_key, parked_key
+from blueplane.keys import database_key
 from blueplane.publisher import Destination
 from blueplane.rollout import Rollout
 
@@ -430,19 +430,25 @@ class GlobalDatabases:
         sent = await self._replay(gs, set(ready), set(), targets, wh)
         gs.parked -= set(ready)
         self.unattributed -= set(ready)
-        await self.poller.publisher.redis.srem(parked_key(str(gs.db.path)), *ready)
+        await self.poller.publisher.redis.srem(
+            self.poller.publisher.keys.parked(str(gs.db.path)), *ready
+        )
         log.info("global database %s: %d parked conversation(s) attributed; %d trace(s) sent",
                  gs.db.path, len(ready), sent)  # fmt: skip
 
     async def _load_parked(self, path: Path) -> set[str]:
-        raw = await self.poller.publisher.redis.smembers(parked_key(str(path)))
+        raw = await self.poller.publisher.redis.smembers(
+            self.poller.publisher.keys.parked(str(path))
+        )
         out = {m.decode() if isinstance(m, bytes) else str(m) for m in raw}
         self.unattributed |= out
         return out
 
     # ----------------------------------------------------------------- durable attribution
     async def _load_attribution(self, path: Path) -> dict[str, str]:
-        raw = await self.poller.publisher.redis.hgetall(attribution_key(str(path)))
+        raw = await self.poller.publisher.redis.hgetall(
+            self.poller.publisher.keys.attribution(str(path))
+        )
         out: dict[str, str] = {}
         for k, v in raw.items():
             key = k.decode() if isinstance(k, bytes) else str(k)
@@ -451,8 +457,12 @@ class GlobalDatabases:
 
     async def _save_attribution(self, path: Path, gs: _GlobalState) -> None:
         if gs.learned:
-            await self.poller.publisher.redis.hset(attribution_key(str(path)), mapping=gs.learned)
+            await self.poller.publisher.redis.hset(
+                self.poller.publisher.keys.attribution(str(path)), mapping=gs.learned
+            )
             gs.learned = {}
         if gs.newly_parked:
-            await self.poller.publisher.redis.sadd(parked_key(str(path)), *gs.newly_parked)
+            await self.poller.publisher.redis.sadd(
+                self.poller.publisher.keys.parked(str(path)), *gs.newly_parked
+            )
             gs.newly_parked = set()

@@ -14,7 +14,7 @@ returns only ``session_start``/``session_end`` entries, so Python never receives
 A Cursor window that crashed without ``session_end`` must not keep its workspace polled for
 ever: a session whose workspace showed no activity (its start, ``touch()`` by the database
 monitor or hooks) for ``idle_expiry_hours`` expires. Last activity per workspace is kept in
-Redis (``ACTIVITY_KEY``), so expiry also holds across restarts.
+Redis (``Keys.activity``), so expiry also holds across restarts.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from blueplane.aio import sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.events import MalformedEntry, SessionEvent, iso_from_ms, iso_now, parse_iso_ms
 from blueplane.health import Health
-from blueplane.keys import ACTIVITY_KEY, POSITION_KEY, SESSIONS_KEY
+from blueplane.keys import LEGACY, Keys
 
 log = logging.getLogger("blueplane.session_monitor")
 
@@ -166,8 +166,11 @@ class SessionMonitor:
         clock: Callable[[], float] = time.time,
         page_size: int = SCAN_PAGE,
         read_stream: bool = True,
+        keys: Keys = LEGACY,
     ) -> None:
         self.redis = redis
+        # Where this install keeps its sessions, stream position and activity.
+        self.keys = keys
         # False: sessions come from session files only; the stream (shared by a team's
         # machines, mostly other machines' traces) is not scanned and Redis sessions not used.
         self.read_stream = read_stream
@@ -200,11 +203,13 @@ class SessionMonitor:
 
     # ----------------------------------------------------------------- queries
     @staticmethod
-    async def stored_sessions(redis: aioredis.Redis) -> dict[str, ActiveSession]:
+    async def stored_sessions(
+        redis: aioredis.Redis, keys: Keys = LEGACY
+    ) -> dict[str, ActiveSession]:
         """The sessions Redis holds as active, by session id, for readers outside the server
         (the CLI); read-only: an unreadable entry is skipped here and dropped by ``load``."""
         sessions: dict[str, ActiveSession] = {}
-        for sid, value in (await redis.hgetall(SESSIONS_KEY)).items():
+        for sid, value in (await redis.hgetall(keys.sessions)).items():
             try:
                 sessions[_text(sid)] = ActiveSession(**json.loads(value))
             except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
@@ -212,9 +217,9 @@ class SessionMonitor:
         return sessions
 
     @staticmethod
-    async def stored_session_count(redis: aioredis.Redis) -> int:
+    async def stored_session_count(redis: aioredis.Redis, keys: Keys = LEGACY) -> int:
         """How many sessions Redis holds as active (readable or not)."""
-        return int(await redis.hlen(SESSIONS_KEY))
+        return int(await redis.hlen(keys.sessions))
 
     def active_sessions(self) -> list[ActiveSession]:
         merged = dict(self._file_sessions)
@@ -293,7 +298,9 @@ class SessionMonitor:
         if not due:
             return 0
         snapshot = {ws: (act.at, act.encode()) for ws, act in due.items()}
-        await self.redis.hset(ACTIVITY_KEY, mapping={ws: v for ws, (_, v) in snapshot.items()})
+        await self.redis.hset(
+            self.keys.activity, mapping={ws: v for ws, (_, v) in snapshot.items()}
+        )
         for ws, (at, _) in snapshot.items():
             self._activity[ws].persisted_at = at
         return len(snapshot)
@@ -304,7 +311,7 @@ class SessionMonitor:
             self.loaded = True
             self.health.status = "ok"
             return
-        raw = await self.redis.hgetall(SESSIONS_KEY)
+        raw = await self.redis.hgetall(self.keys.sessions)
         sessions: dict[str, ActiveSession] = {}
         for sid, value in raw.items():
             try:
@@ -312,18 +319,18 @@ class SessionMonitor:
                 sessions[sid.decode()] = ActiveSession(**data)
             except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
                 log.error("stored session %r is unreadable (%s); dropped", sid, exc)
-                await self.redis.hdel(SESSIONS_KEY, sid)
+                await self.redis.hdel(self.keys.sessions, sid)
         self._redis_sessions = sessions
-        for ws, value in (await self.redis.hgetall(ACTIVITY_KEY)).items():
+        for ws, value in (await self.redis.hgetall(self.keys.activity)).items():
             try:
                 at_text, _, what = _text(value).partition(" ")
                 at = float(at_text)
             except (ValueError, UnicodeDecodeError) as exc:
                 log.error("stored activity of %r is unreadable (%s); dropped", ws, exc)
-                await self.redis.hdel(ACTIVITY_KEY, ws)
+                await self.redis.hdel(self.keys.activity, ws)
                 continue
             self._activity[_text(ws)] = _Activity(at, what or "activity", persisted_at=at)
-        pos = await self.redis.get(POSITION_KEY)
+        pos = await self.redis.get(self.keys.position)
         self._last_id = pos.decode() if pos else "0-0"
         self.loaded = True
         self.health.status = "ok"
@@ -429,8 +436,8 @@ class SessionMonitor:
                     if ws:
                         started[ws] = _Activity(now, "session start", persisted_at=now)
             for ws, act in started.items():  # a start is activity: durable with the session
-                pipe.hset(ACTIVITY_KEY, ws, act.encode())
-            pipe.set(POSITION_KEY, page.last_id)
+                pipe.hset(self.keys.activity, ws, act.encode())
+            pipe.set(self.keys.position, page.last_id)
             await pipe.execute()
         self._redis_sessions = sessions
         self._activity.update(started)
@@ -468,7 +475,7 @@ class SessionMonitor:
                 p.session_id, p.workspace_hash, p.workspace_path, started_at, "redis"
             )
             sessions[p.session_id] = session
-            pipe.hset(SESSIONS_KEY, p.session_id, session.to_json())
+            pipe.hset(self.keys.sessions, p.session_id, session.to_json())
             log.info(
                 "session %s started for workspace %s (%s)",
                 p.session_id,
@@ -484,7 +491,7 @@ class SessionMonitor:
                 p.workspace_hash,
             )
             return None
-        pipe.hdel(SESSIONS_KEY, p.session_id)
+        pipe.hdel(self.keys.sessions, p.session_id)
         log.info("session %s ended for workspace %s", p.session_id, p.workspace_hash)
         self.health.count("session_ends")
         return ""
@@ -526,7 +533,7 @@ class SessionMonitor:
         if name == "sessionEnd":
             if sessions.pop(sid, None) is None:
                 return None
-            pipe.hdel(SESSIONS_KEY, sid)
+            pipe.hdel(self.keys.sessions, sid)
             log.info("session %s ended for workspace %s (hook)", sid, ws)
             self.health.count("session_ends")
             return ""
@@ -540,7 +547,7 @@ class SessionMonitor:
             return None
         session = ActiveSession(sid, ws, str(path), started_at, "hook")
         sessions[sid] = session
-        pipe.hset(SESSIONS_KEY, sid, session.to_json())
+        pipe.hset(self.keys.sessions, sid, session.to_json())
         why = "sessionStart" if name == "sessionStart" else f"hook activity ({name})"
         log.info("session %s started for workspace %s (%s) by %s", sid, ws, path, why)
         self.health.count("session_starts")
@@ -603,8 +610,8 @@ class SessionMonitor:
             if expired:
                 workspaces = {s.workspace_hash for s, _ in expired}
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hdel(SESSIONS_KEY, *[s.session_id for s, _ in expired])
-                    pipe.hdel(ACTIVITY_KEY, *workspaces)
+                    pipe.hdel(self.keys.sessions, *[s.session_id for s, _ in expired])
+                    pipe.hdel(self.keys.activity, *workspaces)
                     await pipe.execute()
                 for s, idle in expired:
                     self._redis_sessions.pop(s.session_id, None)
@@ -625,7 +632,7 @@ class SessionMonitor:
             if ws not in active and now - act.at >= self.expiry_s
         ]
         if old:
-            await self.redis.hdel(ACTIVITY_KEY, *old)
+            await self.redis.hdel(self.keys.activity, *old)
             for ws in old:
                 self._activity.pop(ws, None)
 

@@ -7,7 +7,14 @@ past the lowest id still needed by any reader:
 - every consumer group on the stream: its oldest pending entry, and the entry after its
   last-delivered id (the ones it has not read yet);
 - the session monitor, which reads the stream by position: the entry after its saved position
-  (``POSITION_KEY``); without a saved position nothing is trimmed.
+  (``position_key``: ``Keys.position`` of the install, ``POSITION_KEY`` by default); without a
+  saved position nothing is trimmed.
+
+With a per-install key namespace (``redis.key_namespace``, a team's shared Redis) there is one
+position per producer. A trimmer reads only its own install's position and never trims on
+behalf of other producers: the server of a namespaced producer with ``fast_path.enabled:
+false`` runs no trimmer at all (the central ``blueplane consume`` trims), and one with the
+fast path on respects its own position and every consumer group.
 
 ``XTRIM MINID ~`` removes only whole radix-tree nodes below the id, so it never removes an
 entry at or above it.
@@ -62,8 +69,11 @@ class StreamTrimmer:
         health: Health,
         interval_s: float = 10.0,
         position_required: bool = True,
+        position_key: str = POSITION_KEY,
     ) -> None:
         self.redis = redis
+        # The session monitor's saved position this trimmer must not trim past.
+        self.position_key = position_key
         # True (``blueplane run``): without the session monitor's saved position nothing is
         # trimmed. False (``blueplane consume`` on a central host, whose producers may not
         # scan the stream): a missing position holds nothing back; a saved one still does.
@@ -95,7 +105,7 @@ class StreamTrimmer:
                     summary = await self.redis.xpending(self.stream, _text(group["name"]))
                     if summary.get("min"):
                         needed.append(_text(summary["min"]))
-        pos = await self.redis.get(POSITION_KEY)
+        pos = await self.redis.get(self.position_key)
         if pos:
             needed.append(successor(_text(pos)))
         elif self.position_required or not needed:

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from blueplane.aio import sleep_or_stop
 from blueplane.broker import REDIS_DOWN
 from blueplane.health import Health
-from blueplane.keys import SPOOLED_TTL_S, spooled_key
+from blueplane.keys import LEGACY, SPOOLED_TTL_S, Keys
 
 log = logging.getLogger("blueplane.hook_spool")
 
@@ -50,8 +50,10 @@ class SpoolReplayer:
         spool_dir: Path,
         health: Health,
         interval_s: float = 2.0,
+        keys: Keys = LEGACY,
     ) -> None:
         self.redis = redis
+        self.keys = keys
         self.stream = stream
         self.dir = spool_dir
         self.health = health.component("hook_spool")
@@ -95,7 +97,7 @@ class SpoolReplayer:
                 for k, v in fields.items():
                     args += [str(k), str(v)]
                 new = await self._script(
-                    keys=[self.stream, spooled_key(str(fields["event_id"]))], args=args
+                    keys=[self.stream, self.keys.spooled(str(fields["event_id"]))], args=args
                 )
                 path.unlink(missing_ok=True)
                 if int(new):
