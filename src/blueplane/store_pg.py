@@ -261,11 +261,6 @@ class PgTraceStore(TraceStore):
         row = raw.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
         return int(row[0]) if row else None
 
-    def _check_version(self) -> None:
-        found = self._stored_version()
-        if found is not None and found > SCHEMA_VERSION:
-            raise StoreSchemaTooNew(too_new_message(self.label, found))
-
     def _migrate(self) -> None:
         raw: psycopg.Connection[Any] = self.conn.raw  # type: ignore[attr-defined]
         with raw.transaction():
