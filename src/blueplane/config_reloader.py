@@ -71,6 +71,8 @@ class ConfigReloader:
         self._requested = asyncio.Event()
         self._signature = _signature(self.path)
         self.reloads = 0  # successful rereads (tests wait on it)
+        # Set once the file watcher runs (its first wake-up): changes from then on are seen.
+        self.watching = asyncio.Event()
         self.failures = 0
 
     def request(self, why: str = "SIGHUP") -> None:
@@ -156,6 +158,7 @@ class ConfigReloader:
                     folder, stop_event=stop, debounce=DEBOUNCE_MS, step=DEBOUNCE_MS,
                     recursive=False, rust_timeout=int(POLL_S * 4000), yield_on_timeout=True,
                 ):  # fmt: skip
+                    self.watching.set()
                     self._check()
             except (OSError, RuntimeError) as exc:  # folder missing or not watchable
                 log.warning("cannot watch %s (%s); polling it every %g s", folder, exc, POLL_S)

@@ -29,7 +29,7 @@ from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
 from blueplane.server import GIL_SWITCH_INTERVAL_S, STATUS_EVERY_S, STOP_GRACE_S
 from blueplane.store import TraceStore
-from blueplane.stores import open_store_retrying
+from blueplane.stores import open_store_showing
 from blueplane.supervisor import supervise
 from blueplane.urls import mask_url
 
@@ -78,7 +78,9 @@ class ConsumeServer:
             ):
                 return
             await redis_facts(redis)  # RedisTooOld: exit 1
-            store = await open_store_retrying(s.store_url, self.stop_event)
+            store = await open_store_showing(
+                s.store_url, self.stop_event, self.health, self._write_status, STATUS_EVERY_S
+            )
             if store is None:
                 return
             consumer = FastPathConsumer(

@@ -337,8 +337,9 @@ class ExportedKeys:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Our own small file (BLUEPLANE_HOME/otlp_exported.db), one writer: the default
+        # rollback journal is enough, and no PRAGMA is needed.
         self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS exported (key TEXT PRIMARY KEY, exported_at_ms INTEGER)"
         )

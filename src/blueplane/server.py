@@ -44,7 +44,7 @@ from blueplane.otlp import OtlpExporter
 from blueplane.publisher import Publisher
 from blueplane.rollout import Rollout, describe
 from blueplane.store import TraceStore
-from blueplane.stores import open_store_retrying
+from blueplane.stores import open_store_showing
 from blueplane.supervisor import supervise
 from blueplane.urls import mask_url
 
@@ -210,19 +210,10 @@ class Server:
 
     async def _open_store(self) -> TraceStore | None:
         """The store of ``store.url``, waiting (shown in ``status``) while it does not answer."""
-        comp = self.health.component("store")
-        opener = asyncio.create_task(open_store_retrying(self.settings.store_url, self.stop_event))
-        while not opener.done():
-            await asyncio.wait({opener}, timeout=STATUS_EVERY_S)
-            if not opener.done():
-                where = mask_url(self.settings.store_url)
-                comp.fail("unavailable", f"store {where} does not answer; retrying")
-                self._write_status()
-        store = opener.result()
-        if store is not None:
-            comp.status, comp.last_error = "ok", None
-            self.health.server["store"] = store.label
-        return store
+        return await open_store_showing(
+            self.settings.store_url, self.stop_event, self.health, self._write_status,
+            STATUS_EVERY_S,
+        )  # fmt: skip
 
     def _note_redis(self, facts: RedisFacts) -> None:
         """Record the Redis version and eviction policy; warn once if keys can be evicted."""

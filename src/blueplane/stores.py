@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from blueplane.config import STORE_SCHEMES, Settings
+from blueplane.health import Health
 from blueplane.store import TraceStore
 from blueplane.store_schema import StoreUrlError
 from blueplane.urls import describe_pg, mask_url
@@ -49,7 +51,11 @@ def store_exists(settings: Settings) -> bool:
 
 
 async def open_store_retrying(
-    url: str, stop: asyncio.Event, backoff_s: float = 1.0, cap_s: float = 30.0
+    url: str,
+    stop: asyncio.Event,
+    backoff_s: float = 1.0,
+    cap_s: float = 30.0,
+    on_retry: Callable[[], None] | None = None,
 ) -> TraceStore | None:
     """Open the store, waiting for a database that does not answer yet (one log line per
     outage, naming the host, never the password); None if ``stop`` comes first.
@@ -66,6 +72,8 @@ async def open_store_retrying(
         except Exception as exc:
             if not _unreachable(exc):
                 raise
+            if on_retry is not None:
+                on_retry()
             if not warned:
                 where = describe_pg(url) if store_kind(url) == "postgres" else mask_url(url)
                 log.error(
@@ -79,6 +87,31 @@ async def open_store_retrying(
             log.info("store %s answers again", store.label)
         return store
     return None
+
+
+async def open_store_showing(
+    url: str,
+    stop: asyncio.Event,
+    health: Health,
+    write_status: Callable[[], None],
+    every_s: float,
+) -> TraceStore | None:
+    """``open_store_retrying``, with the wait shown in ``status`` (component ``store``:
+    ``unavailable`` and its ``connect_attempts``) for ``run`` and ``consume`` alike."""
+    comp = health.component("store")
+    opener = asyncio.create_task(
+        open_store_retrying(url, stop, on_retry=lambda: comp.count("connect_attempts"))
+    )
+    while not opener.done():
+        await asyncio.wait({opener}, timeout=every_s)
+        if not opener.done():
+            comp.fail("unavailable", f"store {mask_url(url)} does not answer; retrying")
+            write_status()
+    store = opener.result()
+    if store is not None:
+        comp.status, comp.last_error = "ok", None
+        health.server["store"] = store.label
+    return store
 
 
 class StoreAuthError(RuntimeError):

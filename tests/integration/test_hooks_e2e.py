@@ -66,6 +66,19 @@ def recorded_events(workspace: Path, transcript: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def stream_consumed(r: sync_redis.Redis) -> bool:
+    """The fast path has stored and acknowledged everything on the stream so far."""
+    last = r.xinfo_stream("telemetry:events")["last-generated-id"]
+    for g in r.xinfo_groups("telemetry:events"):
+        if g["name"] == "blueplane-fast-path":
+            return g["pending"] == 0 and g["last-delivered-id"] == last
+    return False
+
+
+def hook_entries_on_stream(r: sync_redis.Redis) -> int:
+    return sum(1 for _, f in r.xrange("telemetry:events") if f.get("hook_type") == "CursorHook")
+
+
 def stored_hook_events(env: BlueplaneEnv) -> list[tuple[str, str]]:
     path = env.home / "telemetry.db"
     if not path.exists():
@@ -152,7 +165,9 @@ def test_recorded_sequence_through_the_installed_command(bp_env: BlueplaneEnv, s
         lambda: (s := stored_hook_events(bp_env)) and len(s) >= len(events) and s,
         what="every hook event in the store",
     )
-    time.sleep(0.3)  # nothing more may arrive: each event exactly once
+    # each event exactly once: on the stream, and in the store once it caught up with it
+    assert hook_entries_on_stream(r) == len(events)
+    wait_until(lambda: stream_consumed(r), what="the fast path to catch up with the stream")
     stored = stored_hook_events(bp_env)
     assert [e for e, _ in stored] == [e["hook_event_name"] for e in events]
     shell = next(json.loads(p) for e, p in stored if e == "afterShellExecution")
@@ -237,10 +252,10 @@ def test_redis_stopped_hooks_answer_and_spool_replays_exactly_once(
         again = bp_env.home / "spool" / spooled[3].name
         first = json.loads(spooled[3].read_text()) if spooled[3].exists() else None
         assert first is None  # it was deleted after its replay
-        time.sleep(0.5)
+        c = sync_redis.Redis.from_url(url, decode_responses=True)
+        wait_until(lambda: stream_consumed(c), what="the fast path to catch up with the stream")
         stored = stored_hook_events(bp_env)
         assert sorted(e for e, _ in stored) == sorted(e["hook_event_name"] for e in events)
-        c = sync_redis.Redis.from_url(url, decode_responses=True)
         on_stream = [
             f for _, f in c.xrange("telemetry:events") if f.get("hook_type") == "CursorHook"
         ]

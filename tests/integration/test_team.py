@@ -177,7 +177,16 @@ def test_an_unreachable_postgres_at_start_is_one_line_naming_the_host_then_retri
     consumers.append(c)
     c.start(wait=False)
     wait_until(lambda: "does not answer" in c.log(), timeout=20, what="the unreachable line")
-    time.sleep(3)  # several retries (1 s, 2 s backoff) must not repeat the line
+    status_file = bp_env.home / "consume-lonely.json"
+
+    def attempts() -> int:
+        if not status_file.exists():
+            return 0
+        store = json.loads(status_file.read_text())["components"].get("store", {})
+        return int(store.get("counters", {}).get("connect_attempts", 0))
+
+    # several retries (1 s, 2 s backoff) must not repeat the line
+    wait_until(lambda: attempts() >= 3, timeout=30, what="three failed connection attempts")
     assert c.proc is not None and c.proc.poll() is None, c.log()
     lines = [line for line in c.log().splitlines() if "does not answer" in line]
     assert len(lines) == 1, c.log()
@@ -332,7 +341,15 @@ def test_consume_trims_without_a_session_position_but_never_past_pending(
     c.start()
     wait_until(lambda: row_count(pg_url) == 1000, timeout=60, what="all stored")
     wait_until(lambda: redis_client.xlen(STREAM) <= 700, timeout=30, what="trimmed")
-    time.sleep(0.6)  # a few more trim rounds: still bounded by the other group's pending
+    status_file = bp_env.home / "consume-trimmer.json"
+
+    def held_back() -> int:
+        comps = json.loads(status_file.read_text())["components"]
+        return int(comps["stream_trimmer"].get("counters", {}).get("held_back", 0))
+
+    # a few more trim rounds, each stopped by the other group's pending entries
+    seen = held_back()
+    wait_until(lambda: held_back() >= seen + 3, timeout=30, what="3 more held-back trim rounds")
     first = redis_client.xrange(STREAM, count=1)[0][0]
     assert first == ids[300]
 

@@ -175,7 +175,7 @@ async def test_file_change_applies_within_a_second_and_bad_config_keeps_the_old(
     stop = asyncio.Event()
     task = asyncio.create_task(reloader.run(stop))
     try:
-        await asyncio.sleep(0.2)  # the watcher is up
+        await asyncio.wait_for(reloader.watching.wait(), 5)  # the watcher is up
         _write(cfg, "feature_flags:\n  python_db_monitor_rollout_percent: 10\n")
         took = await _wait(lambda: rollout.epoch == 1, "the new percent", 1.0)
         assert rollout.flags.python_db_monitor_rollout_percent == 10 and took < 1.0
