@@ -136,8 +136,15 @@ _COUNT_STORED = (
     "INSERT INTO store_meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
     " SET value = (store_meta.value::bigint + EXCLUDED.value::bigint)::text"
 )
-# The temporary table has no statistics: never let the planner hash all of ``events``.
-_PLAN = ("SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off")
+# The temporary table has no statistics: never let the planner hash all of ``events``. And no
+# JIT: the batch statements' estimated cost grows with the store (their subqueries over
+# ``events``) past ``jit_optimize_above_cost``, and PostgreSQL then spent ~0.9 s compiling
+# each one, every batch, to run ~10 ms of work (2.5 k events/s at 400 k stored).
+_PLAN = (
+    "SET LOCAL enable_hashjoin = off",
+    "SET LOCAL enable_mergejoin = off",
+    "SET LOCAL jit = off",
+)
 
 
 class _Cursor:
@@ -301,6 +308,8 @@ class PgTraceStore(TraceStore):
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                for setting in _PLAN:
+                    conn.execute(setting)  # type: ignore[arg-type]
                 if conn.execute(flag, (CONVERSATIONS_META,)).fetchone() is not None:
                     return  # another consumer did it while this one waited
                 indexer = conversation_index.ConversationIndexer(_PgTx(conn))
@@ -336,6 +345,8 @@ class PgTraceStore(TraceStore):
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                for setting in _PLAN:
+                    conn.execute(setting)  # type: ignore[arg-type]
                 row = conn.execute(flag, (derived.META_KEY,)).fetchone()
                 if row is not None and row[0] == derived.DERIVED_VERSION:
                     return
