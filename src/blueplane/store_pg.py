@@ -1,11 +1,12 @@
 """The PostgreSQL store: the same tables and queries as the SQLite one, for a team's central host.
 
 Selected by ``store.url: postgresql://…``. Writes are batched: one transaction per batch, the
-rows ``COPY``-ed into a temporary table and moved with one ``INSERT … SELECT … ON CONFLICT
-(event_id) DO NOTHING`` that applies the SQLite writer's dedup rule (a trace revision already
-stored within the window under another event id is dropped, also within the batch). The move
-holds a transaction-scoped advisory lock, so several ``blueplane consume`` processes writing at
-once dedup exactly as one SQLite writer does; the ``COPY`` (most of the work) runs in parallel.
+rows ``COPY``-ed into a temporary table and inserted with one ``INSERT … SELECT … ON CONFLICT
+(event_id) DO NOTHING``; then, under a transaction-scoped advisory lock, the rows the SQLite
+writer's dedup rule would not have stored (a trace revision already stored within the window
+under another event id, also within the batch) are deleted before anyone can see them. So
+several ``blueplane consume`` processes dedup exactly as one SQLite writer does, while the
+``COPY`` and the insert (most of the work) run in parallel.
 
 In the same transaction and under the same lock, the writer also keeps what SQLite's keeps:
 ``trace_sources`` (and its NOT_FIRST rule, ordered by a seq read from the database's clock
@@ -69,7 +70,8 @@ _SRC_COLS = TRACE_SOURCES.column_names
 _BATCH_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_batch ("
     + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in EVENTS.columns)
-    + ", seq INTEGER, dedup BOOLEAN, src TEXT, src_pos INTEGER) ON COMMIT DELETE ROWS"
+    + ", seq INTEGER, dedup BOOLEAN, src TEXT, src_pos INTEGER, inserted BOOLEAN)"
+    " ON COMMIT DELETE ROWS"
 )
 _SOURCES_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_sources ("
@@ -84,28 +86,48 @@ INSERT INTO trace_sources ({", ".join(_SRC_COLS)})
 SELECT {", ".join("seq + %(base)s" if c == "seq" else c for c in _SRC_COLS)} FROM _bp_sources
 ON CONFLICT DO NOTHING
 """
-# Within the batch the first row of a trace revision wins (row_number); against the table,
-# a row of the same revision under another event id within the window drops it (the
-# events_by_trace index answers; dedup rows always have a trace_type, so ``=`` is exact).
-# A generation another source reported first (an earlier seq) is only a source
-# (``trace_sources.NOT_FIRST``, applied like SQLite's: to the rows that dedup).
-_MOVE = f"""
-INSERT INTO events ({", ".join(_COLS)})
-SELECT {", ".join("b." + c for c in _COLS)} FROM (
-    SELECT *, CASE WHEN dedup THEN row_number() OVER (
-        PARTITION BY dedup, session_id, trace_type, item_key, revision ORDER BY seq) END AS rn
-    FROM _bp_batch) b
-WHERE NOT b.dedup OR (b.rn = 1 AND NOT EXISTS (
-    SELECT 1 FROM events e WHERE e.session_id = b.session_id AND e.trace_type = b.trace_type
-    AND e.item_key = b.item_key AND e.revision = b.revision
-    AND e.received_at_ms >= %(since)s AND e.event_id <> b.event_id)
-  AND (b.src_pos IS NULL OR NOT EXISTS (
-    SELECT 1 FROM trace_sources o WHERE o.workspace_hash = b.workspace_hash
-    AND o.generation_id = b.generation_id AND o.source <> b.src
-    AND o.seq < %(base)s + b.src_pos)))
-ORDER BY b.seq
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
+# Two steps, so that writers on several hosts insert in parallel and hold the write lock only
+# for the decisions:
+# 1. before the lock, every row of the batch is inserted (``ON CONFLICT (event_id) DO NOTHING``;
+#    in event id order, so two writers never wait on each other's rows in a cycle) and marked
+#    ``inserted``. The rows stay invisible to every other writer and reader until the commit.
+# 2. under the lock, the rows the SQLite writer's rules would not have stored are deleted:
+#    within the batch the first row of a trace revision wins (row_number); against the table, a
+#    row of the same revision stored within the window under another event id (committed by an
+#    earlier holder of the lock, or already there: not one this write inserted) drops it
+#    (the events_by_trace index answers; dedup rows always have a trace_type, so ``=`` is
+#    exact); a generation another source reported first (an earlier seq) is only a source
+#    (``trace_sources.NOT_FIRST``, applied like SQLite's: to the rows that dedup).
+# Each statement of step 2 reads a snapshot taken after the lock was granted, so it sees every
+# batch committed before it, exactly as when the whole move ran under the lock.
+_INSERT = f"""
+WITH ins AS (
+    INSERT INTO events ({", ".join(_COLS)})
+    SELECT {", ".join(_COLS)} FROM (
+        SELECT DISTINCT ON (event_id) * FROM _bp_batch ORDER BY event_id, seq) b
+    ORDER BY event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id)
+UPDATE _bp_batch b SET inserted = TRUE FROM ins WHERE b.event_id = ins.event_id
+RETURNING b.event_id
+"""
+_DROP_LOSERS = """
+DELETE FROM events d USING (
+    SELECT b.event_id FROM (
+        SELECT *, CASE WHEN dedup THEN row_number() OVER (
+            PARTITION BY dedup, session_id, trace_type, item_key, revision ORDER BY seq) END AS rn
+        FROM _bp_batch) b
+    WHERE b.inserted AND b.dedup AND (b.rn > 1 OR EXISTS (
+        SELECT 1 FROM events e WHERE e.session_id = b.session_id AND e.trace_type = b.trace_type
+        AND e.item_key = b.item_key AND e.revision = b.revision
+        AND e.received_at_ms >= %(since)s AND e.event_id <> b.event_id
+        AND NOT EXISTS (SELECT 1 FROM _bp_batch m WHERE m.event_id = e.event_id AND m.inserted))
+      OR (b.src_pos IS NOT NULL AND EXISTS (
+        SELECT 1 FROM trace_sources o WHERE o.workspace_hash = b.workspace_hash
+        AND o.generation_id = b.generation_id AND o.source <> b.src
+        AND o.seq < %(base)s + b.src_pos)))) l
+WHERE d.event_id = l.event_id
+RETURNING d.event_id
 """
 # The write's seq base: the database's clock, read under the write lock, so the seqs of the
 # writers of every host follow the order their batches commit in.
@@ -405,9 +427,10 @@ class PgTraceStore(TraceStore):
         return conn
 
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
-        """One transaction: COPY into the temp tables; under the write lock, the sources of
-        the generations (``trace_sources``), the deduplicating INSERT (with SQLite's
-        NOT_FIRST rule), and the conversation tables (``conversation_index``).
+        """One transaction: COPY into the temp tables and insert every row (``_INSERT``); under
+        the write lock, the sources of the generations (``trace_sources``), the rows SQLite's
+        dedup and NOT_FIRST rules drop deleted (``_DROP_LOSERS``), the derived tables and the
+        conversation tables (``conversation_index``) of the rows kept.
 
         Raises ``psycopg.Error`` with nothing written (the batch is rolled back)."""
         now_ms = int(time.time() * 1000)
@@ -442,6 +465,8 @@ class PgTraceStore(TraceStore):
                                 copy.write_row(row)
                     for setting in _PLAN:
                         cur.execute(setting)  # type: ignore[arg-type]
+                    cur.execute(_INSERT)  # type: ignore[arg-type]
+                    held = {r[0] for r in cur.fetchall()}
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
                     base = 0
                     if source_rows:
@@ -450,8 +475,9 @@ class PgTraceStore(TraceStore):
                         base = max(int(cur.fetchone()[0]), self._next_seq)  # type: ignore[index]
                         self._next_seq = base + len(source_rows)
                         cur.execute(_MOVE_SOURCES, {"base": base})  # type: ignore[arg-type]
-                    cur.execute(_MOVE, {"since": since_ms, "base": base})  # type: ignore[arg-type]
-                    held = {r[0] for r in cur.fetchall()}
+                    if held:
+                        cur.execute(_DROP_LOSERS, {"since": since_ms, "base": base})  # type: ignore[arg-type]
+                        held.difference_update(r[0] for r in cur.fetchall())
                     inserted = len(held)
                     if inserted:
                         # the search index and the activity counts of what was inserted
