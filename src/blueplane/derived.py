@@ -90,6 +90,27 @@ ON CONFLICT ({col}, workspace_hash, trace_type, model) DO UPDATE SET
     output_tokens = {table}.output_tokens + excluded.output_tokens
 """
 ACTIVITY = (("activity_hourly", "hour_ms", 3_600_000), ("activity_daily", "day_ms", 86_400_000))
+# PostgreSQL's spelling of the same: the rows once (``_ACTIVITY_ROWS``, a CTE ``batch``), then
+# both tables' upserts from them in one statement (each join of the stage to the events is
+# 2,000 index lookups a batch).
+_ACTIVITY_ROWS = """
+    SELECT coalesce(e.timestamp_ms, e.received_at_ms) AS t,
+        coalesce(e.workspace_hash, '') AS w, coalesce(e.trace_type, '') AS tt, s.model AS m,
+        CASE WHEN s.turn = 1 AND (e.revision = 0 OR NOT {has_prev}) THEN 1 ELSE 0 END AS turn,
+        coalesce(s.input_tokens, 0) - CASE WHEN e.revision > 0
+            THEN coalesce({prev_in}, 0) ELSE 0 END AS i,
+        coalesce(s.output_tokens, 0) - CASE WHEN e.revision > 0
+            THEN coalesce({prev_out}, 0) ELSE 0 END AS o
+    FROM {stage_join}
+    WHERE {rows} AND e.event_type = 'database_trace'"""
+_ACTIVITY_INSERT = """
+INSERT INTO {table}
+SELECT (t / {bucket}) * {bucket} AS h, w, tt, m, COUNT(*), SUM(turn), SUM(i), SUM(o)
+FROM batch GROUP BY h, w, tt, m
+ON CONFLICT ({col}, workspace_hash, trace_type, model) DO UPDATE SET
+    traces = {table}.traces + excluded.traces, turns = {table}.turns + excluded.turns,
+    input_tokens = {table}.input_tokens + excluded.input_tokens,
+    output_tokens = {table}.output_tokens + excluded.output_tokens"""
 
 
 def apply_statements(dialect: Dialect, rows: str) -> list[str]:
@@ -105,10 +126,18 @@ def apply_statements(dialect: Dialect, rows: str) -> list[str]:
     # The index's row order is "most recent" for search: the events' stored order.
     order = "" if dialect.name == "sqlite" else _PG_STORED_ORDER
     out = [_APPLY_TEXT.format(search=SEARCH_TABLE, rows=rows, stage_join=join, order=order)]
+    parts = {"rows": rows, "stage_join": join, "has_prev": _HAS_PREV.format(same_type=same_type)}
+    parts["prev_in"], parts["prev_out"] = prev("input_tokens"), prev("output_tokens")
+    if dialect.name != "sqlite":
+        # One statement: the batch's rows joined to their events once, for both tables.
+        inserts = [_ACTIVITY_INSERT.format(table=t, col=c, bucket=b) for t, c, b in ACTIVITY]
+        out.append(
+            f"WITH batch AS MATERIALIZED ({_ACTIVITY_ROWS.format(**parts)}),"
+            f" hourly AS ({inserts[0]})\n{inserts[1]}"
+        )
+        return out
     for table, col, bucket in ACTIVITY:
-        parts = {"table": table, "col": col, "bucket": bucket, "rows": rows, "stage_join": join}
-        parts["has_prev"] = _HAS_PREV.format(same_type=same_type)
-        parts["prev_in"], parts["prev_out"] = prev("input_tokens"), prev("output_tokens")
+        parts.update(table=table, col=col, bucket=bucket)
         out.append(_APPLY_ACTIVITY.format(**parts))
     return out
 

@@ -70,8 +70,11 @@ _SRC_COLS = TRACE_SOURCES.column_names
 _BATCH_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_batch ("
     + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in EVENTS.columns)
-    + ", seq INTEGER, dedup BOOLEAN, src TEXT, src_pos INTEGER, inserted BOOLEAN)"
-    " ON COMMIT DELETE ROWS"
+    + ", seq INTEGER, dedup BOOLEAN, src TEXT, src_pos INTEGER) ON COMMIT DELETE ROWS"
+)
+# The event ids the write inserted (before the lock; some are deleted under it).
+_INSERTED_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS _bp_inserted (event_id TEXT PRIMARY KEY) ON COMMIT DELETE ROWS"
 )
 _SOURCES_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_sources ("
@@ -90,7 +93,7 @@ ON CONFLICT DO NOTHING
 # for the decisions:
 # 1. before the lock, every row of the batch is inserted (``ON CONFLICT (event_id) DO NOTHING``;
 #    in event id order, so two writers never wait on each other's rows in a cycle) and marked
-#    ``inserted``. The rows stay invisible to every other writer and reader until the commit.
+#    in ``_bp_inserted``. The rows stay invisible to every other writer and reader until the commit.
 # 2. under the lock, the rows the SQLite writer's rules would not have stored are deleted:
 #    within the batch the first row of a trace revision wins (row_number); against the table, a
 #    row of the same revision stored within the window under another event id (committed by an
@@ -108,20 +111,21 @@ WITH ins AS (
     ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id)
-UPDATE _bp_batch b SET inserted = TRUE FROM ins WHERE b.event_id = ins.event_id
-RETURNING b.event_id
+INSERT INTO _bp_inserted SELECT event_id FROM ins
+RETURNING event_id
 """
 _DROP_LOSERS = """
 DELETE FROM events d USING (
     SELECT b.event_id FROM (
-        SELECT *, CASE WHEN dedup THEN row_number() OVER (
+        SELECT event_id, dedup, session_id, trace_type, item_key, revision, workspace_hash,
+            generation_id, src, src_pos, CASE WHEN dedup THEN row_number() OVER (
             PARTITION BY dedup, session_id, trace_type, item_key, revision ORDER BY seq) END AS rn
         FROM _bp_batch) b
-    WHERE b.inserted AND b.dedup AND (b.rn > 1 OR EXISTS (
+    WHERE b.dedup AND b.event_id IN (SELECT event_id FROM _bp_inserted) AND (b.rn > 1 OR EXISTS (
         SELECT 1 FROM events e WHERE e.session_id = b.session_id AND e.trace_type = b.trace_type
         AND e.item_key = b.item_key AND e.revision = b.revision
         AND e.received_at_ms >= %(since)s AND e.event_id <> b.event_id
-        AND NOT EXISTS (SELECT 1 FROM _bp_batch m WHERE m.event_id = e.event_id AND m.inserted))
+        AND NOT EXISTS (SELECT 1 FROM _bp_inserted m WHERE m.event_id = e.event_id))
       OR (b.src_pos IS NOT NULL AND EXISTS (
         SELECT 1 FROM trace_sources o WHERE o.workspace_hash = b.workspace_hash
         AND o.generation_id = b.generation_id AND o.source <> b.src
@@ -421,6 +425,7 @@ class PgTraceStore(TraceStore):
             conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
             conn.execute(_BATCH_DDL)  # type: ignore[arg-type]
             conn.execute(_SOURCES_DDL)  # type: ignore[arg-type]
+            conn.execute(_INSERTED_DDL)  # type: ignore[arg-type]
             conn.execute(derived.stage_table())  # type: ignore[arg-type]
             conn.commit()
             self._write_conn = conn
