@@ -115,7 +115,7 @@ INSERT INTO _bp_inserted SELECT event_id FROM ins
 RETURNING event_id
 """
 _DROP_LOSERS = """
-DELETE FROM events d USING (
+WITH gone AS (DELETE FROM events d USING (
     SELECT b.event_id FROM (
         SELECT event_id, dedup, session_id, trace_type, item_key, revision, workspace_hash,
             generation_id, src, src_pos, CASE WHEN dedup THEN row_number() OVER (
@@ -131,7 +131,9 @@ DELETE FROM events d USING (
         AND o.generation_id = b.generation_id AND o.source <> b.src
         AND o.seq < %(base)s + b.src_pos)))) l
 WHERE d.event_id = l.event_id
-RETURNING d.event_id
+RETURNING d.event_id)
+DELETE FROM _bp_inserted i USING gone WHERE i.event_id = gone.event_id
+RETURNING i.event_id
 """
 # The write's seq base: the database's clock, read under the write lock, so the seqs of the
 # writers of every host follow the order their batches commit in.
@@ -155,6 +157,10 @@ _BACKFILL = (
 # The derived tables of an older store: every event, in the order they were stored.
 _DERIVED_BACKFILL = "SELECT event_id, trace_type, payload, metadata FROM events" + _STORED_ORDER
 _DERIVED_APPLY = derived.apply_statements(POSTGRES, "TRUE")
+# A write's: the whole batch is staged before the lock; what it keeps is in ``_bp_inserted``.
+_DERIVED_WRITE = derived.apply_statements(
+    POSTGRES, "s.event_id IN (SELECT event_id FROM _bp_inserted)"
+)
 _COPY_STAGE = "COPY derived_stage FROM STDIN"
 # The page's change token (SQLite's is max(rowid)): events stored, counted by the writers.
 STORED_META = "events_stored"
@@ -426,7 +432,8 @@ class PgTraceStore(TraceStore):
             conn.execute(_BATCH_DDL)  # type: ignore[arg-type]
             conn.execute(_SOURCES_DDL)  # type: ignore[arg-type]
             conn.execute(_INSERTED_DDL)  # type: ignore[arg-type]
-            conn.execute(derived.stage_table())  # type: ignore[arg-type]
+            # the stage of a write, emptied by its commit (or rollback)
+            conn.execute(derived.stage_table().rstrip() + " ON COMMIT DELETE ROWS")  # type: ignore[arg-type]
             conn.commit()
             self._write_conn = conn
         return conn
@@ -468,6 +475,9 @@ class PgTraceStore(TraceStore):
                         with cur.copy(_COPY_SOURCES) as copy:  # type: ignore[arg-type]
                             for row in source_rows:
                                 copy.write_row(row)
+                    with cur.copy(_COPY_STAGE) as copy:  # type: ignore[arg-type]
+                        for row in stage.values():
+                            copy.write_row(row)
                     for setting in _PLAN:
                         cur.execute(setting)  # type: ignore[arg-type]
                     cur.execute(_INSERT)  # type: ignore[arg-type]
@@ -485,8 +495,9 @@ class PgTraceStore(TraceStore):
                         held.difference_update(r[0] for r in cur.fetchall())
                     inserted = len(held)
                     if inserted:
-                        # the search index and the activity counts of what was inserted
-                        _apply_derived(cur, [row for eid, row in stage.items() if eid in held])
+                        # the search index and the activity counts of what was kept
+                        for stmt in _DERIVED_WRITE:
+                            cur.execute(stmt)  # type: ignore[arg-type]
                         cur.execute(_COUNT_STORED, (STORED_META, str(inserted)))  # type: ignore[arg-type]
                 # Same transaction, still under the lock: the conversation view never
                 # disagrees with the traces, and one writer at a time reads-modifies-writes it.

@@ -305,3 +305,25 @@ def test_blueplane_ui_serves_a_postgresql_store(pg_url: str, tmp_path: Path) -> 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_redelivered_batches_are_counted_and_indexed_once_on_both(urls: dict[str, str]) -> None:
+    """A consumer that dies after its commit and before its XACK writes the batch again, here
+    within a batch of new events: the activity sums and the search index count each event once
+    (PostgreSQL stages the whole batch and applies only what this write kept)."""
+    events = [ev for batch in _sample() for ev in batch]
+    batches = [events[i : i + 100] for i in range(0, len(events), 100)]
+    assert len(batches) >= 3
+
+    def indexed(url: str) -> int:
+        store = open_store(url, readonly=True)
+        try:
+            return int(store.conn.execute("SELECT count(*) FROM trace_text").fetchone()[0])
+        finally:
+            store.close()
+
+    _write(urls["sqlite"], batches)
+    once = (_totals(urls["sqlite"]), indexed(urls["sqlite"]))
+    assert once[0][0] > 0 and once[1] > 0
+    _write(urls["postgres"], [*batches[:-1], batches[-1] + batches[0] + batches[1]])
+    assert (_totals(urls["postgres"]), indexed(urls["postgres"])) == once
