@@ -56,6 +56,7 @@ CREATE TEMP TABLE IF NOT EXISTS derived_stage (
     event_id TEXT PRIMARY KEY, text TEXT, conversation_id TEXT, model TEXT NOT NULL,
     turn INTEGER NOT NULL, input_tokens INTEGER, output_tokens INTEGER)
 """
+STAGE_COLUMNS = 7
 STAGE_INSERT = "INSERT OR IGNORE INTO derived_stage VALUES (?,?,?,?,?,?,?)"
 # ``{rows}``: the staged events this batch inserted (SQLite: rowids above the largest before
 # the batch; PostgreSQL: every staged one).
@@ -210,12 +211,14 @@ def _stage(
     )  # fmt: skip
 
 
-def stage_batch(conn: sqlite3.Connection, events: Sequence[StoredEvent]) -> int:
-    """Inside the writer's transaction, before the insert: stage the batch and return the
-    largest rowid of ``events`` (the rows above it are the ones this batch inserts)."""
+def stage_batch(conn: sqlite3.Connection, inserts: Sequence[tuple[str, Sequence[Any]]]) -> int:
+    """Inside the writer's transaction, before the insert: stage the batch (``inserts``: the
+    statements that insert its ``stage_row``s, prepared by ``store.PreparedBatch``) and return
+    the largest rowid of ``events`` (the rows above it are the ones this batch inserts)."""
     conn.execute(_STAGE)
     conn.execute("DELETE FROM derived_stage")
-    conn.executemany(STAGE_INSERT, [stage_row(ev) for ev in events])
+    for sql, params in inserts:
+        conn.execute(sql, params)
     return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])
 
 

@@ -1,8 +1,9 @@
 """The local SQLite store of every event the fast path consumed, and the queries on it.
 
-WAL mode so ``blueplane traces`` reads while the consumer writes; one transaction and one
-``executemany`` per batch (the dedup check is part of the INSERT, so no per-row Python round
-trip); ``INSERT OR IGNORE`` on a deterministic ``event_id`` so a redelivered entry is stored once.
+WAL mode so ``blueplane traces`` reads while the consumer writes; one transaction per batch,
+written by a few set statements (``INSERT … SELECT`` from multi-row ``VALUES``, the dedup check
+inside), not a statement per row: see ``PreparedBatch``; ``INSERT OR IGNORE`` on a
+deterministic ``event_id`` so a redelivered entry is stored once.
 ``close()`` waits for a write still running in a worker thread, so a shutdown never closes the
 connection under it. This is our own database, never Cursor's: here PRAGMAs that write are fine.
 """
@@ -16,11 +17,13 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar
 
 from blueplane import conversation_index, trace_sources
-from blueplane.derived import apply_batch, ensure_derived, stage_batch
+from blueplane.derived import STAGE_COLUMNS, apply_batch, ensure_derived, stage_batch, stage_row
 from blueplane.store_schema import (
     EVENTS,
     SCHEMA_VERSION,
@@ -117,6 +120,145 @@ def dedupable(ev: StoredEvent) -> bool:
 
 
 assert len(EVENTS.columns) == 18  # event_row and _INSERT follow EVENTS' column order
+_RECEIVED = EVENTS.column_names.index("received_at_ms")
+
+# The batch written as a few set statements instead of one statement per row. Why: the
+# writer thread drops the GIL for every SQLite step, and while the event loop parses the next
+# batch it waits up to a switch interval (1 ms) to get it back, once per row: with the other
+# thread busy, executemany wrote 3.3 k events/s, the same rows as set statements 17.7 k. A
+# statement over hundreds of rows is one step.
+#
+# Each statement takes the rows of a multi-row VALUES (``column1``…); ``?1``… are the write's
+# own values (time, dedup window, seq base), known only once the write holds the lock.
+#
+# The events' insert is ``_INSERT`` + ``NOT_FIRST`` in set form. SQLite evaluates the SELECT of
+# an INSERT that reads its own table in full before inserting, so one row's dedup check does
+# not see another row of the same statement: rows that could see each other (the same trace
+# revision or the same event id twice in a batch) are written one by one afterwards, with
+# ``_INSERT``, exactly as before (``PreparedBatch.single``).
+_EV_SET_COLS = len(EVENTS.columns) + 3  # event_row, then dedup flag, source, generation index
+_EVENTS_SET = """
+WITH b(now, since, base) AS (SELECT ?1, ?2, ?3)
+INSERT OR IGNORE INTO events
+SELECT {columns} FROM b, (VALUES {values}) v
+WHERE (v.column19 IS NULL OR NOT EXISTS (
+    SELECT 1 FROM events e WHERE e.session_id=v.column7 AND e.trace_type IS v.column6
+    AND e.item_key=v.column10 AND e.revision=v.column11 AND e.received_at_ms>=b.since
+    AND e.event_id<>v.column1 LIMIT 1))
+AND (v.column21 IS NULL OR NOT EXISTS (
+    SELECT 1 FROM trace_sources o WHERE o.workspace_hash=v.column8 AND o.generation_id=v.column9
+    AND o.source<>v.column20 AND o.seq<b.base+v.column21))
+"""
+# trace_sources.rows(…, received_at_ms=0, seq_base=0): seq is the place among the generations.
+_SOURCES_SET = """
+WITH b(now, base) AS (SELECT ?1, ?2)
+INSERT OR IGNORE INTO trace_sources
+    (workspace_hash, generation_id, source, seq, event_id, stream_id, session_id,
+     received_at_ms, timestamp_ms, generation_ms, generation_type, description)
+SELECT v.column1, v.column2, v.column3, b.base + v.column4, v.column5, v.column6, v.column7,
+    b.now, v.column9, v.column10, v.column11, v.column12
+FROM b, (VALUES {values}) v
+"""
+_SOURCE_COLS = 12
+_STAGE_SET = "INSERT OR IGNORE INTO derived_stage VALUES {values}"
+# Rows per statement: powers of two, so a batch of any size uses a few cached statements.
+_CHUNKS = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
+# Parameters per statement stay below SQLite's smallest default limit (32,766 since 3.32).
+_MAX_PARAMS = 32766
+
+
+def _values(rows: int, cols: int) -> str:
+    one = "(" + ",".join("?" * cols) + ")"
+    return ",".join([one] * rows)
+
+
+@cache
+def _events_set(rows: int) -> str:
+    columns = [f"v.column{i + 1}" for i in range(len(EVENTS.columns))]
+    columns[_RECEIVED] = "b.now"
+    return _EVENTS_SET.format(columns=", ".join(columns), values=_values(rows, _EV_SET_COLS))
+
+
+@cache
+def _sources_set(rows: int) -> str:
+    return _SOURCES_SET.format(values=_values(rows, _SOURCE_COLS))
+
+
+@cache
+def _stage_set(rows: int) -> str:
+    return _STAGE_SET.format(values=_values(rows, STAGE_COLUMNS))
+
+
+def _chunked(
+    rows: Sequence[tuple[Any, ...]], sql: Any, cols: int, lead: int
+) -> list[tuple[str, list[Any]]]:
+    """``rows`` as few statements of ``sql(n)`` (n rows each); each parameter list starts
+    with ``lead`` slots for the write's own values, filled in by the writer."""
+    out = []
+    start = 0
+    for size in _CHUNKS:
+        if size * cols + lead > _MAX_PARAMS:
+            continue
+        while len(rows) - start >= size:
+            params: list[Any] = [None] * lead
+            params.extend(chain.from_iterable(rows[start : start + size]))
+            out.append((sql(size), params))
+            start += size
+    return out
+
+
+def _dedup_key(ev: StoredEvent) -> tuple[Any, ...] | None:
+    """What another row's dedup check compares (session, type, item, revision); None when no
+    check can ever match the row (no session or no item)."""
+    if not ev.session_id or not ev.item_key:
+        return None
+    return (ev.session_id, ev.trace_type, ev.item_key, ev.revision)
+
+
+class PreparedBatch(list[StoredEvent]):
+    """A batch's events with what of its write needs no database, computed by the caller
+    beforehand (the consumer, while the previous batch writes) so that the writer thread runs
+    little more than SQL (see ``_EVENTS_SET``).
+
+    ``single``: the events whose insert may depend on another row of the batch (the same trace
+    revision or event id twice), written row by row after the set statements, each with its
+    place among the batch's generations (``None``: not a keyed generation)."""
+
+    def __init__(self, events: Iterable[StoredEvent]) -> None:
+        super().__init__(events)
+        keyed = trace_sources.is_keyed_generation
+        generations = [ev for ev in self if keyed(ev)]
+        self.generations = len(generations)
+        self.sources = _chunked(
+            trace_sources.rows(generations, 0, 0), _sources_set, _SOURCE_COLS, 2
+        )
+        self.stage = _chunked([stage_row(ev) for ev in self], _stage_set, STAGE_COLUMNS, 0)
+        seen_ids: dict[str, int] = {}
+        seen_keys: dict[tuple[Any, ...], int] = {}
+        for ev in self:
+            seen_ids[ev.event_id] = seen_ids.get(ev.event_id, 0) + 1
+            key = _dedup_key(ev)
+            if key is not None:
+                seen_keys[key] = seen_keys.get(key, 0) + 1
+        rows: list[tuple[Any, ...]] = []
+        self.single: list[tuple[StoredEvent, int | None]] = []
+        pos = 0
+        for ev in self:
+            gen: int | None = None
+            if keyed(ev):
+                gen = pos
+                pos += 1
+            key = _dedup_key(ev)
+            if seen_ids[ev.event_id] > 1 or (key is not None and seen_keys[key] > 1):
+                self.single.append((ev, gen))
+                continue
+            rows.append(
+                (
+                    *event_row(ev, 0), 1 if dedupable(ev) else None,
+                    trace_sources.source_of(ev) if gen is not None else None, gen,
+                )
+            )  # fmt: skip
+        self.inserts = _chunked(rows, _events_set, _EV_SET_COLS, 3)
 
 
 class TraceStore:
@@ -272,66 +414,68 @@ class TraceStore:
         """True while a ``write_batch`` runs (for shutdown and tests)."""
         return self._lock.locked()
 
+    def prepare(self, events: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
+        """The batch ready for ``write_batch``, computed without the database (the consumer
+        calls this while the previous batch is written). Other engines take it as it is."""
+        return PreparedBatch(events) if self.dialect is SQLITE else events
+
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
         """Write a batch in one transaction; drop traces already stored within the window.
 
-        Raises ``sqlite3.Error`` (busy, full, corrupt, closed) with nothing written.
+        ``events`` may be a ``PreparedBatch`` (``prepare``). Raises ``sqlite3.Error`` (busy,
+        full, corrupt, closed) with nothing written.
         """
+        batch = events if isinstance(events, PreparedBatch) else PreparedBatch(events)
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
-        keyed = trace_sources.is_keyed_generation
-        generations = [ev for ev in events if keyed(ev)]
-        others = [ev for ev in events if not keyed(ev)] if generations else list(events)
-        rows = self._rows(others, now_ms, since_ms)
         with self._lock:
             if self._closed:
                 raise sqlite3.ProgrammingError(f"store {self.path} is closed")
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                before_rowid = stage_batch(self.conn, events)
-                source_rows: list[tuple[Any, ...]] = []
-                gen_rows: list[tuple[Any, ...]] = []
-                if generations:
+                before_rowid = stage_batch(self.conn, batch.stage)
+                seq = 0
+                if batch.generations:
                     # Reports of one generation are ordered by seq, taken once this write is
                     # the only one (so two stores on one file never order them backwards).
                     seq = max(int(time.time() * 1000) * trace_sources.SEQ_PER_MS, self._next_seq)
-                    self._next_seq = seq + len(generations)
-                    source_rows = trace_sources.rows(generations, now_ms, seq)
-                    gen_rows = [
-                        (*row, *trace_sources.not_first_args(src))
-                        for row, src in zip(
-                            self._rows(generations, now_ms, since_ms), source_rows, strict=True
-                        )
-                    ]
-                if source_rows:
-                    # First: every source is recorded, even when its trace is a duplicate.
-                    self.conn.executemany(trace_sources.INSERT, source_rows)
+                    self._next_seq = seq + batch.generations
+                # First: every source is recorded, even when its trace is a duplicate.
+                for sql, params in batch.sources:
+                    params[0:2] = (now_ms, seq)
+                    self.conn.execute(sql, params)
                 before = self.conn.total_changes
-                self.conn.executemany(_INSERT, rows)
-                if gen_rows:
-                    self.conn.executemany(_INSERT_GENERATION, gen_rows)
+                for sql, params in batch.inserts:
+                    params[0:3] = (now_ms, since_ms, seq)
+                    self.conn.execute(sql, params)
+                for ev, gen in batch.single:
+                    row = self._row(ev, now_ms, since_ms)
+                    if gen is None:
+                        self.conn.execute(_INSERT, row)
+                    else:
+                        src = trace_sources.source_of(ev)
+                        not_first = (ev.workspace_hash, ev.generation_id, src, seq + gen)
+                        self.conn.execute(_INSERT_GENERATION, (*row, *not_first))
                 inserted = self.conn.total_changes - before
                 apply_batch(self.conn, before_rowid)  # search index, activity (derived.py)
                 # Same transaction: the conversation view never disagrees with the traces.
-                self._indexer.apply(events)
+                self._indexer.apply(batch)
                 self.conn.execute("COMMIT")
             except BaseException:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 raise
-        return WriteResult(inserted, len(events) - inserted)
+        return WriteResult(inserted, len(batch) - inserted)
 
     @staticmethod
-    def _rows(events: Sequence[StoredEvent], now_ms: int, since_ms: int) -> list[tuple[Any, ...]]:
-        return [
-            (
-                *event_row(ev, now_ms),
-                # dedup only for traces that name their item: NULL skips the NOT EXISTS
-                1 if dedupable(ev) else None,
-                ev.session_id, ev.trace_type, ev.item_key, ev.revision, since_ms, ev.event_id,
-            )
-            for ev in events
-        ]  # fmt: skip
+    def _row(ev: StoredEvent, now_ms: int, since_ms: int) -> tuple[Any, ...]:
+        """``_INSERT``'s parameters for one event."""
+        return (
+            *event_row(ev, now_ms),
+            # dedup only for traces that name their item: NULL skips the NOT EXISTS
+            1 if dedupable(ev) else None,
+            ev.session_id, ev.trace_type, ev.item_key, ev.revision, since_ms, ev.event_id,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- queries
     def traces(

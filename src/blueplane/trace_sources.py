@@ -112,11 +112,6 @@ def rows(
     return out
 
 
-def not_first_args(source_row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The NOT_FIRST parameters of an event, from its ``rows`` entry."""
-    return source_row[:4]
-
-
 def sources_for(
     conn: sqlite3.Connection, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], list[str]]:

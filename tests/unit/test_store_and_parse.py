@@ -87,6 +87,72 @@ def test_store_is_idempotent_and_drops_duplicate_traces(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_trace_revision_twice_in_one_batch_is_stored_once(tmp_path: Path) -> None:
+    """The set insert cannot see its own rows: rows of one batch that dedup against each other
+    must still drop all but the first."""
+    store = TraceStore(tmp_path / "t.db")
+    first = parse_entry("1-0", trace_fields("g1", event_id="e1"))
+    again = parse_entry("2-0", trace_fields("g1", event_id="e2"))  # same revision, other id
+    other = parse_entry("3-0", trace_fields("g2", event_id="e3"))
+    last = parse_entry("4-0", trace_fields("g3", event_id="e4"))
+    # four rows: one statement of four if nothing were written row by row
+    r = store.write_batch([first, other, again, last], dedup_window_s=3600)
+    assert (r.inserted, r.duplicates) == (3, 1)
+    ids = {row[0] for row in store.conn.execute("SELECT event_id FROM events")}
+    assert ids == {"e1", "e3", "e4"}
+    store.close()
+
+
+def _mixed_batch() -> list:
+    """32 events: traces that dedup against each other within the batch (the same revision
+    under another id, a resend of the same id, a message twice), a second source of a
+    generation, a later revision, a hook event, and traces that stand alone."""
+
+    def trace(gid: str, eid: str | None, source: str = "python_monitor", **payload) -> object:
+        fields = trace_fields(gid, "s1", eid, **payload)
+        meta = {"workspace_hash": "abcd", "source": source}
+        fields[b"metadata"] = json.dumps(meta).encode()
+        return parse_entry(f"{len(out) + 1}-0", fields)
+
+    out: list = []
+    for i in range(6):
+        out.append(trace(f"g{i}", f"e{i}", input_tokens=10 + i))
+    out.append(trace("g0", "e0-other"))  # same revision, other id: dropped
+    out.append(trace("g1", "e1-other", input_tokens=99))  # dropped
+    out.append(trace("g2", "e2-ext", "extension"))  # a second source: only a source
+    out.append(trace("g0", "e0-r1", revision=1, input_tokens=30))  # later revision: kept
+    out.append(out[3])  # the same event again
+    for n in range(2):  # a message twice under two ids (not a keyed generation)
+        msg = trace("c1", f"m{n}", trace_type="message", item_id="b1", role="assistant")
+        out.append(msg)
+    hook = {b"event_type": b"session_start", b"session_id": b"s1", b"payload": b"{}"}
+    out.append(parse_entry("99-0", hook))
+    while len(out) < 32:  # one statement of 32 if none were set apart
+        out.append(trace(f"g{len(out)}", f"e{len(out)}"))
+    return out
+
+
+def test_one_batch_stores_what_one_event_per_batch_stores(tmp_path: Path) -> None:
+    """Set statements for the batch, row by row for the rows that interact: the same events,
+    sources and derived counts as writing each event in a batch of its own."""
+    events = _mixed_batch()
+    whole = TraceStore(tmp_path / "whole.db")
+    single = TraceStore(tmp_path / "single.db")
+    r = whole.write_batch(events, 3600)
+    inserted = sum(single.write_batch([ev], 3600).inserted for ev in events)
+    assert r.inserted == inserted
+    queries = (
+        "SELECT event_id, session_id, item_key, revision, generation_id FROM events",
+        "SELECT workspace_hash, generation_id, source, event_id FROM trace_sources",
+        "SELECT hour_ms, workspace_hash, trace_type, model, traces, turns, input_tokens,"
+        " output_tokens FROM activity_hourly",
+    )
+    for sql in queries:
+        assert sorted(whole.conn.execute(sql)) == sorted(single.conn.execute(sql)), sql
+    whole.close()
+    single.close()
+
+
 def test_traces_filters(tmp_path: Path) -> None:
     store = TraceStore(tmp_path / "t.db")
     evs = [parse_entry(f"{i}-0", trace_fields(f"g{i}", event_id=f"e{i}")) for i in range(5)]

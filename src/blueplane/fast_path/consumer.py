@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -391,7 +391,7 @@ class FastPathConsumer:
 
     def _prepare(
         self, entries: list[tuple[Any, Any]], too_many: set[str] | None
-    ) -> tuple[list[StoredEvent], list[Rejected], list[Any]]:
+    ) -> tuple[Sequence[StoredEvent], list[Rejected], list[Any]]:
         good: list[StoredEvent] = []
         bad: list[Rejected] = []
         ids: list[Any] = []
@@ -408,9 +408,13 @@ class FastPathConsumer:
                 good.append(parse_entry(sid, fields))
             except MalformedEntry as exc:
                 bad.append(Rejected(sid, str(exc), _copy(fields)))
-        return good, bad, ids
+        # What of the write needs no database, done here too: the writer thread, which has
+        # to win the GIL back from this loop for every Python step, then runs only SQL.
+        return self.store.prepare(good), bad, ids
 
-    async def _finish(self, good: list[StoredEvent], bad: list[Rejected], ids: list[Any]) -> None:
+    async def _finish(
+        self, good: Sequence[StoredEvent], bad: list[Rejected], ids: list[Any]
+    ) -> None:
         if good:
             result = await self._store(good)
             self.health.count("stored", result.inserted)
@@ -443,7 +447,7 @@ class FastPathConsumer:
             self.health.last_error = f"entry {r.stream_id}: {r.reason}"
             self.health.last_error_at = iso_now()
 
-    async def _store(self, events: list[StoredEvent]) -> WriteResult:
+    async def _store(self, events: Sequence[StoredEvent]) -> WriteResult:
         """Write until the store takes the batch; raise _Stopping if stop comes first.
 
         The entries stay pending (not acknowledged) meanwhile. The batch is kept in memory and
@@ -470,7 +474,7 @@ class FastPathConsumer:
                 self.health.status = "ok"
             return result
 
-    async def _write(self, events: list[StoredEvent]) -> WriteResult:
+    async def _write(self, events: Sequence[StoredEvent]) -> WriteResult:
         """``write_batch`` in a worker thread, which is always let finish.
 
         A thread cannot be cancelled: if this task is, wait for the thread anyway, so nobody
