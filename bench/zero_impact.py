@@ -1,16 +1,24 @@
-"""Zero impact on Cursor, measured: a Cursor-like writer with and without the monitor polling.
+"""Zero impact on Cursor, measured: a Cursor-like writer with and without the monitor capturing.
 
 For each journal mode (rollback ``delete`` and ``wal``) the Cursor-like writer
-(``bench/cursor_writer.py``: one ``BEGIN; INSERT …; END`` flush every ``--interval-ms`` with a
-1000 ms busy timeout) runs ``--duration`` seconds against a fresh workspace database, once with
-no reader and once while ``blueplane run`` polls that workspace at ``poll_interval_seconds``
-0.05 with an active session. It reports the writer's busy errors (must be 0), its commit
-latency p50/p99 with and without the monitor and their ratio, whether the file's journal mode
-and ``user_version`` are unchanged, and how many of the written generations the monitor
-captured. Results go to ``bench/results/zero_impact.json`` and a markdown table to stdout.
+(``bench/cursor_writer.py``: one VS Code-style ``BEGIN; INSERT …; END`` flush every
+``--interval-ms``, 100 ms by default as VS Code's storage batches its writes, with Cursor's 1000 ms
+busy timeout) runs ``--duration`` seconds against a fresh workspace database, alternately with no
+reader and while ``blueplane run`` captures that workspace live with its default configuration
+(file events, 50 ms debounce: every commit is read, as in production) and an active session.
 
-    .venv/bin/python bench/zero_impact.py --duration 60        # the full run (~5 minutes)
-    .venv/bin/python bench/zero_impact.py --duration 5         # CI-sized
+The two variants run as ``--pairs`` interleaved pairs, the order flipped every pair
+(A B, B A, A B, …) so that a drift of the machine's load hits both alike. Per pair it reports the
+writer's p50/p99 commit latency ratio with/without the monitor; per mode the median of the
+pairs' ratios with their spread (min–max) and the ratio of the pooled p99s (every commit of every
+run of one variant: 4 pairs of 60 s give 2,400 commits a side, so p99 is the 24th worst rather
+than the 6th). It also checks the writer's busy errors (must be 0), that the file's journal mode
+and ``user_version`` are unchanged, and how many of the written generations the monitor stored.
+The load average is recorded before every run. Results go to ``bench/results/zero_impact.json``
+and a markdown table to stdout.
+
+    .venv/bin/python bench/zero_impact.py                      # 4 pairs of 60 s (~18 minutes)
+    .venv/bin/python bench/zero_impact.py --duration 5 --pairs 1   # CI-sized
 
 Redis: a private redis-server (the bundled one) in a temporary folder unless ``--redis-url``.
 Exit status 1 when any run had a busy error or changed the database's mode or version.
@@ -20,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,17 +78,18 @@ def run_writer(
 EXTRA_SERVER_ENV: dict[str, str] = {}
 
 
-def server_env(home: Path, user: Path, redis_url: str, poll_s: float) -> dict[str, str]:
+def server_env(home: Path, user: Path, redis_url: str, poll_s: float | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
     env.update(
         BLUEPLANE_HOME=str(home),
         BLUEPLANE_REDIS_URL=redis_url,
         BLUEPLANE_CURSOR_DIRS=str(user),
-        BLUEPLANE_CURSOR_DATABASE_MONITOR__POLL_INTERVAL_SECONDS=str(poll_s),
         BLUEPLANE_SESSION_MONITOR__SESSION_FILE_POLL_SECONDS="0.5",
         BLUEPLANE_FAST_PATH__BLOCK_MS="100",
         PYTHONUNBUFFERED="1",
     )
+    if poll_s is not None:
+        env["BLUEPLANE_CURSOR_DATABASE_MONITOR__POLL_INTERVAL_SECONDS"] = str(poll_s)
     env.update(EXTRA_SERVER_ENV)
     return env
 
@@ -110,79 +121,138 @@ def stored_generations(home: Path) -> int:
         conn.close()
 
 
-def one_mode(
-    work: Path, mode: str, duration: float, interval_ms: float, poll_s: float, redis_url: str
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile, as the writer computes it."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
+
+
+def start_server(
+    home: Path, user: Path, folder: Path, mode: str, redis_url: str, poll_s: float | None
+) -> subprocess.Popen[bytes]:
+    """``blueplane run`` with an active session on ``folder``, past its first sync."""
+    home.mkdir(parents=True)
+    env = server_env(home, user, redis_url, poll_s)
+    log = (home / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "blueplane.cli", "run"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
+    )  # fmt: skip
+    log.close()
+    wait_running(home, proc)
+    subprocess.run(
+        [sys.executable, "-m", "blueplane.cli", "session", "start",
+         "--workspace", str(folder), "--session-id", f"bench-{home.name}"],
+        env=env, check=True, stdout=subprocess.DEVNULL, cwd=home,
+    )  # fmt: skip
+    time.sleep(1.0)  # the first sync has happened: the monitor waits for file events
+    return proc
+
+
+def one_run(
+    work: Path,
+    user: UserDir,
+    mode: str,
+    variant: str,
+    run: int,
+    args: argparse.Namespace,
+    redis_url: str,
 ) -> dict[str, Any]:
+    """One writer run on a fresh workspace database, with or without the server capturing it."""
+    name = f"{run:02d}-{variant}"
+    folder = work / mode / "projects" / name
+    folder.mkdir(parents=True)
+    ws = user.add_workspace(str(folder), journal_mode=mode, with_db=False)  # type: ignore[arg-type]
+    before = header_facts(ws.db_path)
+    home = work / mode / f"home-{name}"
+    proc = None
+    if variant == "with_monitor":
+        proc = start_server(home, user.path, folder, mode, redis_url, args.poll)
+    load = os.getloadavg()[0]
+    try:
+        report = run_writer(ws.db_path, mode, args.duration, args.interval_ms, work / mode / name)
+    finally:
+        if proc is not None:
+            time.sleep(2.0)  # let the last flushes be read and stored
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    after = header_facts(ws.db_path)
+    report["header_unchanged"] = before == after
+    report["header"] = after
+    report["load_avg_1m"] = round(load, 2)
+    if proc is not None:
+        report["generations_captured"] = stored_generations(home)
+        report["server_exit_code"] = proc.returncode
+    return report
+
+
+def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    """``--pairs`` interleaved with/without pairs of one journal mode, and their summary."""
     user = UserDir(work / mode / "Cursor" / "User")
     user.workspace_storage.mkdir(parents=True)
     user.global_storage.mkdir(parents=True)
-    results: dict[str, Any] = {}
-    for variant in ("without_monitor", "with_monitor"):
-        folder = work / mode / "projects" / variant
-        folder.mkdir(parents=True)
-        ws = user.add_workspace(str(folder), journal_mode=mode, with_db=False)  # type: ignore[arg-type]
-        before = header_facts(ws.db_path)
-        proc: subprocess.Popen[bytes] | None = None
-        home = work / mode / f"home-{variant}"
-        if variant == "with_monitor":
-            home.mkdir(parents=True)
-            env = server_env(home, user.path, redis_url, poll_s)
-            log = (home / "server.log").open("wb")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "blueplane.cli", "run"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
+    pairs: list[dict[str, Any]] = []
+    pooled: dict[str, list[float]] = {"without_monitor": [], "with_monitor": []}
+    for i in range(args.pairs):
+        order = ("without_monitor", "with_monitor")
+        order = order if i % 2 == 0 else order[::-1]
+        pair: dict[str, Any] = {"order": list(order)}
+        for variant in order:
+            report = one_run(work, user, mode, variant, i, args, redis_url)
+            pooled[variant].extend(report.pop("latencies_ms"))
+            pair[variant] = report
+            print(
+                f"{mode} pair {i + 1}/{args.pairs} {variant}: p50 {report['p50_ms']:.2f} "
+                f"p99 {report['p99_ms']:.2f} ms, busy {report['busy_errors']}, "
+                f"load {report['load_avg_1m']}",
+                file=sys.stderr, flush=True,
             )  # fmt: skip
-            log.close()
-            wait_running(home, proc)
-            subprocess.run(
-                [sys.executable, "-m", "blueplane.cli", "session", "start",
-                 "--workspace", str(folder), "--session-id", f"bench-{mode}"],
-                env=env, check=True, stdout=subprocess.DEVNULL, cwd=home,
-            )  # fmt: skip
-            time.sleep(1.0)  # the first sync has happened: the monitor is in its polling loop
-        try:
-            report = run_writer(ws.db_path, mode, duration, interval_ms, work / mode / variant)
-        finally:
-            if proc is not None:
-                time.sleep(max(1.0, poll_s * 4))  # let the last flushes be read and stored
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-        after = header_facts(ws.db_path)
-        report["header_unchanged"] = before == after
-        report["header"] = after
-        if proc is not None:
-            report["generations_captured"] = stored_generations(home)
-            report["server_exit_code"] = proc.returncode
-        results[variant] = report
-    base, mon = results["without_monitor"], results["with_monitor"]
-    results["p50_ratio"] = round(mon["p50_ms"] / base["p50_ms"], 3)
-    results["p99_ratio"] = round(mon["p99_ms"] / base["p99_ms"], 3)
-    return results
+        base, mon = pair["without_monitor"], pair["with_monitor"]
+        pair["p50_ratio"] = round(mon["p50_ms"] / base["p50_ms"], 3)
+        pair["p99_ratio"] = round(mon["p99_ms"] / base["p99_ms"], 3)
+        pairs.append(pair)
+    out: dict[str, Any] = {"pairs": pairs}
+    for q in ("p50", "p99"):
+        ratios = [p[f"{q}_ratio"] for p in pairs]
+        out[f"{q}_ratio_median"] = round(statistics.median(ratios), 3)
+        out[f"{q}_ratio_min"] = min(ratios)
+        out[f"{q}_ratio_max"] = max(ratios)
+        pct = 50 if q == "p50" else 99
+        base_q = percentile(pooled["without_monitor"], pct)
+        mon_q = percentile(pooled["with_monitor"], pct)
+        out[f"pooled_{q}_ms"] = {
+            "without_monitor": round(base_q, 3),
+            "with_monitor": round(mon_q, 3),
+        }
+        out[f"pooled_{q}_ratio"] = round(mon_q / base_q, 3)
+    out["pooled_commits"] = {k: len(v) for k, v in pooled.items()}
+    out["busy_errors"] = sum(p[v]["busy_errors"] for p in pairs for v in pooled)
+    out["header_unchanged"] = all(p[v]["header_unchanged"] for p in pairs for v in pooled)
+    out["generations_written"] = sum(p["with_monitor"]["generations_written"] for p in pairs)
+    out["generations_captured"] = sum(p["with_monitor"]["generations_captured"] for p in pairs)
+    return out
 
 
 def markdown(res: dict[str, Any]) -> str:
     lines = [
-        "| journal mode | monitor | commits | busy errors | p50 ms | p99 ms | max ms "
-        "| p50 ratio | p99 ratio | captured | file unchanged |",
+        "| journal mode | pairs | commits a side | busy errors | p50 ratio median (min–max) "
+        "| p99 ratio median (min–max) | pooled p50 ms without / with "
+        "| pooled p99 ms without / with | pooled p99 ratio | captured | file unchanged |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, r in res["modes"].items():
-        for variant in ("without_monitor", "with_monitor"):
-            v = r[variant]
-            with_mon = variant == "with_monitor"
-            ratio = (f"{r['p50_ratio']:.2f}", f"{r['p99_ratio']:.2f}") if with_mon else ("", "")
-            monitor = f"polling {res['poll_interval_seconds']} s" if with_mon else "off"
-            captured = (
-                f"{v['generations_captured']}/{v['generations_written']}"
-                if "generations_captured" in v
-                else "—"
-            )
-            lines.append(
-                f"| {mode} | {monitor} "
-                f"| {v['commits']} | {v['busy_errors']} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} "
-                f"| {v['max_ms']:.2f} | {ratio[0]} | {ratio[1]} | {captured} "
-                f"| {'yes' if v['header_unchanged'] else 'NO'} |"
-            )
+        p50, p99 = r["pooled_p50_ms"], r["pooled_p99_ms"]
+        lines.append(
+            f"| {mode} | {len(r['pairs'])} | {r['pooled_commits']['with_monitor']} "
+            f"| {r['busy_errors']} "
+            f"| {r['p50_ratio_median']:.2f} ({r['p50_ratio_min']:.2f}–{r['p50_ratio_max']:.2f}) "
+            f"| {r['p99_ratio_median']:.2f} ({r['p99_ratio_min']:.2f}–{r['p99_ratio_max']:.2f}) "
+            f"| {p50['without_monitor']:.2f} / {p50['with_monitor']:.2f} "
+            f"| {p99['without_monitor']:.2f} / {p99['with_monitor']:.2f} "
+            f"| {r['pooled_p99_ratio']:.2f} "
+            f"| {r['generations_captured']}/{r['generations_written']} "
+            f"| {'yes' if r['header_unchanged'] else 'NO'} |"
+        )
     return "\n".join(lines)
 
 
@@ -190,8 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run both modes with and without the monitor; write the JSON and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per writer run")
+    ap.add_argument("--pairs", type=int, default=4, help="with/without pairs per journal mode")
     ap.add_argument("--interval-ms", type=float, default=100.0, help="writer flush interval")
-    ap.add_argument("--poll", type=float, default=0.05, help="monitor poll_interval_seconds")
+    ap.add_argument(
+        "--poll", type=float, default=None,
+        help="monitor poll_interval_seconds (default: the default config's safety poll)",
+    )  # fmt: skip
     ap.add_argument("--modes", default="delete,wal")
     ap.add_argument("--redis-url", default=None, help="default: a private bundled redis-server")
     ap.add_argument("--output", type=Path, default=RESULTS)
@@ -209,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             bundled = BundledRedis(work / "redis")
             url = bundled.start()
         try:
-            modes = {
-                m: one_mode(work, m, args.duration, args.interval_ms, args.poll, url)
-                for m in args.modes.split(",")
-            }
+            modes = {m: one_mode(work, m, args, url) for m in args.modes.split(",")}
         finally:
             if bundled is not None:
                 bundled.stop()
@@ -220,18 +291,16 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "zero_impact",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": args.duration,
+        "pairs": args.pairs,
         "writer_interval_ms": args.interval_ms,
         "poll_interval_seconds": args.poll,
         "server_env": dict(EXTRA_SERVER_ENV),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "sqlite": sqlite3.sqlite_version},
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "modes": modes,
     }  # fmt: skip
-    ok = all(
-        r[v]["busy_errors"] == 0 and r[v]["header_unchanged"]
-        for r in modes.values()
-        for v in ("without_monitor", "with_monitor")
-    )
+    ok = all(r["busy_errors"] == 0 and r["header_unchanged"] for r in modes.values())
     res["ok"] = ok
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
