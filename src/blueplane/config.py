@@ -260,6 +260,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     cursor_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    # ``blueplane run`` yields to Cursor: nice 10 and the lowest best-effort I/O level for the
+    # whole process (see blueplane.priority). False: normal priority.
+    background_priority: bool = True
     redis: RedisConfig = Field(default_factory=RedisConfig)
     cursor_database_monitor: CursorDatabaseMonitorConfig = Field(
         default_factory=CursorDatabaseMonitorConfig
