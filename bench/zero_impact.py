@@ -76,21 +76,28 @@ def run_writer(
 
 
 EXTRA_SERVER_ENV: dict[str, str] = {}
+COMPARE_SERVER_ENV: dict[str, str] = {}  # a third variant: the server with these settings
 
 
-def server_env(home: Path, user: Path, redis_url: str, poll_s: float | None) -> dict[str, str]:
+def server_env(
+    home: Path,
+    user: Path,
+    redis_url: str,
+    poll_s: float | None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The server's environment: the default configuration, only told where things are."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
     env.update(
         BLUEPLANE_HOME=str(home),
         BLUEPLANE_REDIS_URL=redis_url,
         BLUEPLANE_CURSOR_DIRS=str(user),
-        BLUEPLANE_SESSION_MONITOR__SESSION_FILE_POLL_SECONDS="0.5",
-        BLUEPLANE_FAST_PATH__BLOCK_MS="100",
         PYTHONUNBUFFERED="1",
     )
     if poll_s is not None:
         env["BLUEPLANE_CURSOR_DATABASE_MONITOR__POLL_INTERVAL_SECONDS"] = str(poll_s)
     env.update(EXTRA_SERVER_ENV)
+    env.update(extra or {})
     return env
 
 
@@ -128,11 +135,16 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def start_server(
-    home: Path, user: Path, folder: Path, mode: str, redis_url: str, poll_s: float | None
+    home: Path,
+    user: Path,
+    folder: Path,
+    redis_url: str,
+    poll_s: float | None,
+    extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``blueplane run`` with an active session on ``folder``, past its first sync."""
     home.mkdir(parents=True)
-    env = server_env(home, user, redis_url, poll_s)
+    env = server_env(home, user, redis_url, poll_s, extra)
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "blueplane.cli", "run"],
@@ -145,8 +157,20 @@ def start_server(
          "--workspace", str(folder), "--session-id", f"bench-{home.name}"],
         env=env, check=True, stdout=subprocess.DEVNULL, cwd=home,
     )  # fmt: skip
-    time.sleep(1.0)  # the first sync has happened: the monitor waits for file events
+    deadline = time.monotonic() + 30.0
+    while not _tracked(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the session's first sync has happened: the monitor waits for file events
     return proc
+
+
+def _tracked(home: Path) -> bool:
+    """The server's status lists the workspace (its session was seen)."""
+    try:
+        workspaces = json.loads((home / "status.json").read_text()).get("workspaces", {})
+    except (OSError, ValueError):
+        return False
+    return any(not key.startswith("global") for key in workspaces)
 
 
 def one_run(
@@ -166,8 +190,9 @@ def one_run(
     before = header_facts(ws.db_path)
     home = work / mode / f"home-{name}"
     proc = None
-    if variant == "with_monitor":
-        proc = start_server(home, user.path, folder, mode, redis_url, args.poll)
+    if variant != "without_monitor":
+        extra = COMPARE_SERVER_ENV if variant == "with_monitor_compare" else None
+        proc = start_server(home, user.path, folder, redis_url, args.poll, extra)
     load = os.getloadavg()[0]
     try:
         report = run_writer(ws.db_path, mode, args.duration, args.interval_ms, work / mode / name)
@@ -187,15 +212,21 @@ def one_run(
 
 
 def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
-    """``--pairs`` interleaved with/without pairs of one journal mode, and their summary."""
+    """``--pairs`` interleaved with/without pairs of one journal mode, and their summary.
+
+    With ``--compare-env`` each pair is a triple: the server also runs with that setting, in the
+    same rotation, so both server variants are compared with the same runs without it.
+    """
     user = UserDir(work / mode / "Cursor" / "User")
     user.workspace_storage.mkdir(parents=True)
     user.global_storage.mkdir(parents=True)
+    variants = ["without_monitor", "with_monitor"]
+    if COMPARE_SERVER_ENV:
+        variants.append("with_monitor_compare")
     pairs: list[dict[str, Any]] = []
-    pooled: dict[str, list[float]] = {"without_monitor": [], "with_monitor": []}
+    pooled: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(args.pairs):
-        order = ("without_monitor", "with_monitor")
-        order = order if i % 2 == 0 else order[::-1]
+        order = variants if i % 2 == 0 else variants[::-1]
         pair: dict[str, Any] = {"order": list(order)}
         for variant in order:
             report = one_run(work, user, mode, variant, i, args, redis_url)
@@ -207,52 +238,73 @@ def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) ->
                 f"load {report['load_avg_1m']}",
                 file=sys.stderr, flush=True,
             )  # fmt: skip
-        base, mon = pair["without_monitor"], pair["with_monitor"]
-        pair["p50_ratio"] = round(mon["p50_ms"] / base["p50_ms"], 3)
-        pair["p99_ratio"] = round(mon["p99_ms"] / base["p99_ms"], 3)
+        for v in variants[1:]:
+            suffix = "" if v == "with_monitor" else "_compare"
+            for q in ("p50", "p99"):
+                ratio = pair[v][f"{q}_ms"] / pair["without_monitor"][f"{q}_ms"]
+                pair[f"{q}_ratio{suffix}"] = round(ratio, 3)
         pairs.append(pair)
     out: dict[str, Any] = {"pairs": pairs}
-    for q in ("p50", "p99"):
-        ratios = [p[f"{q}_ratio"] for p in pairs]
+    for v in variants[1:]:
+        summary = _summary(pairs, pooled, v, "" if v == "with_monitor" else "_compare")
+        if v == "with_monitor":
+            out.update(summary)
+        else:
+            out["compare"] = {"server_env": dict(COMPARE_SERVER_ENV), **summary}
+    out["pooled_commits"] = {k: len(v) for k, v in pooled.items()}
+    out["busy_errors"] = sum(p[v]["busy_errors"] for p in pairs for v in variants)
+    out["header_unchanged"] = all(p[v]["header_unchanged"] for p in pairs for v in variants)
+    return out
+
+
+def _summary(
+    pairs: list[dict[str, Any]], pooled: dict[str, list[float]], variant: str, suffix: str
+) -> dict[str, Any]:
+    """Median, min and max of the pairs' ratios, and the ratio of the pooled percentiles."""
+    out: dict[str, Any] = {}
+    for q, pct in (("p50", 50), ("p99", 99)):
+        ratios = [p[f"{q}_ratio{suffix}"] for p in pairs]
         out[f"{q}_ratio_median"] = round(statistics.median(ratios), 3)
         out[f"{q}_ratio_min"] = min(ratios)
         out[f"{q}_ratio_max"] = max(ratios)
-        pct = 50 if q == "p50" else 99
         base_q = percentile(pooled["without_monitor"], pct)
-        mon_q = percentile(pooled["with_monitor"], pct)
-        out[f"pooled_{q}_ms"] = {
-            "without_monitor": round(base_q, 3),
-            "with_monitor": round(mon_q, 3),
-        }
+        mon_q = percentile(pooled[variant], pct)
+        out[f"pooled_{q}_ms"] = {"without_monitor": round(base_q, 3), variant: round(mon_q, 3)}
         out[f"pooled_{q}_ratio"] = round(mon_q / base_q, 3)
-    out["pooled_commits"] = {k: len(v) for k, v in pooled.items()}
-    out["busy_errors"] = sum(p[v]["busy_errors"] for p in pairs for v in pooled)
-    out["header_unchanged"] = all(p[v]["header_unchanged"] for p in pairs for v in pooled)
-    out["generations_written"] = sum(p["with_monitor"]["generations_written"] for p in pairs)
-    out["generations_captured"] = sum(p["with_monitor"]["generations_captured"] for p in pairs)
+    out["generations_written"] = sum(p[variant]["generations_written"] for p in pairs)
+    out["generations_captured"] = sum(p[variant]["generations_captured"] for p in pairs)
     return out
+
+
+def _spread(s: dict[str, Any], q: str) -> str:
+    return f"{s[q + '_ratio_median']:.2f} ({s[q + '_ratio_min']:.2f}–{s[q + '_ratio_max']:.2f})"
 
 
 def markdown(res: dict[str, Any]) -> str:
     lines = [
-        "| journal mode | pairs | commits a side | busy errors | p50 ratio median (min–max) "
-        "| p99 ratio median (min–max) | pooled p50 ms without / with "
-        "| pooled p99 ms without / with | pooled p99 ratio | captured | file unchanged |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| journal mode | server | pairs | commits a side | busy errors "
+        "| p50 ratio median (min–max) | p99 ratio median (min–max) "
+        "| pooled p50 ms without / with | pooled p99 ms without / with | pooled p99 ratio "
+        "| captured | file unchanged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, r in res["modes"].items():
-        p50, p99 = r["pooled_p50_ms"], r["pooled_p99_ms"]
-        lines.append(
-            f"| {mode} | {len(r['pairs'])} | {r['pooled_commits']['with_monitor']} "
-            f"| {r['busy_errors']} "
-            f"| {r['p50_ratio_median']:.2f} ({r['p50_ratio_min']:.2f}–{r['p50_ratio_max']:.2f}) "
-            f"| {r['p99_ratio_median']:.2f} ({r['p99_ratio_min']:.2f}–{r['p99_ratio_max']:.2f}) "
-            f"| {p50['without_monitor']:.2f} / {p50['with_monitor']:.2f} "
-            f"| {p99['without_monitor']:.2f} / {p99['with_monitor']:.2f} "
-            f"| {r['pooled_p99_ratio']:.2f} "
-            f"| {r['generations_captured']}/{r['generations_written']} "
-            f"| {'yes' if r['header_unchanged'] else 'NO'} |"
-        )
+        rows = [("with_monitor", "default config", r)]
+        if "compare" in r:
+            shown = " ".join(f"{k}={v}" for k, v in r["compare"]["server_env"].items())
+            rows.append(("with_monitor_compare", shown, r["compare"]))
+        for variant, label, s in rows:
+            p50, p99 = s["pooled_p50_ms"], s["pooled_p99_ms"]
+            lines.append(
+                f"| {mode} | {label} | {len(r['pairs'])} | {r['pooled_commits'][variant]} "
+                f"| {sum(p[variant]['busy_errors'] for p in r['pairs'])} "
+                f"| {_spread(s, 'p50')} | {_spread(s, 'p99')} "
+                f"| {p50['without_monitor']:.2f} / {p50[variant]:.2f} "
+                f"| {p99['without_monitor']:.2f} / {p99[variant]:.2f} "
+                f"| {s['pooled_p99_ratio']:.2f} "
+                f"| {s['generations_captured']}/{s['generations_written']} "
+                f"| {'yes' if r['header_unchanged'] else 'NO'} |"
+            )
     return "\n".join(lines)
 
 
@@ -273,7 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         "--server-env", action="append", default=[], metavar="KEY=VALUE",
         help="extra environment for the server (e.g. a BLUEPLANE_… setting); repeatable",
     )  # fmt: skip
+    ap.add_argument(
+        "--compare-env", action="append", default=[], metavar="KEY=VALUE",
+        help="also run the server with this setting in every pair (e.g. "
+        "BLUEPLANE_BACKGROUND_PRIORITY=false), against the same runs without it; repeatable",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    COMPARE_SERVER_ENV.update(kv.split("=", 1) for kv in args.compare_env)
     EXTRA_SERVER_ENV.update(kv.split("=", 1) for kv in args.server_env)
     with tempfile.TemporaryDirectory(prefix="bp-zero-impact-") as tmp:
         work = Path(tmp)
@@ -295,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "writer_interval_ms": args.interval_ms,
         "poll_interval_seconds": args.poll,
         "server_env": dict(EXTRA_SERVER_ENV),
+        "compare_server_env": dict(COMPARE_SERVER_ENV),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "sqlite": sqlite3.sqlite_version},
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
