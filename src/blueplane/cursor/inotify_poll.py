@@ -85,6 +85,25 @@ def parse(buf: bytes, folders: dict[int, str]) -> tuple[set[tuple[Change, str]],
     return out, overflow
 
 
+def _drain(fd: int, folders: dict[int, str]) -> set[tuple[Change, str]]:
+    """Everything queued on ``fd`` now; after an overflow, every folder counts as changed."""
+    buf = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    if not buf:
+        return set()
+    changes, overflow = parse(buf, folders)
+    if overflow:
+        changes |= {(Change.modified, os.path.join(f, "state.vscdb")) for f in folders.values()}
+    return changes
+
+
 async def poll_watch(
     *paths: Path | str,
     watch_filter: Callable[[Change, str], bool] | None = None,
@@ -93,8 +112,13 @@ async def poll_watch(
     stop_event: asyncio.Event | None = None,
     recursive: bool = False,
 ) -> AsyncIterator[set[tuple[Change, str]]]:
-    """Yield the changes under ``paths`` (not recursive) found at each ``step`` ms tick."""
-    del debounce, recursive  # one read per tick is the debounce; folders only, as asked
+    """Yield the changes under ``paths`` (not recursive), as ``watchfiles`` would.
+
+    The queue is read every ``step`` ms; changes are yielded on the first tick that finds
+    nothing new (Cursor's flush is over: reading now does not meet its commit), or once they
+    are ``debounce`` ms old while writes go on.
+    """
+    del recursive  # folders only, as asked
     libc = _libc()
     fd = int(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
     if fd < 0:
@@ -109,29 +133,21 @@ async def poll_watch(
                 raise OSError(err, f"inotify_add_watch {p}: {os.strerror(err)}")
             folders[wd] = str(p)
         stop = stop_event or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        pending: set[tuple[Change, str]] = set()
+        since = 0.0
         while not stop.is_set():
             await wait_any([stop], step / 1000)
             if stop.is_set():
                 return
-            buf = b""
-            while True:
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                if not chunk:
-                    break
-                buf += chunk
-            if not buf:
-                continue
-            changes, overflow = parse(buf, folders)
-            if overflow:  # events were dropped: report every folder as changed
-                changes |= {
-                    (Change.modified, os.path.join(f, "state.vscdb")) for f in folders.values()
-                }
+            changes = _drain(fd, folders)
             if watch_filter is not None:
                 changes = {(c, p) for c, p in changes if watch_filter(c, p)}
-            if changes:
-                yield changes
+            if changes and not pending:
+                since = loop.time()
+            pending |= changes
+            if pending and (not changes or loop.time() - since >= debounce / 1000):
+                out, pending = pending, set()
+                yield out
     finally:
         os.close(fd)
