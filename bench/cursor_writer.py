@@ -72,7 +72,8 @@ def run_writer(
     """Run the write loop until ``duration_s``, ``count`` batches or ``should_stop()``.
 
     Returns the report dict: commits, busy_errors, other_errors, p50_ms, p99_ms, max_ms,
-    generation_ids_written (in commit order) and a few run details.
+    generation_ids_written (in commit order), latencies_ms (each commit's, in order, so runs can
+    be pooled) and a few run details.
     """
     db = CursorDb(
         db_path,
@@ -162,6 +163,7 @@ def run_writer(
         "journal_mode": actual_mode,
         "interval_ms": interval_ms,
         "generation_ids_written": written,
+        "latencies_ms": [round(v, 4) for v in latencies],
     }
 
 
@@ -206,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(args.report).with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, args.report)
-    summary = {k: v for k, v in report.items() if k != "generation_ids_written"}
+    summary = {
+        k: v for k, v in report.items() if k not in ("generation_ids_written", "latencies_ms")
+    }
     print(json.dumps(summary))
     return 0
 

@@ -69,6 +69,10 @@ class CursorDatabaseMonitorConfig(_Section):
     watch_files: bool = True
     # A burst of writes within this window costs one read, not one per write.
     watch_debounce_ms: int = Field(50, ge=1, le=1000)
+    # Linux: read the inotify queue every watch_debounce_ms instead of waiting on it, so that
+    # Cursor's writes wake no thread of ours (a wake-up costs Cursor's commit). Off until its
+    # zero_impact run: with the server it is not yet shown to help (docs/reliability.md).
+    watch_quietly: bool = False
     # Poll interval for databases whose folder cannot be watched (watch limit, network mounts).
     fallback_poll_seconds: float = Field(1.0, gt=0)
     # Full prompt/response text in traces (the proposal sends it). False keeps lengths and hashes.
@@ -260,6 +264,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     cursor_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    # ``blueplane run`` yields to Cursor: nice 10 and the lowest best-effort I/O level for the
+    # whole process (see blueplane.priority). False: normal priority.
+    background_priority: bool = True
     redis: RedisConfig = Field(default_factory=RedisConfig)
     cursor_database_monitor: CursorDatabaseMonitorConfig = Field(
         default_factory=CursorDatabaseMonitorConfig

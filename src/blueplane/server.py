@@ -41,6 +41,8 @@ from blueplane.hooks.spool import SpoolReplayer
 from blueplane.instance_lock import InstanceLock, pid_alive
 from blueplane.machine import machine_id, user_name
 from blueplane.otlp import OtlpExporter
+from blueplane.priority import current as priority_now
+from blueplane.priority import lower_current_thread
 from blueplane.publisher import Publisher
 from blueplane.rollout import Rollout, describe
 from blueplane.store import TraceStore
@@ -300,6 +302,9 @@ def install_signal_handlers(server: Server) -> None:
 
 async def serve(settings: Settings) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # First, before any thread or the bundled redis-server starts: they inherit it.
+    prio = lower_current_thread() if settings.background_priority else priority_now()
     server = Server(settings)
+    server.health.server["priority"] = prio.as_dict()
     install_signal_handlers(server)
     await server.run()

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from blueplane.aio import Backoff, sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import CursorDatabaseMonitorConfig
+from blueplane.cursor import inotify_poll
 from blueplane.cursor.change_watcher import ChangeWatcher
 from blueplane.cursor.db_poller import DatabasePoller, DatabaseState
 from blueplane.cursor.global_db import GLOBAL_HEALTH_PREFIX, GlobalDatabases, GlobalMapper
@@ -93,7 +94,12 @@ class CursorDatabaseMonitor:
             config, sessions, mapper, self.poller, health, self.rollout
         )
         if watcher is None and config.watch_files:
-            watcher = ChangeWatcher(config.watch_debounce_ms)
+            # Where it exists, the timer-read inotify watch: Cursor's writes wake no thread of
+            # ours (see inotify_poll); elsewhere watchfiles.
+            polled = config.watch_quietly and inotify_poll.available()
+            watcher = ChangeWatcher(
+                config.watch_debounce_ms, **({"watch": inotify_poll.poll_watch} if polled else {})
+            )
         self.watcher = watcher
         self._states: dict[str, DatabaseState] = {}
         self._component = health.component("database_monitor")

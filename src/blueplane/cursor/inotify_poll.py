@@ -1,0 +1,153 @@
+"""A file watch that Cursor's writes never wake: inotify, read on a timer instead of waited on.
+
+Every ``write()`` Cursor makes to a watched file queues an inotify event, and when a thread is
+blocked waiting on the inotify descriptor (as ``watchfiles``' notify thread is) each one also
+wakes that thread, from inside Cursor's system call: on a 2-core VM a bare ``watchfiles`` watch
+on a rollback-journal workspace, with no read at all, made the median commit 11 % slower
+(1.63 → 1.81 ms). Here nobody waits on the descriptor: it is non-blocking and read every
+``step`` ms, so a write only queues an event (identical consecutive ones merge in the kernel)
+and wakes nothing. The latency is the same as ``watchfiles``' (it also reports every ``step``).
+
+Same call shape as ``watchfiles.awatch`` for ``ChangeWatcher``: yields sets of
+``(Change, path)``; a watch that cannot be added raises ``OSError`` (the watch limit: ENOSPC).
+Linux only (``available()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import os
+import struct
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from watchfiles import Change
+
+from blueplane.aio import wait_any
+
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+MASK = (
+    IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
+    | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+)  # fmt: skip
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
+
+
+def available() -> bool:
+    return sys.platform.startswith("linux")
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _change(mask: int) -> Change:
+    if mask & (IN_CREATE | IN_MOVED_TO):
+        return Change.added
+    if mask & (IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF):
+        return Change.deleted
+    return Change.modified
+
+
+def parse(buf: bytes, folders: dict[int, str]) -> tuple[set[tuple[Change, str]], bool]:
+    """Events in ``buf`` as ``(Change, path)``; True when the kernel queue overflowed."""
+    out: set[tuple[Change, str]] = set()
+    overflow = False
+    pos = 0
+    while pos + _EVENT.size <= len(buf):
+        wd, mask, _cookie, length = _EVENT.unpack_from(buf, pos)
+        name = buf[pos + _EVENT.size : pos + _EVENT.size + length].split(b"\0", 1)[0]
+        pos += _EVENT.size + length
+        if mask & IN_Q_OVERFLOW:
+            overflow = True
+            continue
+        folder = folders.get(wd)
+        if folder is None:
+            continue
+        path = os.path.join(folder, os.fsdecode(name)) if name else folder
+        out.add((_change(mask), path))
+    return out, overflow
+
+
+def _drain(fd: int, folders: dict[int, str]) -> set[tuple[Change, str]]:
+    """Everything queued on ``fd`` now; after an overflow, every folder counts as changed."""
+    buf = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    if not buf:
+        return set()
+    changes, overflow = parse(buf, folders)
+    if overflow:
+        changes |= {(Change.modified, os.path.join(f, "state.vscdb")) for f in folders.values()}
+    return changes
+
+
+async def poll_watch(
+    *paths: Path | str,
+    watch_filter: Callable[[Change, str], bool] | None = None,
+    debounce: int = 50,
+    step: int = 50,
+    stop_event: asyncio.Event | None = None,
+    recursive: bool = False,
+) -> AsyncIterator[set[tuple[Change, str]]]:
+    """Yield the changes under ``paths`` (not recursive), as ``watchfiles`` would.
+
+    The queue is read every ``step`` ms; changes are yielded on the first tick that finds
+    nothing new (Cursor's flush is over: reading now does not meet its commit), or once they
+    are ``debounce`` ms old while writes go on.
+    """
+    del recursive  # folders only, as asked
+    libc = _libc()
+    fd = int(libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+    try:
+        folders: dict[int, str] = {}
+        for p in paths:
+            wd = int(libc.inotify_add_watch(fd, os.fsencode(str(p)), MASK))
+            if wd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"inotify_add_watch {p}: {os.strerror(err)}")
+            folders[wd] = str(p)
+        stop = stop_event or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        pending: set[tuple[Change, str]] = set()
+        since = 0.0
+        while not stop.is_set():
+            await wait_any([stop], step / 1000)
+            if stop.is_set():
+                return
+            changes = _drain(fd, folders)
+            if watch_filter is not None:
+                changes = {(c, p) for c, p in changes if watch_filter(c, p)}
+            if changes and not pending:
+                since = loop.time()
+            pending |= changes
+            if pending and (not changes or loop.time() - since >= debounce / 1000):
+                out, pending = pending, set()
+                yield out
+    finally:
+        os.close(fd)
