@@ -72,28 +72,11 @@ _PREV_FIELD = """(SELECT coalesce({number}, 0) FROM events p
 _HAS_PREV = """EXISTS (SELECT 1 FROM events p
     WHERE p.session_id = e.session_id AND {same_type}
     AND p.item_key = e.item_key AND p.revision < e.revision AND p.event_id <> e.event_id)"""
-_APPLY_ACTIVITY = """
-INSERT INTO {table}
-SELECT h, w, tt, m, COUNT(*), SUM(turn), SUM(i), SUM(o) FROM (
-    SELECT (coalesce(e.timestamp_ms, e.received_at_ms) / {bucket}) * {bucket} AS h,
-        coalesce(e.workspace_hash, '') AS w, coalesce(e.trace_type, '') AS tt, s.model AS m,
-        CASE WHEN s.turn = 1 AND (e.revision = 0 OR NOT {has_prev}) THEN 1 ELSE 0 END AS turn,
-        coalesce(s.input_tokens, 0) - CASE WHEN e.revision > 0
-            THEN coalesce({prev_in}, 0) ELSE 0 END AS i,
-        coalesce(s.output_tokens, 0) - CASE WHEN e.revision > 0
-            THEN coalesce({prev_out}, 0) ELSE 0 END AS o
-    FROM {stage_join}
-    WHERE {rows} AND e.event_type = 'database_trace') AS batch
-WHERE true GROUP BY h, w, tt, m
-ON CONFLICT ({col}, workspace_hash, trace_type, model) DO UPDATE SET
-    traces = {table}.traces + excluded.traces, turns = {table}.turns + excluded.turns,
-    input_tokens = {table}.input_tokens + excluded.input_tokens,
-    output_tokens = {table}.output_tokens + excluded.output_tokens
-"""
 ACTIVITY = (("activity_hourly", "hour_ms", 3_600_000), ("activity_daily", "day_ms", 86_400_000))
-# PostgreSQL's spelling of the same: the rows once (``_ACTIVITY_ROWS``, a CTE ``batch``), then
-# both tables' upserts from them in one statement (each join of the stage to the events is
-# 2,000 index lookups a batch).
+# The activity of the batch's rows (``_ACTIVITY_ROWS``), summed into each table
+# (``_ACTIVITY_INSERT``). SQLite: one statement per table, the rows as a subquery. PostgreSQL:
+# the rows once, as a CTE ``batch``, then both upserts in one statement (each join of the stage
+# to the events is 2,000 index lookups a batch).
 _ACTIVITY_ROWS = """
     SELECT coalesce(e.timestamp_ms, e.received_at_ms) AS t,
         coalesce(e.workspace_hash, '') AS w, coalesce(e.trace_type, '') AS tt, s.model AS m,
@@ -107,7 +90,7 @@ _ACTIVITY_ROWS = """
 _ACTIVITY_INSERT = """
 INSERT INTO {table}
 SELECT (t / {bucket}) * {bucket} AS h, w, tt, m, COUNT(*), SUM(turn), SUM(i), SUM(o)
-FROM batch GROUP BY h, w, tt, m
+FROM {source} WHERE true GROUP BY h, w, tt, m
 ON CONFLICT ({col}, workspace_hash, trace_type, model) DO UPDATE SET
     traces = {table}.traces + excluded.traces, turns = {table}.turns + excluded.turns,
     input_tokens = {table}.input_tokens + excluded.input_tokens,
@@ -129,17 +112,15 @@ def apply_statements(dialect: Dialect, rows: str) -> list[str]:
     out = [_APPLY_TEXT.format(search=SEARCH_TABLE, rows=rows, stage_join=join, order=order)]
     parts = {"rows": rows, "stage_join": join, "has_prev": _HAS_PREV.format(same_type=same_type)}
     parts["prev_in"], parts["prev_out"] = prev("input_tokens"), prev("output_tokens")
-    if dialect.name != "sqlite":
-        # One statement: the batch's rows joined to their events once, for both tables.
-        inserts = [_ACTIVITY_INSERT.format(table=t, col=c, bucket=b) for t, c, b in ACTIVITY]
-        out.append(
-            f"WITH batch AS MATERIALIZED ({_ACTIVITY_ROWS.format(**parts)}),"
-            f" hourly AS ({inserts[0]})\n{inserts[1]}"
-        )
+    batch = _ACTIVITY_ROWS.format(**parts)
+    if dialect.name == "sqlite":
+        source = f"({batch}) AS batch"
+        out += [_ACTIVITY_INSERT.format(table=t, col=c, bucket=b, source=source)
+                for t, c, b in ACTIVITY]  # fmt: skip
         return out
-    for table, col, bucket in ACTIVITY:
-        parts.update(table=table, col=col, bucket=bucket)
-        out.append(_APPLY_ACTIVITY.format(**parts))
+    hourly, daily = (_ACTIVITY_INSERT.format(table=t, col=c, bucket=b, source="batch")
+                     for t, c, b in ACTIVITY)  # fmt: skip
+    out.append(f"WITH batch AS MATERIALIZED ({batch}), hourly AS ({hourly})\n{daily}")
     return out
 
 
