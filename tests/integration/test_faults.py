@@ -221,13 +221,19 @@ def test_locked_workspace_does_not_hold_up_the_others_and_catches_up(
         )  # fmt: skip
         latencies = []
         free_ids: list[str] = []
+
+        def locked_errors() -> int:
+            return int(status_json(env.home)["workspaces"][locked.workspace_hash]["errors"])
+
         for _ in range(3):
+            # each sample while the locked workspace is in another failed retry cycle
+            seen = locked_errors()
             t0 = time.monotonic()
             free_ids += _ids(free.db.append_generations(1))
             want = len(free_ids)
             wait_until(lambda: _stored(env) == want, what="free workspace trace")  # noqa: B023
             latencies.append(time.monotonic() - t0)
-            time.sleep(0.3)
+            wait_until(lambda: locked_errors() > seen, what="another failed read of the locked")  # noqa: B023
         # A retry cycle of the locked one lasts ~4 × 0.3 s + 0.5 × (1+2+4) × jitter ≈ 2–4 s;
         # the free workspace must not wait for it.
         assert max(latencies) < 1.0, latencies
@@ -316,7 +322,8 @@ def test_sigterm_stops_within_5_s_with_everything_read_committed(
     ids: list[str] = []
     for _ in range(5):
         ids += _ids(ws.db.append_generations(20))
-        time.sleep(0.1)
+    # stop once the first burst is stored, while the rest is still in flight
+    wait_until(lambda: _stored(env) >= 20, what="the first burst stored")
     t0 = time.monotonic()
     assert sp.stop(signal.SIGTERM) == 0
     took = time.monotonic() - t0

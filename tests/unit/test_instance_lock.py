@@ -69,8 +69,21 @@ async def test_refresh_keeps_it_and_a_lost_lock_stops_the_holder(client, tmp_pat
     lock = InstanceLock(client, tmp_path, ttl_s=1.0, refresh_s=0.05)
     await lock.acquire()
     stop, lost = asyncio.Event(), []
+    refreshes = 0
+    refresh = lock.refresh
+
+    async def counted() -> bool:
+        nonlocal refreshes
+        refreshes += 1
+        return await refresh()
+
+    lock.refresh = counted  # type: ignore[method-assign]
     task = asyncio.create_task(lock.run(stop, lost.append))
-    await asyncio.sleep(1.5)  # longer than the TTL: only the refreshes keep it
+    t0 = asyncio.get_running_loop().time()
+    # 30 refreshes 50 ms apart outlast the 1 s TTL: only the refreshes keep it
+    while refreshes < 30:
+        await asyncio.sleep(0.01)
+    assert asyncio.get_running_loop().time() - t0 > lock.ttl_ms / 1000
     assert Holder.decode(await client.get(lock_key(tmp_path))) == lock.me
     thief = Holder(7, "elsewhere", "now", "t")
     await client.set(lock_key(tmp_path), thief.encode(), px=15_000)
