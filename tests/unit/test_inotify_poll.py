@@ -102,3 +102,76 @@ async def test_the_monitor_uses_the_quiet_watch_unless_told_not_to(
     )
     assert mon.watcher is not None
     assert (mon.watcher._watch is inotify_poll.poll_watch) is quietly
+
+
+class _CountDrains:
+    """Counts the watch's reads of its inotify queue (its ticks that looked for changes)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = inotify_poll._drain
+
+        def counted(fd: int, folders: dict[int, str]) -> set[Any]:
+            self.calls += 1
+            return real(fd, folders)
+
+        monkeypatch.setattr(inotify_poll, "_drain", counted)
+
+
+async def _started(folder: Path, debounce: int) -> tuple[Any, asyncio.Event, asyncio.Future[Any]]:
+    stop = asyncio.Event()
+    gen = inotify_poll.poll_watch(
+        folder, watch_filter=_db_file, debounce=debounce, step=20, stop_event=stop
+    )
+    first = asyncio.ensure_future(gen.__anext__())
+    await asyncio.sleep(0)  # the watch is set up; its first tick is 20 ms away
+    return gen, stop, first
+
+
+async def test_a_change_is_reported_on_the_tick_that_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not on a later, quiet tick: the read then starts right after Cursor's commit and not
+    50-100 ms later, just before its next flush (where it met 3 commits in 80)."""
+    drains = _CountDrains(monkeypatch)
+    gen, stop, first = await _started(tmp_path, debounce=1000)
+    (tmp_path / "state.vscdb").write_bytes(b"committed")
+    batch = await asyncio.wait_for(first, 5)
+    assert (Change.added, str(tmp_path / "state.vscdb")) in batch
+    assert drains.calls == 1
+    stop.set()
+    await gen.aclose()
+
+
+async def test_nothing_is_reported_while_a_rollback_transaction_is_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its -journal exists: a read now would hold a SHARED lock that Cursor's commit waits on."""
+    drains = _CountDrains(monkeypatch)
+    gen, stop, first = await _started(tmp_path, debounce=60_000)
+    journal = tmp_path / "state.vscdb-journal"
+    journal.write_bytes(b"rollback journal")
+    (tmp_path / "state.vscdb").write_bytes(b"pages being written")
+    for _ in range(500):
+        if drains.calls >= 5:
+            break
+        await asyncio.sleep(0.01)
+    assert drains.calls >= 5  # looked again and again
+    assert not first.done()
+    journal.unlink()  # the commit is over
+    batch = await asyncio.wait_for(first, 5)
+    assert {os.path.basename(p) for _c, p in batch} == {"state.vscdb", "state.vscdb-journal"}
+    stop.set()
+    await gen.aclose()
+
+
+async def test_a_journal_that_stays_delays_the_report_by_at_most_the_debounce(
+    tmp_path: Path,
+) -> None:
+    """A hot journal left by a crashed writer must not stop capture."""
+    gen, stop, first = await _started(tmp_path, debounce=40)
+    (tmp_path / "state.vscdb-journal").write_bytes(b"left behind")
+    batch = await asyncio.wait_for(first, 5)
+    assert batch
+    stop.set()
+    await gen.aclose()

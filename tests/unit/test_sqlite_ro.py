@@ -119,6 +119,40 @@ def test_no_transaction_is_left_open_after_a_read(tmp_path: Path, mode: str) -> 
         conn.close()
 
 
+def test_a_rollback_read_locks_once_from_its_schema_to_its_last_row(tmp_path: Path) -> None:
+    """A fresh connection loads the schema under a SHARED lock of its own and lets it go before
+    the query locks again: two chances to meet Cursor's commit per read instead of one. Checked
+    while the first query of the read is compiled (schema loaded, nothing run yet): Cursor's
+    writer cannot take its EXCLUSIVE lock then, because the read already holds SHARED."""
+    db = _db(tmp_path, "delete")
+    ro = ReadOnlyDatabase(db.path, 1.0)
+    writer_could_commit: list[bool] = []
+
+    def probe() -> None:
+        writer = sqlite3.connect(db.path, timeout=0, isolation_level=None)
+        try:
+            writer.execute("BEGIN EXCLUSIVE")
+            writer.execute("ROLLBACK")
+            writer_could_commit.append(True)
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            writer_could_commit.append(False)
+        finally:
+            writer.close()
+
+    def fn(conn: sqlite3.Connection) -> object:
+        def authorizer(*_args: object) -> int:
+            if not writer_could_commit:
+                probe()  # the schema is loaded (names resolved); the query has not run
+            return sqlite3.SQLITE_OK
+
+        conn.set_authorizer(authorizer)
+        return conn.execute("SELECT count(*) FROM ItemTable").fetchone()
+
+    assert ro.read_sync(fn) is not None
+    assert writer_could_commit == [False]
+
+
 def test_quiet_wal_database_gets_no_wal_or_shm_files(tmp_path: Path) -> None:
     db = _db(tmp_path, "wal")  # not persistent: last close checkpointed and removed -wal
     before = snapshot_files(tmp_path)
