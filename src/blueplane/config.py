@@ -70,9 +70,9 @@ class CursorDatabaseMonitorConfig(_Section):
     # A burst of writes within this window costs one read, not one per write.
     watch_debounce_ms: int = Field(50, ge=1, le=1000)
     # Linux: read the inotify queue every watch_debounce_ms instead of waiting on it, so that
-    # Cursor's writes wake no thread of ours (a wake-up costs Cursor's commit). Off until its
-    # zero_impact run: with the server it is not yet shown to help (docs/reliability.md).
-    watch_quietly: bool = False
+    # Cursor's writes wake no thread of ours (a wake-up costs Cursor's commit), and read right
+    # after Cursor's commit. Elsewhere (or false) watchfiles. See bench/zero_impact.py.
+    watch_quietly: bool = True
     # Poll interval for databases whose folder cannot be watched (watch limit, network mounts).
     fallback_poll_seconds: float = Field(1.0, gt=0)
     # Full prompt/response text in traces (the proposal sends it). False keeps lengths and hashes.

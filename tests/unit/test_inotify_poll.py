@@ -175,3 +175,26 @@ async def test_a_journal_that_stays_delays_the_report_by_at_most_the_debounce(
     assert batch
     stop.set()
     await gen.aclose()
+
+
+async def test_the_default_configuration_watches_quietly_on_linux(
+    tmp_path: Path, client: Any
+) -> None:
+    rig = Rig(tmp_path, client)
+    mon = CursorDatabaseMonitor(
+        rig.cfg, rig.sessions, rig.mapper, Publisher(rig.client, STREAM, 3600), rig.health
+    )
+    assert mon.watcher is not None
+    assert mon.watcher._watch is inotify_poll.poll_watch
+
+
+async def test_without_inotify_the_default_configuration_uses_watchfiles(
+    tmp_path: Path, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inotify_poll, "available", lambda: False)  # macOS, Windows
+    rig = Rig(tmp_path, client)
+    mon = CursorDatabaseMonitor(
+        rig.cfg, rig.sessions, rig.mapper, Publisher(rig.client, STREAM, 3600), rig.health
+    )
+    assert mon.watcher is not None
+    assert mon.watcher._watch is awatch

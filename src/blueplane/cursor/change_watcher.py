@@ -1,10 +1,11 @@
 """ChangeWatcher: file events on the folders that hold Cursor's databases, so reads happen at once.
 
-One ``watchfiles`` watcher covers every folder (one inotify instance, not one per workspace),
-non-recursively, and reports only writes to ``state.vscdb``, its ``-wal`` and its ``-journal``.
-``-shm`` is ignored on purpose: readers touch it too, and our own reads must not wake us.
-Bursts are coalesced by watchfiles' debounce, so a streamed answer written many times a second
-costs one read per burst, not one per write.
+One watcher covers every folder (one inotify instance, not one per workspace): on Linux the
+quiet, timer-read inotify watch (``inotify_poll``; Cursor's writes wake nothing of ours),
+elsewhere ``watchfiles``; non-recursively, and reports only writes to ``state.vscdb``, its
+``-wal`` and its ``-journal``. ``-shm`` is ignored on purpose: readers touch it too, and our own
+reads must not wake us. Bursts are coalesced (at most one report per ``debounce_ms``), so a
+streamed answer written many times a second costs one read per 50 ms, not one per write.
 
 Where events cannot work, a folder falls back to polling and says why (``mode``/``reason``):
 - network and VM mounts (9p, drvfs, NFS, SMB, sshfs…) whose changes made elsewhere raise no event;
