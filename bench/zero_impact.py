@@ -117,6 +117,8 @@ def wait_running(home: Path, proc: subprocess.Popen[bytes], timeout_s: float = 3
 
 
 def stored_generations(home: Path) -> int:
+    if not (home / "telemetry.db").exists():
+        return 0  # a variant with the fast path off stores nothing
     conn = sqlite3.connect(f"file:{home / 'telemetry.db'}?mode=ro", uri=True, timeout=5)
     try:
         sql = (
