@@ -198,3 +198,33 @@ async def test_without_inotify_the_default_configuration_uses_watchfiles(
     )
     assert mon.watcher is not None
     assert mon.watcher._watch is awatch
+
+
+async def test_with_nothing_changing_it_stops_ticking_and_the_first_write_wakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle must cost nothing: after IDLE_AFTER_S without events the watch waits on the
+    descriptor (no timer at all); the first write wakes it and is reported as usual."""
+    monkeypatch.setattr(inotify_poll, "IDLE_AFTER_S", 0.1)
+    drains = _CountDrains(monkeypatch)
+    idle = asyncio.Event()
+    real = inotify_poll._readable
+
+    async def readable(loop: Any, fd: int, stop: asyncio.Event) -> None:
+        idle.set()
+        await real(loop, fd, stop)
+        idle.clear()
+
+    monkeypatch.setattr(inotify_poll, "_readable", readable)
+    gen, stop, first = await _started(tmp_path, debounce=1000)
+    await asyncio.wait_for(idle.wait(), 5)
+    ticks_before_idle = drains.calls
+    assert ticks_before_idle >= 1
+    # Idle: the generator is parked on the descriptor, not on a timer.
+    assert not first.done()
+    (tmp_path / "state.vscdb").write_bytes(b"first write after a quiet spell")
+    batch = await asyncio.wait_for(first, 5)
+    assert (Change.added, str(tmp_path / "state.vscdb")) in batch
+    assert drains.calls == ticks_before_idle + 1  # woken, then one read of the queue
+    stop.set()
+    await gen.aclose()
