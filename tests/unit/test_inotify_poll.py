@@ -9,6 +9,7 @@ import asyncio
 import os
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,5 +227,23 @@ async def test_with_nothing_changing_it_stops_ticking_and_the_first_write_wakes_
     batch = await asyncio.wait_for(first, 5)
     assert (Change.added, str(tmp_path / "state.vscdb")) in batch
     assert drains.calls == ticks_before_idle + 1  # woken, then one read of the queue
+    stop.set()
+    await gen.aclose()
+
+
+async def test_a_wal_is_read_only_once_its_last_write_is_old_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WAL commit is visible only after its frames (the events) are synced and the index in
+    -shm is updated, which raises no event: a read right at the event could see the old data
+    while the -wal's size and mtime already say it was read. So it waits WAL_SETTLE_MS."""
+    monkeypatch.setattr(inotify_poll, "WAL_SETTLE_MS", 300, raising=False)  # above the 20 ms tick
+    gen, stop, first = await _started(tmp_path, debounce=60_000)
+    wal = tmp_path / "state.vscdb-wal"
+    wal.write_bytes(b"frames")
+    batch = await asyncio.wait_for(first, 5)
+    age_s = time.time() - wal.stat().st_mtime
+    assert (Change.added, str(wal)) in batch
+    assert age_s >= 0.29  # the file clock is coarse: a few ms of slack
     stop.set()
     await gen.aclose()

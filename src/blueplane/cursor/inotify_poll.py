@@ -25,6 +25,7 @@ import ctypes.util
 import os
 import struct
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -52,6 +53,8 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
 JOURNAL = "state.vscdb-journal"
 # While a rollback transaction is under way, how often to look again for its end.
 SETTLE_MS = 2
+# A -wal written this recently may hold a commit not yet visible to readers (see _settling).
+WAL_SETTLE_MS = 20
 # With nothing for this long, the watch waits on the descriptor instead of ticking: one wake-up
 # per quiet spell (from inside Cursor's first write), none while Cursor keeps writing.
 IDLE_AFTER_S = 2.0
@@ -125,16 +128,32 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Even
         ready.cancel()
 
 
-def _writing(changes: set[tuple[Change, str]]) -> bool:
-    """A rollback-journal write transaction is under way in a folder that changed.
+def _settling(changes: set[tuple[Change, str]]) -> float:
+    """Seconds to wait before reading what changed: 0 once Cursor's commit is surely over.
 
-    Its ``-journal`` exists from the writer's first page change until its commit ends. A read
-    that takes its SHARED lock then holds up the commit (the writer waits for our lock to go,
-    in its busy handler's 1, 2, 5 ms sleeps); a read started just after the commit is 100 ms
-    away from Cursor's next flush. WAL databases have no ``-journal``: readers block no writer.
+    Rollback journal: its ``-journal`` exists from the writer's first page change until its
+    commit ends. A read that takes its SHARED lock then holds up the commit (the writer waits
+    for our lock to go, in its busy handler's 1, 2, 5 ms sleeps); a read started just after the
+    commit is 100 ms away from Cursor's next flush. Looked at again every ``SETTLE_MS``.
+
+    WAL: readers block no writer, but a commit becomes visible only after its frames are
+    written (the events we see) and synced, when the index in ``-shm`` is updated, which no
+    file event marks. A read in between sees the old data while the fingerprint (size and
+    mtime of ``-wal``) is already the new one: nothing would read it again before the next
+    write or the safety poll. So a ``-wal`` is read once it is ``WAL_SETTLE_MS`` old.
     """
     folders = {os.path.dirname(p) for _c, p in changes}
-    return any(os.path.exists(os.path.join(f, JOURNAL)) for f in folders)
+    if any(os.path.exists(os.path.join(f, JOURNAL)) for f in folders):
+        return SETTLE_MS / 1000
+    wait = 0.0
+    for _c, path in changes:
+        if path.endswith("-wal"):
+            try:
+                age_s = time.time() - os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue  # checkpointed and removed: the commit is in the database file
+            wait = max(wait, WAL_SETTLE_MS / 1000 - age_s)
+    return wait
 
 
 async def poll_watch(
@@ -148,11 +167,12 @@ async def poll_watch(
     """Yield the changes under ``paths`` (not recursive), as ``watchfiles`` would.
 
     The queue is read every ``step`` ms. Changes are yielded on the tick that finds them, once
-    no rollback transaction is under way (``_writing``; checked again every ``SETTLE_MS``, for
-    at most ``debounce`` ms): the read then starts just after Cursor's commit, as far as it can
-    be from the next one. Waiting for a quiet tick instead (as ``watchfiles`` does) started it
-    50–100 ms after the commit, i.e. right before Cursor's next 100 ms flush: 3 of 80 commits
-    met a read. A burst of writes costs at most one read per ``step``.
+    Cursor's commit is over (``_settling``: no rollback transaction under way, no ``-wal``
+    written in the last ``WAL_SETTLE_MS``; waited for at most ``debounce`` ms): the read then
+    starts just after Cursor's commit, as far as it can be from the next one. Waiting for a
+    quiet tick instead (as ``watchfiles`` does) started it 50-100 ms after the commit, right
+    before Cursor's next 100 ms flush: 3 of 80 commits met a read. A burst of writes costs at
+    most one read per ``step``.
     """
     del recursive  # folders only, as asked
     libc = _libc()
@@ -174,6 +194,7 @@ async def poll_watch(
         since = 0.0
         last_event = loop.time()
         woke = False
+        delay = 0.0
         while not stop.is_set():
             if not pending and loop.time() - last_event >= IDLE_AFTER_S:
                 # Nothing for a while: stop ticking (0.4 % of a core at 20 Hz) and let the
@@ -183,7 +204,7 @@ async def poll_watch(
                 continue
             # A plain sleep: no task per tick. Right after a wake-up, a short one: Cursor is
             # mid-commit, and its end is looked for as in a burst.
-            await asyncio.sleep((SETTLE_MS if pending or woke else step) / 1000)
+            await asyncio.sleep(delay if pending else (SETTLE_MS if woke else step) / 1000)
             woke = False
             if stop.is_set():
                 return
@@ -197,7 +218,9 @@ async def poll_watch(
             pending |= changes
             if not pending:
                 continue
-            if _writing(pending) and loop.time() - since < debounce / 1000:
+            left = since + debounce / 1000 - loop.time()
+            delay = min(_settling(pending), left)
+            if delay > 0:
                 continue  # Cursor is committing: read once it is done
             out, pending = pending, set()
             yield out
