@@ -559,3 +559,23 @@ def test_bubbles_outside_the_window_are_left_unread_but_still_date_their_compose
     assert layout.revision_keys(raw) == [
         f"m:{b['bubbleId']}" for b in (untimed, epoch_old, odd_iso, recent)
     ]
+
+
+def test_a_session_start_re_read_leaves_old_bubbles_unread_too(tmp_path: Path) -> None:
+    """The targeted re-read of a session's composers filters old values in SQLite as the
+    scan does: a long history is not loaded and parsed at every session start."""
+    db = global_db(tmp_path, "wal", "text")
+    cutoff = now_ms() - 24 * 3_600_000
+    old = make_user_bubble("old", createdAt="2020-01-01T00:00:00.000Z")
+    recent = make_user_bubble("recent")
+    db.put_bubble("c-1", old)
+    db.put_bubble("c-1", recent)
+    layout = GlobalBubbles()
+    raw = ReadOnlyDatabase(db.path, 2.0).read_sync(
+        lambda conn: layout.fetch_composers(conn, ["c-1"], cutoff)
+    )
+    loaded = {k.rsplit(":", 1)[1] for _r, k, v in raw.scan.rows if isinstance(v, str | bytes)}
+    assert loaded == {recent["bubbleId"]}
+    assert len(raw.scan.rows) == 2  # the old one is there, with its time only
+    r = layout.extract(raw, {"replay": True}, ReadContext(now_ms(), cutoff))
+    assert [p["bubble_id"] for p in payloads(r)] == [recent["bubbleId"]]

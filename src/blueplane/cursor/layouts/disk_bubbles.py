@@ -117,9 +117,13 @@ class GlobalBubbles:
                 out.append(f"m:{ids[1]}")
         return out
 
-    def fetch_composers(self, conn: sqlite3.Connection, composer_ids: Iterable[str]) -> BubbleRaw:
-        """Every bubble of the given composers, by key range (targeted re-read)."""
-        rows = read_prefixes(conn, [f"{PREFIX}{cid}:" for cid in composer_ids])
+    def fetch_composers(
+        self, conn: sqlite3.Connection, composer_ids: Iterable[str], cutoff_ms: int | None = None
+    ) -> BubbleRaw:
+        """Every bubble of the given composers, by key range (targeted re-read); with
+        ``cutoff_ms``, as in ``fetch``, bubbles created before it are not loaded."""
+        older = iso_from_ms(cutoff_ms - 3_600_000) if cutoff_ms is not None else None
+        rows = read_prefixes(conn, [f"{PREFIX}{cid}:" for cid in composer_ids], older)
         return BubbleRaw(RowScan(rows, next_rowid=None), targeted=True)
 
     def extract(self, raw: BubbleRaw, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
