@@ -36,6 +36,7 @@ from blueplane.cursor.layouts.conversation import (
     payload_hash,
     revisions_of,
     role_of,
+    same_payload,
     too_old,
 )
 from blueplane.cursor.layouts.disk_kv import (
@@ -223,7 +224,7 @@ class GlobalBubbles:
             return "later_bubble"
         h = payload_hash(msg)
         prev = pending.get(p.key)
-        if isinstance(prev, list) and len(prev) >= 2 and prev[0] == h:
+        if isinstance(prev, list) and len(prev) >= 2 and same_payload(prev[0], h, msg):
             since = prev[1] if isinstance(prev[1], int) else ctx.now_ms
             if ctx.now_ms - since >= SETTLE_QUIET_MS:
                 return "quiet"
