@@ -559,3 +559,68 @@ def test_bubbles_outside_the_window_are_left_unread_but_still_date_their_compose
     assert layout.revision_keys(raw) == [
         f"m:{b['bubbleId']}" for b in (untimed, epoch_old, odd_iso, recent)
     ]
+
+
+def test_a_session_start_re_read_leaves_old_bubbles_unread_too(tmp_path: Path) -> None:
+    """The targeted re-read of a session's composers filters old values in SQLite as the
+    scan does: a long history is not loaded and parsed at every session start."""
+    db = global_db(tmp_path, "wal", "text")
+    cutoff = now_ms() - 24 * 3_600_000
+    old = make_user_bubble("old", createdAt="2020-01-01T00:00:00.000Z")
+    recent = make_user_bubble("recent")
+    db.put_bubble("c-1", old)
+    db.put_bubble("c-1", recent)
+    layout = GlobalBubbles()
+    raw = ReadOnlyDatabase(db.path, 2.0).read_sync(
+        lambda conn: layout.fetch_composers(conn, ["c-1"], cutoff)
+    )
+    loaded = {k.rsplit(":", 1)[1] for _r, k, v in raw.scan.rows if isinstance(v, str | bytes)}
+    assert loaded == {recent["bubbleId"]}
+    assert len(raw.scan.rows) == 2  # the old one is there, with its time only
+    r = layout.extract(raw, {"replay": True}, ReadContext(now_ms(), cutoff))
+    assert [p["bubble_id"] for p in payloads(r)] == [recent["bubbleId"]]
+
+
+def test_revision_memories_of_the_older_hash_form_send_nothing_again() -> None:
+    """The hash's form changed (pydantic's JSON, not a sorted ``json.dumps``): what an older
+    version remembered is recognised, so an upgrade re-sends nothing, and is stored anew."""
+    from blueplane.cursor.layouts.conversation import (
+        Revisions,
+        build_message,
+        legacy_payload_hash,
+        payload_hash,
+    )
+
+    ctx = ReadContext(now_ms(), 0)
+    msg = build_message(
+        make_assistant_bubble("déjà vu → ✓"), bubble_id="b", composer_id="c",
+        ctx=ctx, source_layout="disk_bubbles",
+    )  # fmt: skip
+    assert payload_hash(msg).startswith("v") and payload_hash(msg) != legacy_payload_hash(msg)
+    revs = Revisions({"m:b": [legacy_payload_hash(msg), 3]})
+    assert revs.stamp("m:b", msg) is None
+    assert revs.entries["m:b"] == [payload_hash(msg), 3]
+    old = Revisions({"m:b": [legacy_payload_hash(msg), 3]})
+    changed = old.stamp("m:b", msg.model_copy(update={"text_length": 1}))
+    assert changed is not None and changed.revision == 4
+
+
+def test_a_pending_bubble_remembered_with_the_older_hash_keeps_its_quiet_time(
+    tmp_path: Path,
+) -> None:
+    from blueplane.cursor.layouts.conversation import build_message, legacy_payload_hash
+
+    db = global_db(tmp_path, "wal", "text")
+    bubble = make_assistant_bubble("streaming", omit=["timingInfo", "tokenCount"])
+    db.put_bubble("c-1", bubble)
+    key = f"bubbleId:c-1:{bubble['bubbleId']}"
+    now = now_ms()
+    ctx = ReadContext(now, 0)
+    msg = build_message(
+        json.loads(json.dumps(bubble)), bubble_id=bubble["bubbleId"], composer_id="c-1",
+        ctx=ctx, source_layout="disk_bubbles",
+    )  # fmt: skip
+    since = now - SETTLE_QUIET_MS - 1
+    wm: Watermark = {"rowid": 10**6, "pending": {key: [legacy_payload_hash(msg), since, 1]}}
+    r = read(db, GlobalBubbles(), wm, ctx)
+    assert [p["settled_by"] for p in payloads(r)] == ["quiet"]

@@ -258,3 +258,42 @@ async def test_an_edit_of_an_old_bubble_is_sent_once_even_beyond_ten_thousand_it
     # The memory lives in Redis with the dedup window as its TTL, not in the watermark.
     wm = await client.hgetall(f"blueplane:watermarks:{_db_key(rig)}")
     assert b"sent" not in wm.get(b"disk_bubbles", b"")
+
+
+async def test_a_catch_up_sends_the_started_sessions_conversations_before_the_history(
+    tmp_path: Path, client, monkeypatch
+) -> None:
+    """Issue 8, first sync: a session's conversations are re-read by composer as soon as the
+    composers are known, not after the catch-up scan has worked through the file's history."""
+    from blueplane.cursor import global_db
+    from blueplane.cursor.layouts import disk_bubbles
+
+    monkeypatch.setattr(disk_bubbles, "BATCH", 5)  # the history takes many rounds
+    monkeypatch.setattr(global_db, "MAX_ROUNDS", 20)
+    rig = Rig(tmp_path, client)
+    a = rig.project("a")
+    history = new_uuid()  # nobody's conversation, written first: low rowids
+    rig.glob.put_conversation([make_user_bubble(f"old {i}") for i in range(40)], composerId=history)
+    ident = make_workspace_identifier(a.id, a.folder_path or "")
+    current = rig.glob.put_conversation(
+        [make_user_bubble("now"), make_assistant_bubble("answer")], workspaceIdentifier=ident
+    )["composerId"]
+    await rig.sessions.load()
+    await rig.start(a, "sa")
+
+    rounds: list[int] = []
+    poll = rig.monitor.poller.poll
+
+    async def counting(state: Any, wh: Any, route: Any, kind: str = "workspace") -> int | None:
+        if kind == "global":
+            got = [t for t in await rig.traces() if t.get("composer_id") == current]
+            rounds.append(len([t for t in got if t["trace_type"] == "message"]))
+        return await poll(state, wh, route, kind)
+
+    monkeypatch.setattr(rig.monitor.poller, "poll", counting)
+    await rig.monitor.poll_once()  # the workspace (mapped), then the global database
+    # Before the second round of the scan, the current conversation is on the stream.
+    assert len(rounds) >= 3 and rounds[1] == 2, rounds
+    got = [t for t in await rig.traces() if t.get("composer_id") == current]
+    messages = [t for t in got if t["trace_type"] == "message"]
+    assert sorted(t["text"] for t in messages) == ["answer", "now"]  # once each

@@ -15,6 +15,9 @@ def run(config: ConfigOpt = None) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM."""
     settings = settings_or_exit(config)
     setup_logging(settings.log_level)
+    from blueplane.malloc_arenas import limit_arenas
+
+    limit_arenas()  # before any thread starts
     from blueplane.broker import RedisTooOld
     from blueplane.instance_lock import InstanceLocked
     from blueplane.server import serve

@@ -28,6 +28,7 @@ example when their ``composerData`` arrives after their first bubbles; they go t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import CursorDatabaseMonitorConfig
-from blueplane.cursor.db_poller import DatabasePoller, DatabaseState
+from blueplane.cursor.db_poller import WINDOWED, DatabasePoller, DatabaseState
 from blueplane.cursor.layouts import ALL_LAYOUTS, COMPOSER_SCOPED, Layout
 from blueplane.cursor.layouts.base import TraceItem, Watermark
 from blueplane.cursor.layouts.composer_data import COMPOSER_DATA_KEY, membership_ids
 from blueplane.cursor.layouts.conversation import REPLAY
-from blueplane.cursor.layouts.disk_bubbles import SETTLE_QUIET_MS
+from blueplane.cursor.layouts.disk_bubbles import SETTLE_QUIET_MS, GlobalBubbles
 from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
 from blueplane.cursor.sqlite_ro import (
     CursorDbError,
@@ -69,6 +70,8 @@ log = logging.getLogger("blueplane.global_db")
 UNATTRIBUTED = "unattributed"
 # Rounds of one poll while a layout says it has more rows to read (catch-up of a big file).
 MAX_ROUNDS = 50
+# Composers per read of a session-start re-read (see ``_replay``).
+REPLAY_COMPOSERS = 10
 
 
 class GlobalMapper(Protocol):
@@ -164,7 +167,7 @@ class GlobalDatabases:
             if self._quiet(path, active):
                 continue
             targets = await self._targets(tracked, path, active)
-            await self._poll_one(path, targets, active)
+            await self._poll_one(path, targets, active, tracked)
         self._health.status = "ok" if paths else "no_global_database"
         self._health.set_counter("global_databases", len(paths))
         self._health.set_counter("unattributed_composers", len(self.unattributed))
@@ -172,7 +175,11 @@ class GlobalDatabases:
 
     # ----------------------------------------------------------------- one database
     async def _poll_one(
-        self, path: Path, targets: _Targets, active: dict[str, list[ActiveSession]]
+        self,
+        path: Path,
+        targets: _Targets,
+        active: dict[str, list[ActiveSession]],
+        tracked: dict[str, list[ActiveSession]] | None = None,
     ) -> None:
         gs = self._states.get(path)
         if gs is None:
@@ -185,6 +192,7 @@ class GlobalDatabases:
         wh.database = str(path)
         wh.mapping_strategy = "global_database"
         started = time.perf_counter()
+        mapped = self._mapped(tracked)
         route = self._router(gs, targets, path)
         for _ in range(MAX_ROUNDS):
             if self._must_reread(gs.db):
@@ -192,11 +200,51 @@ class GlobalDatabases:
             published = await self.poller.poll(gs.db, wh, route, "global")
             if published is None or not gs.db.has_more():
                 break
+            # A catch-up of a big file: the conversations of sessions that started (or were
+            # mapped) go out as soon as the composers are read, by composer (a few index
+            # ranges), not after the rest of the file's history.
+            if tracked is not None and self._mapped(tracked) != mapped:
+                targets = await self._targets(tracked, path, active)
+                mapped = self._mapped(tracked)
+                route = self._router(gs, targets, path)
+            if self._composers_read(gs.db) and self._unreplayed(targets, active):
+                self._note_progress(gs.db, wh)
+                await self._replay_new_sessions(gs, targets, active, wh)
         self._note_progress(gs.db, wh)
         await self._replay_new_sessions(gs, targets, active, wh)
         await self._unpark(gs, targets, wh)
         await self._save_attribution(path, gs)
         wh.last_poll_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    def _mapped(self, tracked: dict[str, list[ActiveSession]] | None) -> frozenset[tuple[str, str]]:
+        """Which tracked workspaces have a database (and storage id) yet: a change means
+        new routing targets."""
+        if tracked is None:
+            return frozenset()
+        out = set()
+        for h in tracked:
+            wh = self.health.workspaces.get(h)
+            if wh is not None and wh.storage_id:
+                out.add((h, wh.storage_id))
+        return frozenset(out)
+
+    def _unreplayed(self, targets: _Targets, active: dict[str, list[ActiveSession]]) -> bool:
+        """A mapped workspace's session started and its conversations were not re-read."""
+        mapped = {d.workspace_hash for d in targets.by_storage.values()}
+        return any(
+            h in mapped and (h, s[-1].session_id) not in self._replayed for h, s in active.items()
+        )
+
+    @staticmethod
+    def _composers_read(state: DatabaseState) -> bool:
+        """The composer layouts are caught up (their workspaces known); the bubbles may not."""
+        if not state.watermarks:
+            return False
+        return not any(
+            wm.get("more")
+            for name, wm in state.watermarks.items()
+            if name in COMPOSER_SCOPED and name != GlobalBubbles.name
+        )
 
     def _quiet(self, path: Path, active: dict[str, list[ActiveSession]]) -> bool:
         """Nothing to do: the files did not change, no session started, nothing is parked,
@@ -340,24 +388,36 @@ class GlobalDatabases:
         active: dict[str, list[ActiveSession]],
         wh: Any,
     ) -> None:
-        """Re-read the composers of workspaces whose session started since the last poll."""
+        """Re-read the composers of workspaces whose session started since the last poll.
+
+        Every such workspace is re-read in one transaction and published in one pass (100
+        sessions starting together cost one read, not 100).
+        """
         live = {(h, s[-1].session_id) for h, s in active.items()}
         self._replayed &= live
+        new: list[tuple[str, tuple[str, str]]] = []
+        sids: set[str] = set()
         for h, sessions in active.items():
             key = (h, sessions[-1].session_id)
             if key in self._replayed:
                 continue
-            sids = {sid for sid, d in targets.by_storage.items() if d.workspace_hash == h}
-            if not sids:
+            own = {sid for sid, d in targets.by_storage.items() if d.workspace_hash == h}
+            if not own:
                 continue  # not mapped yet: the next poll tries again
-            members = {cid for cid, sid in targets.membership.items() if sid in sids}
-            known = {cid for cid, sid in (gs.attribution or {}).items() if sid in sids}
-            sent = await self._replay(gs, members | known, sids, targets, wh)
+            new.append((h, key))
+            sids |= own
+        if not new:
+            return
+        members = {cid for cid, sid in targets.membership.items() if sid in sids}
+        known = {cid for cid, sid in (gs.attribution or {}).items() if sid in sids}
+        sent = await self._replay(gs, members | known, sids, targets, wh)
+        for _h, key in new:
             self._replayed.add(key)
             self._health.count("session_replays")
-            if sent:
-                log.info("workspace %s: %d trace(s) from the global database on session start",
-                         h, sent)  # fmt: skip
+        if sent:
+            first = new[0][0] if len(new) == 1 else f"{new[0][0]} and {len(new) - 1} more"
+            log.info("workspace %s: %d trace(s) from the global database on session start",
+                     first, sent)  # fmt: skip
 
     async def _replay(
         self,
@@ -369,11 +429,11 @@ class GlobalDatabases:
     ) -> int:
         layouts = [lay for lay in ALL_LAYOUTS if lay.name in COMPOSER_SCOPED]
         db = ReadOnlyDatabase(gs.db.path, self.cfg.query_timeout_seconds)
+        cutoff_ms = self.poller.context("global").sync_cutoff_ms
 
-        def fetch(conn: sqlite3.Connection) -> dict[str, Any]:
-            tables = table_names(conn)
+        def all_ids(conn: sqlite3.Connection) -> list[str]:
             ids = set(composer_ids)
-            if "composerHeaders" in tables and storage_ids:
+            if "composerHeaders" in table_names(conn) and storage_ids:
                 marks = ",".join("?" * len(storage_ids))
                 ids |= {
                     r[0]
@@ -383,22 +443,66 @@ class GlobalDatabases:
                     )
                     if isinstance(r[0], str)
                 }
+            return sorted(ids)
+
+        def fetch(ids: list[str], conn: sqlite3.Connection) -> dict[str, Any]:
+            tables = table_names(conn)
             raw: dict[str, Any] = {}
             for layout in layouts:
-                if ids and layout.detect(conn, tables):
-                    raw[layout.name] = layout.fetch_composers(conn, sorted(ids))  # type: ignore[attr-defined]
+                if layout.detect(conn, tables):
+                    if layout.name in WINDOWED:
+                        raw[layout.name] = layout.fetch_composers(conn, ids, cutoff_ms)  # type: ignore[attr-defined]
+                    else:
+                        raw[layout.name] = layout.fetch_composers(conn, ids)  # type: ignore[attr-defined]
             return raw
 
         try:
-            raw = await db.read(fetch)
+            ids = await db.read(all_ids)
         except CursorDbError as exc:
             log.warning("session-start re-read of %s failed: %s", gs.db.path, exc)
             return 0
+        # A few composers per read: memory stays bounded however many sessions start, and
+        # the next read runs in its thread while this one is published.
+        chunks = [ids[i : i + REPLAY_COMPOSERS] for i in range(0, len(ids), REPLAY_COMPOSERS)]
         watermarks = await self.poller.load_watermarks(gs.db)
         ctx = self.poller.context("global")
         route = self._router(gs, targets, gs.db.path)
         total = 0
-        layout: Layout
+        reading: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            for k, chunk in enumerate(chunks):
+                if reading is None:
+                    reading = asyncio.ensure_future(db.read(functools.partial(fetch, chunk)))
+                try:
+                    raw = await reading
+                except CursorDbError as exc:
+                    reading = None
+                    log.warning("session-start re-read of %s failed: %s", gs.db.path, exc)
+                    break
+                reading = None
+                if k + 1 < len(chunks):
+                    reading = asyncio.ensure_future(
+                        db.read(functools.partial(fetch, chunks[k + 1]))
+                    )
+                total += await self._publish_replayed(gs, layouts, raw, watermarks, ctx, route)
+        finally:
+            if reading is not None:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+        wh.items_published += total
+        return total
+
+    async def _publish_replayed(
+        self,
+        gs: _GlobalState,
+        layouts: list[Layout],
+        raw: dict[str, Any],
+        watermarks: dict[str, Watermark],
+        ctx: Any,
+        route: Any,
+    ) -> int:
+        """Extract and publish one chunk of a session-start re-read (watermarks unmoved)."""
+        total = 0
         for layout in layouts:
             if layout.name not in raw:
                 continue
@@ -411,7 +515,6 @@ class GlobalDatabases:
                 total += await self.poller.publisher.publish(
                     routed, str(gs.db.path), layout.name, current, revisions=revisions
                 )
-        wh.items_published += total
         return total
 
     # ----------------------------------------------------------------- parked composers

@@ -40,10 +40,34 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# A hash of the current form starts with this (an older one is 16 hex digits).
+HASH_PREFIX = "v"
+
+
 def payload_hash(payload: TracePayload) -> str:
-    """Hash of what is sent (revision excluded): an unchanged item keeps its hash."""
+    """Hash of what is sent (revision excluded): an unchanged item keeps its hash.
+
+    pydantic's own JSON in field order (a third of the time of ``model_dump`` and a sorted
+    ``json.dumps``; the first sync hashes every item). Hashes stored before it are recognised
+    by ``same_payload``, so an upgrade sends nothing again.
+    """
+    text = payload.model_dump_json(exclude_none=True, exclude={"revision"})
+    return HASH_PREFIX + sha256_hex(text)[:15]
+
+
+def legacy_payload_hash(payload: TracePayload) -> str:
+    """The hash stored before ``HASH_PREFIX`` (sorted keys), for memories written by then."""
     data = payload.model_dump(mode="json", exclude_none=True, exclude={"revision"})
     return sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":")))[:16]
+
+
+def same_payload(stored: object, h: str, payload: TracePayload) -> bool:
+    """Whether a remembered hash is that of ``payload`` (``h``), in either form."""
+    if stored == h:
+        return True
+    if not isinstance(stored, str) or stored.startswith(HASH_PREFIX):
+        return False
+    return stored == legacy_payload_hash(payload)
 
 
 class Revisions:
@@ -67,8 +91,8 @@ class Revisions:
         prev = self.entries.pop(key, None)
         if prev is None:
             rev = 0
-        elif prev[0] == h:
-            self.entries[key] = prev
+        elif same_payload(prev[0], h, payload):
+            self.entries[key] = [h, prev[1]]  # an older form of the hash: stored anew
             if not self.replay:
                 return None
             rev = prev[1]

@@ -36,6 +36,7 @@ from blueplane.cursor.layouts.conversation import (
     payload_hash,
     revisions_of,
     role_of,
+    same_payload,
     too_old,
 )
 from blueplane.cursor.layouts.disk_kv import (
@@ -117,9 +118,13 @@ class GlobalBubbles:
                 out.append(f"m:{ids[1]}")
         return out
 
-    def fetch_composers(self, conn: sqlite3.Connection, composer_ids: Iterable[str]) -> BubbleRaw:
-        """Every bubble of the given composers, by key range (targeted re-read)."""
-        rows = read_prefixes(conn, [f"{PREFIX}{cid}:" for cid in composer_ids])
+    def fetch_composers(
+        self, conn: sqlite3.Connection, composer_ids: Iterable[str], cutoff_ms: int | None = None
+    ) -> BubbleRaw:
+        """Every bubble of the given composers, by key range (targeted re-read); with
+        ``cutoff_ms``, as in ``fetch``, bubbles created before it are not loaded."""
+        older = iso_from_ms(cutoff_ms - 3_600_000) if cutoff_ms is not None else None
+        rows = read_prefixes(conn, [f"{PREFIX}{cid}:" for cid in composer_ids], older)
         return BubbleRaw(RowScan(rows, next_rowid=None), targeted=True)
 
     def extract(self, raw: BubbleRaw, watermark: Watermark, ctx: ReadContext) -> LayoutRead:
@@ -219,7 +224,7 @@ class GlobalBubbles:
             return "later_bubble"
         h = payload_hash(msg)
         prev = pending.get(p.key)
-        if isinstance(prev, list) and len(prev) >= 2 and prev[0] == h:
+        if isinstance(prev, list) and len(prev) >= 2 and same_payload(prev[0], h, msg):
             since = prev[1] if isinstance(prev[1], int) else ctx.now_ms
             if ctx.now_ms - since >= SETTLE_QUIET_MS:
                 return "quiet"

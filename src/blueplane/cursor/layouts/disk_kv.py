@@ -131,15 +131,33 @@ def read_keys(conn: sqlite3.Connection, keys: Iterable[str]) -> list[Row]:
     return out
 
 
-def read_prefixes(conn: sqlite3.Connection, prefixes: Iterable[str]) -> list[Row]:
-    """Every key under each prefix, by index range (targeted re-reads of one composer)."""
+def read_prefixes(
+    conn: sqlite3.Connection, prefixes: Iterable[str], older_than_iso: str | None = None
+) -> list[Row]:
+    """Every key under each prefix, by index range (targeted re-reads of one composer).
+
+    With ``older_than_iso``, as in ``scan_new``: a row whose value's ``createdAt`` is older
+    comes back as ``OldRow`` (a session start re-reads a long history without loading it).
+    """
     out: list[Row] = []
     for prefix in prefixes:
         lo, hi = prefix_range(prefix)
+        if older_than_iso is None:
+            out.extend(
+                (int(r), k, v)
+                for r, k, v in conn.execute(
+                    f"SELECT rowid, key, value FROM {TABLE} WHERE key >= ? AND key < ?", (lo, hi)
+                )
+            )
+            continue
         out.extend(
-            (int(r), k, v)
-            for r, k, v in conn.execute(
-                f"SELECT rowid, key, value FROM {TABLE} WHERE key >= ? AND key < ?", (lo, hi)
+            (int(r), k, OldRow(c) if old else v)
+            for r, k, old, c, v in conn.execute(
+                "SELECT rowid, key, old, CASE WHEN old THEN json_extract(value, '$.createdAt')"
+                " END, CASE WHEN old THEN NULL ELSE value END FROM"
+                f" (SELECT rowid, key, value, {_OLD_VALUE} AS old FROM {TABLE}"
+                "  WHERE key >= ? AND key < ?)",
+                (older_than_iso, lo, hi),
             )
         )
     out.sort(key=lambda r: r[0])
