@@ -135,18 +135,15 @@ def prefill(client: redis.Redis, n: int) -> float:
     return size / n
 
 
-def stored_count(db: Path) -> int:
-    """Events the server's store holds, read read-only (WAL: never blocks the writer)."""
-    if not db.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # created but schema not there yet
-        return 0
+def acked_count(client: redis.Redis) -> int:
+    """Entries the server's consumer group has acknowledged (it does so after each commit).
+
+    Read from Redis (one ``XINFO GROUPS``), not by counting the store: a ``count(*)`` of 100 k
+    events every 20 ms took 2 ms of CPU each, ~8 % of a core beside the server on 2 cores."""
+    for g in client.xinfo_groups(STREAM):
+        if g["name"] in (GROUP, GROUP.encode()):
+            return int(g.get("entries-read") or 0) - int(g["pending"])
+    return 0
 
 
 def run_once(
@@ -186,8 +183,8 @@ def run_once(
                 if server.poll() is not None:
                     raise SystemExit(f"server exited: {(root / 'server.log').read_text()}")
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"timed out with {done}/{n} stored")
-                done = stored_count(root / "home" / "telemetry.db")
+                    raise SystemExit(f"timed out with {done}/{n} acknowledged")
+                done = acked_count(client)
                 if done and first is None:
                     first = (time.monotonic(), done)
                 time.sleep(0.02)
