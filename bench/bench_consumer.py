@@ -146,6 +146,20 @@ def acked_count(client: redis.Redis) -> int:
     return 0
 
 
+def process_usage(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) and peak RSS of a running process (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = stat.rpartition(")")[2].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    peak = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")), "0")
+    return {"cpu_s": cpu_s, "rss_peak_mb": round(int(peak) / 1024, 1)}
+
+
 def run_once(
     n: int, batch_size: int | None, profile: Path | None = None, normal_priority: bool = False
 ) -> dict[str, Any]:
@@ -189,6 +203,7 @@ def run_once(
                     first = (time.monotonic(), done)
                 time.sleep(0.02)
             finished = time.monotonic()
+            usage = process_usage(server.pid) if profile is None else {}
             pending = client.xpending(STREAM, GROUP)["pending"]
             server.send_signal(2)  # SIGINT: py-spy passes it on and writes its profile
             server.wait(30)
@@ -214,6 +229,10 @@ def run_once(
                 "stored_distinct": stored,
                 "stored_rows": rows,
                 "pending_after": pending,
+                # CPU of the whole server process (start-up included) per event: less
+                # sensitive to the machine's other load than the rates
+                "server_cpu_us_per_event": round(usage["cpu_s"] * 1e6 / n, 1) if usage else None,
+                "server_rss_peak_mb": usage.get("rss_peak_mb"),
             }
         finally:
             if server is not None and server.poll() is None:
@@ -255,14 +274,18 @@ def main() -> None:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print("| run | events | entry | wall | wall events/s | sustained events/s | stored | load |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| run | events | entry | wall | wall events/s | sustained events/s | stored | load"
+        " | server CPU/event | server RSS peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k, r in enumerate(results, 1):
         print(
             f"| {k} | {r['events']:,} | {r['entry_bytes_mean']} B | {r['wall_s']:.2f} s | "
             f"{r['wall_events_per_s']:,} | {r['sustained_events_per_s']:,} | "
             f"{r['stored_distinct']:,} distinct / {r['stored_rows']:,} rows | "
-            f"{r['load_average_1m_after']} |"
+            f"{r['load_average_1m_after']} | {r['server_cpu_us_per_event']} us | "
+            f"{r['server_rss_peak_mb']} MB |"
         )
     bad = [
         r for r in results if r["stored_distinct"] != r["events"] or r["stored_rows"] != r["events"]
