@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from blueplane.events import MalformedEntry
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, parse_entry
-from blueplane.store import TraceStore
+from blueplane.store import WRITER_CACHE_KIB, TraceStore
 
 
 def trace_fields(
@@ -61,11 +62,61 @@ def test_malformed_entries_say_why(fields: dict, reason: str) -> None:
         parse_entry("1-0", fields)
 
 
+def test_parse_entry_fills_every_field() -> None:
+    """Every StoredEvent field from its own source (the event is built positionally)."""
+    payload = '{"trace_type":"generation","generation_id":"g7","item_id":"it","revision":3}'
+    metadata = '{"workspace_hash":"w1","machine_id":"m1","user":"u1","source":"python_monitor"}'
+    fields = {
+        "version": "1", "event_type": "database_trace", "hook_type": "DatabaseTrace",
+        "platform": "cursor", "event_id": "e7", "session_id": "s7",
+        "timestamp": "2025-11-26T18:12:04.121Z", "metadata": metadata, "payload": payload,
+    }  # fmt: skip
+    ev = parse_entry("5-1", {k.encode(): v.encode() for k, v in fields.items()})
+    assert dataclasses.asdict(ev) == {
+        "event_id": "e7", "stream_id": "5-1", "event_type": "database_trace",
+        "hook_type": "DatabaseTrace", "platform": "cursor", "trace_type": "generation",
+        "session_id": "s7", "workspace_hash": "w1", "generation_id": "g7", "item_key": "it",
+        "revision": 3, "timestamp": "2025-11-26T18:12:04.121Z", "timestamp_ms": 1764180724121,
+        "payload": json.loads(payload), "metadata": json.loads(metadata),
+        "payload_json": payload, "metadata_json": metadata, "machine_id": "m1",
+        "user_name": "u1", "source": "python_monitor",
+    }  # fmt: skip
+
+
+def test_json_only_the_standard_library_reads_is_still_read(tmp_path: Path) -> None:
+    """orjson parses the payloads; what it rejects and ``json`` reads (NaN, Infinity, a lone
+    surrogate escape: ``json.dumps`` writes the first two) is read as before, stored as sent."""
+    text = '{"trace_type": "generation", "generation_id": "g1", "x": NaN, "y": -Infinity,'
+    text += ' "z": "\\ud800"}'
+    ev = parse_entry("1-0", {**trace_fields(), b"payload": text.encode()})
+    assert ev.payload["x"] != ev.payload["x"] and ev.payload["y"] == float("-inf")
+    assert ev.payload["z"] == "\ud800" and ev.payload_json == text
+    store = TraceStore(tmp_path / "t.db")
+    assert store.write_batch([ev], 3600).inserted == 1
+    assert store.conn.execute("SELECT payload FROM events").fetchone()[0] == text
+
+
+@pytest.mark.parametrize("revision", [2**63, 2**64, 2**70, -(2**63) - 1, -(2**70)])
+def test_a_revision_beyond_64_bits_is_malformed(revision: int) -> None:
+    """orjson reads an integer beyond 64 bits as a float: still "outside the range"."""
+    payload = json.dumps({"trace_type": "generation", "generation_id": "g", "revision": revision})
+    with pytest.raises(MalformedEntry, match="outside the 64-bit integer range"):
+        parse_entry("1-0", {**trace_fields(), b"payload": payload.encode()})
+
+
 def test_hook_events_without_event_id_get_the_stream_id() -> None:
     ev = parse_entry(
         "17-3", {b"event_type": b"beforeSubmitPrompt", b"payload": b'{"session_id": "s"}'}
     )
     assert ev.event_id == "stream:17-3" and ev.session_id == "s" and not ev.is_trace
+
+
+def test_the_writer_has_its_own_page_cache(tmp_path: Path) -> None:
+    """The writer's cache holds the event-id index of a bench-sized store (store.py)."""
+    store = TraceStore(tmp_path / "t.db")
+    assert store.conn.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB >= -8192
+    reader = TraceStore(tmp_path / "t.db", readonly=True)  # the CLI's: SQLite's default
+    assert reader.conn.execute("PRAGMA cache_size").fetchone()[0] == -2000
 
 
 def test_store_is_idempotent_and_drops_duplicate_traces(tmp_path: Path) -> None:
