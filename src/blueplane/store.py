@@ -44,11 +44,6 @@ log = logging.getLogger("blueplane.store")
 # Set once the conversation tables hold every stored event (conversation_index.py).
 CONVERSATIONS_META = "conversations_indexed"
 BACKFILL_CHUNK = 5000
-# The writer's page cache (SQLite's default is 2 MB). Each batch inserts into the index of the
-# random ``event_id`` (5 MB at 100 k events) and the trace index: with 2 MB, most of those
-# inserts read their page back from the OS first. 8 MB: ~12 % less server CPU per event in
-# bench_consumer.py, +7 MB of RSS (the page cache counts in it: 16 MB was not kept for that).
-WRITER_CACHE_KIB = 8192
 
 
 @dataclass(slots=True)
@@ -320,7 +315,6 @@ class TraceStore:
         # events/s of ~1 KB the default checkpoints several times a second.
         self.conn.execute("PRAGMA wal_autocheckpoint=10000")
         self.conn.execute("PRAGMA journal_size_limit=67108864")
-        self.conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         self.conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         try:
             self._migrate()

@@ -11,7 +11,7 @@ import pytest
 
 from blueplane.events import MalformedEntry
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, parse_entry
-from blueplane.store import WRITER_CACHE_KIB, TraceStore
+from blueplane.store import TraceStore
 
 
 def trace_fields(
@@ -109,14 +109,6 @@ def test_hook_events_without_event_id_get_the_stream_id() -> None:
         "17-3", {b"event_type": b"beforeSubmitPrompt", b"payload": b'{"session_id": "s"}'}
     )
     assert ev.event_id == "stream:17-3" and ev.session_id == "s" and not ev.is_trace
-
-
-def test_the_writer_has_its_own_page_cache(tmp_path: Path) -> None:
-    """The writer's cache holds the event-id index of a bench-sized store (store.py)."""
-    store = TraceStore(tmp_path / "t.db")
-    assert store.conn.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB >= -8192
-    reader = TraceStore(tmp_path / "t.db", readonly=True)  # the CLI's: SQLite's default
-    assert reader.conn.execute("PRAGMA cache_size").fetchone()[0] == -2000
 
 
 def test_store_is_idempotent_and_drops_duplicate_traces(tmp_path: Path) -> None:
