@@ -39,7 +39,7 @@ log = logging.getLogger("blueplane.consume")
 # ``consume`` writes to a central store that several consumers share: a larger batch than the
 # fast path's default (2,000) spreads each write's fixed part over more events (on PostgreSQL the
 # write lock's hand-over and the commit's WAL flush, held under that lock): 3 writers stored
-# 13.3 k events/s with 2,000-event batches, 16.1 k with 5,000 (bench harness, this machine).
+# 13.3 k events/s with 2,000-event batches, 16.1 k with 5,000 (bench/bench_pg_writers.py).
 CONSUME_BATCH_SIZE = 5000
 
 
