@@ -97,16 +97,18 @@ ON CONFLICT ({col}, workspace_hash, trace_type, model) DO UPDATE SET
     output_tokens = {table}.output_tokens + excluded.output_tokens"""
 
 
-def apply_statements(dialect: Dialect, rows: str) -> list[str]:
+def apply_statements(dialect: Dialect, rows: str, join: str | None = None) -> list[str]:
     """The search index's and the activity tables' statements for ``rows`` (a condition on
-    ``e``, the events, and ``s``, the stage), in the dialect's spelling."""
+    ``e``, the events, and ``s``, the stage), in the dialect's spelling. ``join``: where ``s``
+    and ``e`` come from (by default the stage joined to ``events``; PostgreSQL's writer gives
+    its batch table, which holds both, so a write looks nothing up in ``events``)."""
     same_type = dialect.same("p.trace_type", "e.trace_type")
 
     def prev(field: str) -> str:
         number = dialect.json_number("p.payload", field)
         return _PREV_FIELD.format(number=number, same_type=same_type)
 
-    join = _stage_join(dialect)
+    join = join or _stage_join(dialect)
     # The index's row order is "most recent" for search: the events' stored order.
     order = "" if dialect.name == "sqlite" else _PG_STORED_ORDER
     out = [_APPLY_TEXT.format(search=SEARCH_TABLE, rows=rows, stage_join=join, order=order)]

@@ -65,12 +65,21 @@ CONNECT_TIMEOUT_S = 5
 
 _COLS = EVENTS.column_names
 _SRC_COLS = TRACE_SOURCES.column_names
-# src / src_pos: a generation's source and its place among the batch's generations (its
-# trace_sources seq is the write's base + src_pos, known once the write lock is held).
+# One row per event of the batch (its event id once: the first copy wins, as SQLite's ``OR
+# IGNORE``): the ``events`` columns; seq: its place in the batch; dedup: it dedups on its trace
+# revision; later: an earlier event of the batch has the same trace revision (so it is dropped,
+# SQLite's first-wins within a batch, decided in Python); src / src_pos: a generation's source and
+# its place among the batch's generations (its trace_sources seq is the write's base + src_pos,
+# known once the write lock is held); then what the search index and the activity tables need
+# of it (``derived.stage_row``): the stage is this table, so the derived statements look
+# nothing up in ``events``.
+_STAGE_COLS = ("text", "conversation_id", "model", "turn", "input_tokens", "output_tokens")
 _BATCH_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_batch ("
     + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in EVENTS.columns)
-    + ", seq INTEGER, dedup BOOLEAN, src TEXT, src_pos INTEGER) ON COMMIT DELETE ROWS"
+    + ", seq INTEGER, dedup BOOLEAN, later BOOLEAN, src TEXT, src_pos INTEGER, text TEXT,"
+    " conversation_id TEXT, model TEXT, turn INTEGER, input_tokens BIGINT, output_tokens BIGINT)"
+    " ON COMMIT DELETE ROWS"
 )
 # The event ids the write inserted (before the lock; some are deleted under it).
 _INSERTED_DDL = (
@@ -81,9 +90,19 @@ _SOURCES_DDL = (
     + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in TRACE_SOURCES.columns)
     + ") ON COMMIT DELETE ROWS"
 )
-_COPY = f"COPY _bp_batch ({', '.join(_COLS)}, seq, dedup, src, src_pos) FROM STDIN"
+# Binary COPY: no text escaping of the payloads on either side (psycopg's text rows cost the
+# consumer ~20 µs each).
+_COPY = (
+    f"COPY _bp_batch ({', '.join(_COLS)}, seq, dedup, later, src, src_pos,"
+    f" {', '.join(_STAGE_COLS)}) FROM STDIN (FORMAT BINARY)"
+)
+_PG_TYPES = {"TEXT": "text", "BIGINT": "int8", "INTEGER": "int4", "BOOLEAN": "bool"}
+_COPY_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns] + [
+    "int4", "bool", "bool", "text", "int4", "text", "text", "text", "int4", "int8", "int8",
+]  # fmt: skip
+_SOURCES_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in TRACE_SOURCES.columns]
 # seq is copied as the place in the batch; the base is added when moved.
-_COPY_SOURCES = f"COPY _bp_sources ({', '.join(_SRC_COLS)}) FROM STDIN"
+_COPY_SOURCES = f"COPY _bp_sources ({', '.join(_SRC_COLS)}) FROM STDIN (FORMAT BINARY)"
 _MOVE_SOURCES = f"""
 INSERT INTO trace_sources ({", ".join(_SRC_COLS)})
 SELECT {", ".join("seq + %(base)s" if c == "seq" else c for c in _SRC_COLS)} FROM _bp_sources
@@ -103,25 +122,22 @@ ON CONFLICT DO NOTHING
 #    (``trace_sources.NOT_FIRST``, applied like SQLite's: to the rows that dedup).
 # Each statement of step 2 reads a snapshot taken after the lock was granted, so it sees every
 # batch committed before it, exactly as when the whole move ran under the lock.
+# The rows are copied in event id order, and a scan of the freshly filled temporary table reads
+# them in that order: so two writers insert their common rows in the same order and never wait
+# on each other's in a cycle (no sort of the wide rows in the database).
 _INSERT = f"""
 WITH ins AS (
     INSERT INTO events ({", ".join(_COLS)})
-    SELECT {", ".join(_COLS)} FROM (
-        SELECT DISTINCT ON (event_id) * FROM _bp_batch ORDER BY event_id, seq) b
-    ORDER BY event_id
+    SELECT {", ".join(_COLS)} FROM _bp_batch
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id)
 INSERT INTO _bp_inserted SELECT event_id FROM ins
 RETURNING event_id
 """
 _DROP_LOSERS = """
-WITH gone AS (DELETE FROM events d USING (
-    SELECT b.event_id FROM (
-        SELECT event_id, dedup, session_id, trace_type, item_key, revision, workspace_hash,
-            generation_id, src, src_pos, CASE WHEN dedup THEN row_number() OVER (
-            PARTITION BY dedup, session_id, trace_type, item_key, revision ORDER BY seq) END AS rn
-        FROM _bp_batch) b
-    WHERE b.dedup AND b.event_id IN (SELECT event_id FROM _bp_inserted) AND (b.rn > 1 OR EXISTS (
+WITH gone AS (DELETE FROM events d USING _bp_batch b
+    WHERE d.event_id = b.event_id AND b.dedup
+    AND b.event_id IN (SELECT event_id FROM _bp_inserted) AND (b.later OR EXISTS (
         SELECT 1 FROM events e WHERE e.session_id = b.session_id AND e.trace_type = b.trace_type
         AND e.item_key = b.item_key AND e.revision = b.revision
         AND e.received_at_ms >= %(since)s AND e.event_id <> b.event_id
@@ -129,12 +145,14 @@ WITH gone AS (DELETE FROM events d USING (
       OR (b.src_pos IS NOT NULL AND EXISTS (
         SELECT 1 FROM trace_sources o WHERE o.workspace_hash = b.workspace_hash
         AND o.generation_id = b.generation_id AND o.source <> b.src
-        AND o.seq < %(base)s + b.src_pos)))) l
-WHERE d.event_id = l.event_id
-RETURNING d.event_id)
+        AND o.seq < %(base)s + b.src_pos)))
+    RETURNING d.event_id)
 DELETE FROM _bp_inserted i USING gone WHERE i.event_id = gone.event_id
 RETURNING i.event_id
 """
+# What the write does not keep (already stored, or dropped by the rules above) leaves the batch
+# table before the derived tables are applied from it.
+_UNSTAGE = "DELETE FROM _bp_batch WHERE event_id = ANY(%s)"
 # The write's seq base: the database's clock, read under the write lock, so the seqs of the
 # writers of every host follow the order their batches commit in.
 _NOW_SEQ = (
@@ -157,10 +175,12 @@ _BACKFILL = (
 # The derived tables of an older store: every event, in the order they were stored.
 _DERIVED_BACKFILL = "SELECT event_id, trace_type, payload, metadata FROM events" + _STORED_ORDER
 _DERIVED_APPLY = derived.apply_statements(POSTGRES, "TRUE")
-# A write's: the whole batch is staged before the lock; what it keeps is in ``_bp_inserted``.
-_DERIVED_WRITE = derived.apply_statements(
-    POSTGRES, "s.event_id IN (SELECT event_id FROM _bp_inserted)"
+# A write's: from the batch table (events and stage in one row), holding only what it kept.
+_BATCH_JOIN = (
+    "_bp_batch s CROSS JOIN LATERAL (SELECT s.event_id, s.stream_id, s.event_type, s.trace_type,"
+    " s.session_id, s.workspace_hash, s.item_key, s.revision, s.timestamp_ms, s.received_at_ms) e"
 )
+_DERIVED_WRITE = derived.apply_statements(POSTGRES, "TRUE", _BATCH_JOIN)
 _COPY_STAGE = "COPY derived_stage FROM STDIN"
 # The page's change token (SQLite's is max(rowid)): events stored, counted by the writers.
 STORED_META = "events_stored"
@@ -177,6 +197,8 @@ _PLAN = (
     "SET LOCAL enable_mergejoin = off",
     "SET LOCAL jit = off",
 )
+_PLAN_LOCAL = "; ".join(_PLAN)  # one round trip
+_LOCK_AND_SEQ = "SELECT pg_advisory_xact_lock(%s), " + _NOW_SEQ.removeprefix("SELECT ")
 
 
 class _Cursor:
@@ -432,30 +454,44 @@ class PgTraceStore(TraceStore):
             conn.execute(_BATCH_DDL)  # type: ignore[arg-type]
             conn.execute(_SOURCES_DDL)  # type: ignore[arg-type]
             conn.execute(_INSERTED_DDL)  # type: ignore[arg-type]
-            # the stage of a write, emptied by its commit (or rollback)
-            conn.execute(derived.stage_table().rstrip() + " ON COMMIT DELETE ROWS")  # type: ignore[arg-type]
             conn.commit()
             self._write_conn = conn
         return conn
 
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
-        """One transaction: COPY into the temp tables and insert every row (``_INSERT``); under
-        the write lock, the sources of the generations (``trace_sources``), the rows SQLite's
-        dedup and NOT_FIRST rules drop deleted (``_DROP_LOSERS``), the derived tables and the
-        conversation tables (``conversation_index``) of the rows kept.
+        """One transaction: COPY the batch into the temp tables and insert every row
+        (``_INSERT``); under the write lock, the sources of the generations (``trace_sources``),
+        the rows SQLite's dedup and NOT_FIRST rules drop deleted (``_DROP_LOSERS``), the derived
+        tables and the conversation tables (``conversation_index``) of the rows kept.
 
         Raises ``psycopg.Error`` with nothing written (the batch is rolled back)."""
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
-        keyed = trace_sources.is_keyed_generation
-        generations = [ev for ev in events if keyed(ev)]
-        source_rows = trace_sources.rows(generations, now_ms, 0)
-        # What the search index and the activity tables need of each event, computed here,
-        # before the write lock (the words of every text: Python's share of the cost).
-        stage: dict[str, tuple[Any, ...]] = {}
+        # An event id twice in a batch (a redelivery): the first copy wins, as SQLite's OR IGNORE.
+        unique: dict[str, StoredEvent] = {}
         for ev in events:
-            if ev.event_id not in stage:
-                stage[ev.event_id] = derived.stage_row(ev, POSTGRES)
+            unique.setdefault(ev.event_id, ev)
+        keyed = trace_sources.is_keyed_generation
+        source_rows = trace_sources.rows([ev for ev in unique.values() if keyed(ev)], now_ms, 0)
+        # Every row, with what the search index and the activity tables need of it (the words of
+        # every text: Python's share of the cost), computed here, before the write lock.
+        rows: list[tuple[Any, ...]] = []
+        revisions: set[tuple[Any, ...]] = set()
+        pos = 0
+        for seq, ev in enumerate(unique.values()):
+            dedup = dedupable(ev)
+            later = False
+            if dedup:
+                key = (ev.session_id, ev.trace_type, ev.item_key, ev.revision)
+                later = key in revisions
+                revisions.add(key)
+            src: tuple[Any, Any] = (None, None)
+            if keyed(ev):
+                src = (source_rows[pos][2], pos)
+                pos += 1
+            stage = derived.stage_row(ev, POSTGRES)
+            rows.append((*event_row(ev, now_ms), seq, dedup, later, *src, *stage[1:]))
+        rows.sort(key=lambda r: r[0])  # event id order: see _INSERT
         with self._lock:
             if self._closed:
                 raise psycopg.InterfaceError(f"store {self.label} is closed")
@@ -463,31 +499,23 @@ class PgTraceStore(TraceStore):
             try:
                 with conn.cursor() as cur:
                     with cur.copy(_COPY) as copy:  # type: ignore[arg-type]
-                        pos = 0
-                        for seq, ev in enumerate(events):
-                            if generations and keyed(ev):
-                                src: tuple[Any, Any] = (source_rows[pos][2], pos)
-                                pos += 1
-                            else:
-                                src = (None, None)
-                            copy.write_row((*event_row(ev, now_ms), seq, dedupable(ev), *src))
+                        copy.set_types(_COPY_TYPES)
+                        for row in rows:
+                            copy.write_row(row)
                     if source_rows:
                         with cur.copy(_COPY_SOURCES) as copy:  # type: ignore[arg-type]
+                            copy.set_types(_SOURCES_TYPES)
                             for row in source_rows:
                                 copy.write_row(row)
-                    with cur.copy(_COPY_STAGE) as copy:  # type: ignore[arg-type]
-                        for row in stage.values():
-                            copy.write_row(row)
-                    for setting in _PLAN:
-                        cur.execute(setting)  # type: ignore[arg-type]
+                    cur.execute(_PLAN_LOCAL)  # type: ignore[arg-type]
                     cur.execute(_INSERT)  # type: ignore[arg-type]
                     held = {r[0] for r in cur.fetchall()}
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                    # the lock, then the database's clock (evaluated once the lock is granted)
+                    cur.execute(_LOCK_AND_SEQ, (_WRITE_LOCK,))  # type: ignore[arg-type]
                     base = 0
                     if source_rows:
                         # First: every source is recorded, even when its trace is a duplicate.
-                        cur.execute(_NOW_SEQ)  # type: ignore[arg-type]
-                        base = max(int(cur.fetchone()[0]), self._next_seq)  # type: ignore[index]
+                        base = max(int(cur.fetchone()[1]), self._next_seq)  # type: ignore[index]
                         self._next_seq = base + len(source_rows)
                         cur.execute(_MOVE_SOURCES, {"base": base})  # type: ignore[arg-type]
                     if held:
@@ -495,6 +523,9 @@ class PgTraceStore(TraceStore):
                         held.difference_update(r[0] for r in cur.fetchall())
                     inserted = len(held)
                     if inserted:
+                        if inserted < len(rows):
+                            gone = [eid for eid in unique if eid not in held]
+                            cur.execute(_UNSTAGE, (gone,))  # type: ignore[arg-type]
                         # the search index and the activity counts of what was kept
                         for stmt in _DERIVED_WRITE:
                             cur.execute(stmt)  # type: ignore[arg-type]

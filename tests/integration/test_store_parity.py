@@ -336,6 +336,23 @@ def test_writers_racing_on_the_same_revisions_store_each_once(store_url: str) ->
         store.close()
 
 
+def test_an_entry_twice_in_one_batch_is_stored_once_on_both(store_url: str) -> None:
+    """A redelivered entry can sit twice in one batch (read again before its first copy was
+    acknowledged): the first copy is stored, counted once in the activity, indexed once; the
+    second is a duplicate, as SQLite's OR IGNORE makes it. (PostgreSQL's writer once took the
+    second copy for a later revision of the same trace and deleted the stored row.)"""
+    twice, other = _revision(1, 0, "twice"), _revision(1, 1, "other")
+    store = open_store(store_url)
+    try:
+        result = store.write_batch([twice, other, twice], 3600)
+        assert (result.inserted, result.duplicates) == (2, 1)
+        assert sorted(r["event_id"] for r in store.traces(limit=10)) == ["other", "twice"]
+        traces = store.conn.execute("SELECT SUM(traces) FROM activity_daily").fetchone()[0]
+        assert int(traces) == 2
+    finally:
+        store.close()
+
+
 # ----------------------------------------------------------------------------- older stores
 def _drop_conversation_tables(url: str) -> None:
     """Make the store what schema 3 left: no conv_* tables, never indexed."""
