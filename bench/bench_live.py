@@ -252,9 +252,10 @@ def _proc_mem_mb(pid: int) -> dict[str, float]:
 class ServerProcess:
     """``blueplane run`` as a child process in its own process group, stderr to a log file."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str], binary: Path = BLUEPLANE) -> None:
         self.root = root
         self.env = env
+        self.binary = binary
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "server.log"
         self.status_path = Path(env["BLUEPLANE_HOME"]) / "status.json"
@@ -267,7 +268,7 @@ class ServerProcess:
     def start(self, timeout_s: float = 60.0) -> None:
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [str(BLUEPLANE), "run"],
+                [str(self.binary), "run"],
                 cwd=self.root,  # no config/blueplane.yaml here: no configuration at all
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -406,11 +407,30 @@ def send_sessions(r: redis.Redis, fixture: Fixture) -> int:
 
 
 def first_sync(
-    r: redis.Redis, store: StoreReader, fixture: Fixture, setup: Setup, safety_poll_s: float
+    r: redis.Redis,
+    store: StoreReader,
+    fixture: Fixture,
+    setup: Setup,
+    safety_poll_s: float,
+    pid: int | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Sessions for every workspace, then wait until every expected item is published and
-    stored (or nothing grows for four safety polls); rates from the entries' own times."""
+    stored (or nothing grows for four safety polls); rates from the entries' own times.
+
+    With ``pid``, the server's CPU time (utime + stime) until the last item is published and
+    until the store holds everything, per item. With ``profile``, ``py-spy record`` samples the
+    server until then (speedscope JSON at that path)."""
+    spy: subprocess.Popen[bytes] | None = None
+    if profile is not None and pid is not None:
+        spy = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "250",
+             "--format", "speedscope", "--output", str(profile), "--threads", "--gil"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)  # attached before the first session
     base = entries_added(r)
+    cpu0 = _proc_cpu_ticks(pid) if pid is not None else 0
     t0 = time.time()
     sessions = send_sessions(r, fixture)
     expected = len(fixture.generation_ids) + len(fixture.bubble_ids)
@@ -420,12 +440,15 @@ def first_sync(
     last_pub, last_growth, checked_at = -1, time.monotonic(), 0
     missing: dict[str, int] = {}
     complete = False
-    samples: list[tuple[float, int, int]] = []
+    # (s, published, stored, CPU ticks, RSS MB)
+    samples: list[tuple[float, int, int, int, float]] = []
+    ticks = (lambda: _proc_cpu_ticks(pid) - cpu0) if pid is not None else (lambda: 0)
+    rss = (lambda: _proc_mem_mb(pid)["VmRSS"]) if pid is not None else (lambda: 0.0)
     deadline = time.monotonic() + setup.sync_timeout_s
     while time.monotonic() < deadline:
         pub = entries_added(r) - base - sessions
         stored = store.count()
-        samples.append((round(time.time() - t0, 2), pub, stored))
+        samples.append((round(time.time() - t0, 2), pub, stored, ticks(), rss()))
         if pub != last_pub:
             last_pub, last_growth = pub, time.monotonic()
         quiet = time.monotonic() - last_growth
@@ -438,6 +461,7 @@ def first_sync(
         if quiet > stall_s:
             break
         time.sleep(0.2)
+    cpu_pub = _proc_cpu_ticks(pid) - cpu0 if pid is not None else 0
     if not complete:
         missing = _missing(r, fixture)
     # The store: until it holds every entry on the stream, or stops growing for 10 s.
@@ -445,22 +469,42 @@ def first_sync(
     last_stored, since = -1, time.monotonic()
     while time.monotonic() - since < 10.0:
         stored = store.count()
-        samples.append((round(time.time() - t0, 2), entries_added(r) - base - sessions, stored))
+        now_s = round(time.time() - t0, 2)
+        samples.append((now_s, entries_added(r) - base - sessions, stored, ticks(), rss()))
         if stored >= total:
             break
         if stored != last_stored:
             last_stored, since = stored, time.monotonic()
         time.sleep(0.2)
+    cpu_all = _proc_cpu_ticks(pid) - cpu0 if pid is not None else 0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        spy.wait(timeout=60)
     # Rates from the stream ids (Redis' clock) and the store's received_at_ms.
-    trace_ms = [
-        entry_ms(eid) for eid, f in scan_stream(r) if f.get(b"event_type") == b"database_trace"
-    ]
+    trace_ms: list[int] = []
+    by_kind: dict[str, list[int]] = {}  # first and last trace time of each kind
+    for eid, f in scan_stream(r):
+        if f.get(b"event_type") == b"database_trace":
+            ms = entry_ms(eid)
+            trace_ms.append(ms)
+            key = trace_key(f)
+            span = by_kind.setdefault(key[0] if key else "other", [ms, ms, 0])
+            span[0], span[1], span[2] = min(span[0], ms), max(span[1], ms), span[2] + 1
     n = len(trace_ms)
     span_s = (max(trace_ms) - min(trace_ms)) / 1000 if n > 1 else 0.0
     # Busy time: gaps between consecutive traces count up to BUSY_GAP_S, so waiting for the
     # next poll is left out and what remains is the publishing throughput itself.
     trace_ms.sort()
     busy_s = sum(min(b - a, BUSY_GAP_S * 1000) for a, b in itertools.pairwise(trace_ms)) / 1000
+    # CPU while publishing: from the last sample before the first trace to the first sample
+    # after the last one (a 0.2 s grain on each side).
+    span_cpu = None
+    if n and pid is not None:
+        first_s, last_s = min(trace_ms) / 1000 - t0, max(trace_ms) / 1000 - t0
+        before = [c for s, _, _, c, _ in samples if s <= first_s]
+        after = [c for s, _, _, c, _ in samples if s >= last_s]
+        if after:
+            span_cpu = (after[0] - (before[-1] if before else 0)) / CLK_TCK
     rows, first_rx, last_rx = store.span()
     store_span_s = (last_rx - first_rx) / 1000 if rows > 1 else 0.0
     return {
@@ -472,11 +516,26 @@ def first_sync(
         "first_trace_after_s": round(min(trace_ms) / 1000 - t0, 2) if n else None,
         "wall_s": round(max(trace_ms) / 1000 - t0, 2) if n else None,
         "published_per_s": round(n / span_s) if span_s else None,
+        "by_kind_s": {  # seconds after the sessions were sent: first, last trace; count
+            k: [round(a / 1000 - t0, 2), round(b / 1000 - t0, 2), c]
+            for k, (a, b, c) in by_kind.items()
+        },
         "busy_s": round(busy_s, 2),
         "busy_published_per_s": round(n / busy_s) if busy_s else None,
         "stored_rows": rows,
         "store_span_s": round(store_span_s, 2),
         "stored_per_s_during_sync": round(rows / store_span_s) if store_span_s else None,
+        # Server CPU (s) from the sessions to the last publication (its 2 s quiet check
+        # included) and to the full store, and per expected item (us).
+        "cpu_s_publish": round(cpu_pub / CLK_TCK, 2),
+        "cpu_s_stored": round(cpu_all / CLK_TCK, 2),
+        "cpu_us_per_item_publish": round(cpu_pub / CLK_TCK * 1e6 / expected, 1),
+        "cpu_s_publish_span": round(span_cpu, 2) if span_cpu is not None else None,
+        "cpu_us_per_item_publish_span": (
+            round(span_cpu * 1e6 / n, 1) if span_cpu is not None and n else None
+        ),
+        "cpu_us_per_item_stored": round(cpu_all / CLK_TCK * 1e6 / expected, 1),
+        "memory_mb_after_sync": _proc_mem_mb(pid) if pid is not None else None,
         "timeline": samples[:: max(1, len(samples) // 200)],
     }
 
@@ -684,7 +743,14 @@ def consumer_backlog(
 # --------------------------------------------------------------------------- one configuration
 
 
-def run_config(name: str, setup: Setup, cached: Path) -> dict[str, Any]:
+def run_config(
+    name: str,
+    setup: Setup,
+    cached: Path,
+    only: str | None = None,
+    binary: Path = BLUEPLANE,
+    profile: Path | None = None,
+) -> dict[str, Any]:
     """Set up, run the server, measure every phase, stop and clean up everything."""
     root = Path(tempfile.mkdtemp(prefix=f"blueplane-live-{name}-", dir="/tmp"))
     system_redis = shutil.which("redis-server")  # 7.x: XINFO STREAM has entries-added
@@ -715,12 +781,14 @@ def run_config(name: str, setup: Setup, cached: Path) -> dict[str, Any]:
             BLUEPLANE_CURSOR_DIRS=str(fixture.user.path),
             **CONFIGS[name],
         )
-        server = ServerProcess(root, env)
+        server = ServerProcess(root, env, binary)
         server.start()
         store = StoreReader(home / "telemetry.db")
         poll_s = SAFETY_POLL_S[name]
         log(f"{name}: server pid {server.pid} running; first sync")
-        result["first_sync"] = first_sync(r, store, fixture, setup, poll_s)
+        result["first_sync"] = first_sync(
+            r, store, fixture, setup, poll_s, pid=server.pid, profile=profile
+        )
         log(f"{name}: first sync {_brief(result['first_sync'])}")
         result["raw_xadd"] = raw_xadd(r)
         pub = result["first_sync"]["published_per_s"]
@@ -728,6 +796,10 @@ def run_config(name: str, setup: Setup, cached: Path) -> dict[str, Any]:
         result["sync_ratio_pct"] = round(100 * pub / raw, 1) if pub and raw else None
         busy = result["first_sync"]["busy_published_per_s"]
         result["busy_sync_ratio_pct"] = round(100 * busy / raw, 1) if busy and raw else None
+        if only == "first-sync":
+            result["memory_mb"] = _proc_mem_mb(server.pid)
+            log(f"{name}: raw XADD {result['raw_xadd']}; memory {result['memory_mb']}")
+            return result
         log(f"{name}: raw XADD {result['raw_xadd']}; latency ({setup.samples} samples each)")
         result["latency"] = latency(url, r, fixture, setup, timeout_s=max(5.0, poll_s + 5.0))
         log(f"{name}: latency {result['latency']}")
@@ -874,6 +946,19 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="run only this configuration (repeatable; default: all)",
     )
+    ap.add_argument(
+        "--only",
+        choices=["first-sync"],
+        help="measure only the first sync and raw XADD (no latency, idle or backlog phase)",
+    )
+    ap.add_argument(
+        "--blueplane",
+        type=Path,
+        default=BLUEPLANE,
+        help="the server executable (e.g. another checkout's .venv/bin/blueplane for an A/B)",
+    )
+    ap.add_argument("--profile", type=Path, help="py-spy the first sync into this file")
+    ap.add_argument("--output", type=Path, help="results file (default: bench/results/...)")
     args = ap.parse_args(argv)
     setup = QUICK if args.quick else FULL
     names = args.config or list(CONFIGS)
@@ -887,7 +972,9 @@ def main(argv: list[str] | None = None) -> int:
     cached = cached_global_db(setup)
     size = cached.stat().st_size
     log(f"global database {cached} ({size:,} bytes) ready in {time.monotonic() - t:.1f} s")
-    results = [run_config(name, setup, cached) for name in names]
+    results = [
+        run_config(name, setup, cached, args.only, args.blueplane, args.profile) for name in names
+    ]
     info["load_avg_at_end"] = os.getloadavg()
     report = {
         "setup": asdict(setup),
@@ -895,9 +982,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "note": "shared machine: other engineers' test runs may have competed for the 2 cores",
         "command": " ".join([_shown(sys.executable), *sys.argv]),
+        "server": _shown(str(args.blueplane)),
         "results": results,
     }
-    out = RESULTS / ("live-quick.json" if args.quick else "live.json")
+    out = args.output or RESULTS / ("live-quick.json" if args.quick else "live.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(table(results))
@@ -908,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{BUSY_GAP_S} s left out. store /s: backlog replay. Misses: not on the stream "
         "within the sample timeout (safety poll + 5 s)."
     )
-    print(f"written {out.relative_to(ROOT)}")
+    print(f"written {_shown(str(out))}")
     return 0
 
 
