@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,11 @@ log = logging.getLogger("blueplane.publisher")
 # wait that long at most) while the round-trips stay few; see bench/bench_publish.py.
 CHUNK = 250
 META_CACHE_MAX = 4096
+# A publication of at least this many items is a catch-up (a first sync, a backlog after an
+# outage); the catch-up is taken to go on for CATCH_UP_HOLD_S after the last such one. Live
+# edits publish a few items per read.
+CATCH_UP_ITEMS = 64
+CATCH_UP_HOLD_S = 0.5
 
 # KEYS: stream, watermark hash, then one dedup key per event.
 # ARGV: ttl; n watermark pairs, the pairs; n revision-memo pairs (key, value; written with
@@ -152,6 +158,15 @@ class Publisher:
         # EVALSHA, loaded again by redis-py if the server lost it (NOSCRIPT after a restart).
         self._publish_script = redis.register_script(PUBLISH_LUA)
         self._meta_cache: dict[tuple[Destination, str | None], str] = {}
+        self._catch_up_until = 0.0  # monotonic time; see catching_up()
+
+    def catching_up(self) -> float:
+        """Seconds the current catch-up is still expected to go on (0: none).
+
+        The in-process consumer yields to it (``FastPathConsumer``): both share one GIL, and
+        the stream holds what the store has not read yet.
+        """
+        return max(0.0, self._catch_up_until - time.monotonic())
 
     async def load_watermarks(self, db_path: str) -> dict[str, Watermark]:
         raw = await self.redis.hgetall(self.keys.watermark(db_path))
@@ -264,6 +279,8 @@ class Publisher:
         keys_fixed = [self.stream, self.keys.watermark(db_path)]
         sent = 0
         n = len(routed)
+        if n >= CATCH_UP_ITEMS:
+            self._catch_up_until = time.monotonic() + CATCH_UP_HOLD_S
         # Chunk k+1 is encoded while Redis runs chunk k; it is sent only once k succeeded, so
         # chunks apply in order and the watermark (last chunk) never precedes its events.
         running: asyncio.Future[int] | None = None

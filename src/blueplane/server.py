@@ -156,6 +156,7 @@ class Server:
                 consumer = FastPathConsumer(
                     redis, s.fast_path, s.redis.stream, store,
                     mon.dedup_window_hours * 3600, self.health,
+                    catch_up=publisher.catching_up,
                 )  # fmt: skip
                 tasks.append(asyncio.create_task(consumer.run(self.stop_event), name="consumer"))
             if s.otlp.active():

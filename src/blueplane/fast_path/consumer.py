@@ -42,6 +42,9 @@ MAX_ENTRY_BYTES = 1_048_576  # an entry larger than this is dead-lettered, not s
 MAX_BACKOFF_S = 10.0  # while Redis is away: the store trails the stream by at most this
 STORE_LOG_EVERY_S = 60.0  # an unusable store is one log line per minute, not one per retry
 DEAD_LETTER_FIELD_CAP = 65536  # characters kept of each field in a dead letter's copy
+# Longest wait for a catch-up of the publisher in this process before reading one batch anyway
+# (see FastPathConsumer._yield_to_catch_up).
+CATCH_UP_MAX_DEFER_S = 5.0
 _INT64 = (-(2**63), 2**63 - 1)
 _loads = orjson.loads
 _OrjsonError = orjson.JSONDecodeError
@@ -234,8 +237,11 @@ class FastPathConsumer:
         dedup_window_s: float,
         health: Health,
         clock: Callable[[], float] = time.monotonic,
+        catch_up: Callable[[], float] | None = None,
     ) -> None:
         self.redis = redis
+        # Seconds a catch-up of the publisher of this process is still expected to last.
+        self.catch_up = catch_up
         self.cfg = config
         self.stream = stream
         self.store = store
@@ -331,6 +337,7 @@ class FastPathConsumer:
             if n == 0:
                 self._drained = True
             return n
+        await self._yield_to_catch_up()
         now = self.clock()
         handled = 0
         if now - self._last_claim >= self.cfg.claim_idle_ms / 2000:
@@ -340,6 +347,24 @@ class FastPathConsumer:
         if n == 0 and self._inflight is not None:
             await self._flush()  # caught up: finish the last batch before blocking
         return handled + n
+
+    async def _yield_to_catch_up(self) -> None:
+        """While this process's publisher catches up (a first sync), do not read.
+
+        Publisher and consumer share one GIL: reading, parsing and storing at the same time
+        slows the publication down as much as it costs. The stream holds the entries meanwhile
+        (the trimmer never removes unread ones) and the store takes them right after, in full
+        batches. At most ``CATCH_UP_MAX_DEFER_S`` per read, so a long catch-up still moves the
+        store on.
+        """
+        if self.catch_up is None:
+            return
+        deadline = self.clock() + CATCH_UP_MAX_DEFER_S
+        while not self._stop.is_set():
+            wait = min(self.catch_up(), deadline - self.clock())
+            if wait <= 0:
+                return
+            await wait_any([self._stop], wait)
 
     async def _read(self, start: str, block_ms: int | None) -> int:
         if start == "0":
