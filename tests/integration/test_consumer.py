@@ -342,3 +342,49 @@ def test_store_is_idempotent_across_processes(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "telemetry.db")
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
     conn.close()
+
+
+async def test_reading_waits_while_the_publisher_catches_up_then_stores_everything(
+    aclient: aioredis.Redis, redis_client: sync_redis.Redis, store: TraceStore
+) -> None:
+    """During a first sync the store trails the stream: nothing is read while the publisher
+    of the process says it is catching up, everything right after."""
+    for i in range(5):
+        redis_client.xadd(STREAM, trace_fields(f"g-{i}"))
+    holding, asked = True, 0
+
+    def catch_up() -> float:
+        nonlocal asked
+        asked += 1
+        return 0.02 if holding else 0.0
+
+    consumer = make_consumer(aclient, store)
+    consumer.catch_up = catch_up
+    await consumer.ensure_group()
+    await consumer.step(block_ms=None)  # its own pending entries: none
+    step = asyncio.create_task(consumer.step(block_ms=None))
+    while asked < 5 and not step.done():  # asked again after each short wait, still holding
+        await asyncio.sleep(0.01)
+    assert not step.done()
+    assert stored_ids(store) == []
+    assert redis_client.xinfo_groups(STREAM)[0]["pending"] == 0  # not even read
+    holding = False
+    assert await step == 5
+    assert sorted(stored_ids(store)) == [f"g-{i}" for i in range(5)]
+
+
+async def test_a_catch_up_that_goes_on_delays_a_read_by_at_most_the_cap(
+    aclient: aioredis.Redis,
+    redis_client: sync_redis.Redis,
+    store: TraceStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("blueplane.fast_path.consumer.CATCH_UP_MAX_DEFER_S", 0.2)
+    for i in range(3):
+        redis_client.xadd(STREAM, trace_fields(f"c-{i}"))
+    consumer = make_consumer(aclient, store)
+    consumer.catch_up = lambda: 60.0  # never ends
+    await consumer.ensure_group()
+    await consumer.step(block_ms=None)
+    assert await asyncio.wait_for(consumer.step(block_ms=None), timeout=10) == 3
+    assert len(stored_ids(store)) == 3

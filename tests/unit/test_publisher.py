@@ -14,7 +14,13 @@ import redis.asyncio as aioredis
 from blueplane.cursor.layouts.base import TraceItem
 from blueplane.events import GenerationPayload
 from blueplane.keys import dedup_key, watermark_key
-from blueplane.publisher import TRACE_FIELDS, Destination, Publisher
+from blueplane.publisher import (
+    CATCH_UP_HOLD_S,
+    CATCH_UP_ITEMS,
+    TRACE_FIELDS,
+    Destination,
+    Publisher,
+)
 
 STREAM = "telemetry:events"
 
@@ -215,3 +221,13 @@ def test_text_that_cannot_be_utf8_is_escaped_not_fatal() -> None:
     values = dict(zip(TRACE_FIELDS, pub.event_values(DEST, it), strict=True))
     values["payload"].encode("utf-8")  # what redis-py does; must not raise
     assert json.loads(values["payload"])["description"] == "a\ud800b"
+
+
+async def test_a_large_publication_is_a_catch_up_and_a_small_one_is_not(client) -> None:
+    """The in-process consumer yields while ``catching_up()`` is positive (see consumer)."""
+    pub = Publisher(client, STREAM, dedup_window_s=60)
+    assert pub.catching_up() == 0.0
+    await pub.publish([(DEST, item(f"s{i}")) for i in range(CATCH_UP_ITEMS - 1)], "/db", "l", {})
+    assert pub.catching_up() == 0.0
+    await pub.publish([(DEST, item(f"b{i}")) for i in range(CATCH_UP_ITEMS)], "/db", "l", {})
+    assert 0.0 < pub.catching_up() <= CATCH_UP_HOLD_S
