@@ -231,3 +231,22 @@ async def test_a_large_publication_is_a_catch_up_and_a_small_one_is_not(client) 
     assert pub.catching_up() == 0.0
     await pub.publish([(DEST, item(f"b{i}")) for i in range(CATCH_UP_ITEMS)], "/db", "l", {})
     assert 0.0 < pub.catching_up() <= CATCH_UP_HOLD_S
+
+
+async def test_any_text_reaches_the_stream_byte_for_byte(client) -> None:
+    """The events' own values travel to the script as one JSON array: quotes, backslashes,
+    control characters, NUL, U+2028, non-BMP text and a lone surrogate (escaped by the
+    fallback encoder) all arrive exactly as encoded."""
+    pub = Publisher(client, STREAM, dedup_window_s=60)
+    texts = ['q"b\\s/', "tab\tnl\ncr\r\x00\x01\x1f", "é\u2028\u2029€𝄞😀", "lone \ud800 x", ""]
+    items = [
+        TraceItem(GenerationPayload(generation_id=f"t{i}", description=t), timestamp_ms=i + 1)
+        for i, t in enumerate(texts)
+    ]
+    assert await pub.publish([(DEST, it) for it in items], "/db", "lay", {}) == len(items)
+    entries = await client.xrange(STREAM)
+    for it, (_, fields) in zip(items, entries, strict=True):
+        decoded = {k.decode(): v.decode() for k, v in fields.items()}
+        assert decoded == dict(zip(TRACE_FIELDS, pub.event_values(DEST, it), strict=True))
+        if "\ud800" not in it.payload.description:  # type: ignore[attr-defined]
+            assert decoded == pub.build_event(DEST, it).to_fields()

@@ -188,9 +188,8 @@ class GlobalBubbles:
             if settled_by is None:
                 continue
             pending.pop(p.key, None)
-            stamped = revs.stamp(
-                f"m:{p.bubble_id}", msg.model_copy(update={"settled_by": settled_by})
-            )
+            msg.settled_by = settled_by  # built here for this bubble alone: no copy needed
+            stamped = revs.stamp(f"m:{p.bubble_id}", msg)
             if stamped is not None:
                 items.append(TraceItem(payload=stamped, timestamp_ms=ts))
         while len(pending) > PENDING_CAP:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 
 class BadValue(ValueError):
     """A value that is not the JSON we expect; the message says what is wrong."""
@@ -21,6 +23,13 @@ def load_json(key: str, raw: object) -> Any:
             raise BadValue(f"{key} is a BLOB that is not UTF-8 text") from exc
     if not isinstance(raw, str):
         raise BadValue(f"{key} holds a {type(raw).__name__}, not JSON text")
+    try:
+        # orjson: 3-4x the standard library's speed (a first sync parses every value). What
+        # only the standard library reads (NaN, an integer over 64 bits, a lone surrogate)
+        # is read by it, as before, and so is the message of what neither reads.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
