@@ -750,6 +750,7 @@ def run_config(
     only: str | None = None,
     binary: Path = BLUEPLANE,
     profile: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Set up, run the server, measure every phase, stop and clean up everything."""
     root = Path(tempfile.mkdtemp(prefix=f"blueplane-live-{name}-", dir="/tmp"))
@@ -780,7 +781,10 @@ def run_config(
             BLUEPLANE_REDIS_URL=url,
             BLUEPLANE_CURSOR_DIRS=str(fixture.user.path),
             **CONFIGS[name],
+            **(extra_env or {}),
         )
+        if extra_env:
+            result["extra_env"] = extra_env
         server = ServerProcess(root, env, binary)
         server.start()
         store = StoreReader(home / "telemetry.db")
@@ -958,6 +962,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the server executable (e.g. another checkout's .venv/bin/blueplane for an A/B)",
     )
     ap.add_argument("--profile", type=Path, help="py-spy the first sync into this file")
+    ap.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra environment variable of the server (repeatable), e.g. a setting",
+    )
     ap.add_argument("--output", type=Path, help="results file (default: bench/results/...)")
     args = ap.parse_args(argv)
     setup = QUICK if args.quick else FULL
@@ -972,8 +983,10 @@ def main(argv: list[str] | None = None) -> int:
     cached = cached_global_db(setup)
     size = cached.stat().st_size
     log(f"global database {cached} ({size:,} bytes) ready in {time.monotonic() - t:.1f} s")
+    extra = dict(kv.split("=", 1) for kv in args.server_env)
     results = [
-        run_config(name, setup, cached, args.only, args.blueplane, args.profile) for name in names
+        run_config(name, setup, cached, args.only, args.blueplane, args.profile, extra)
+        for name in names
     ]
     info["load_avg_at_end"] = os.getloadavg()
     report = {

@@ -379,12 +379,20 @@ async def test_a_catch_up_that_goes_on_delays_a_read_by_at_most_the_cap(
     store: TraceStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """...and what piled up is read in CATCH_UP_BATCH batches until a read comes back short."""
     monkeypatch.setattr("blueplane.fast_path.consumer.CATCH_UP_MAX_DEFER_S", 0.2)
+    monkeypatch.setattr("blueplane.fast_path.consumer.CATCH_UP_BATCH", 2)
     for i in range(3):
         redis_client.xadd(STREAM, trace_fields(f"c-{i}"))
     consumer = make_consumer(aclient, store)
-    consumer.catch_up = lambda: 60.0  # never ends
+    ends = [60.0]
+    consumer.catch_up = lambda: ends[0]  # goes on until the test ends it
     await consumer.ensure_group()
     await consumer.step(block_ms=None)
-    assert await asyncio.wait_for(consumer.step(block_ms=None), timeout=10) == 3
-    assert len(stored_ids(store)) == 3
+    assert await asyncio.wait_for(consumer.step(block_ms=None), timeout=10) == 2
+    ends[0] = 0.0
+    assert await consumer.step(block_ms=None) == 1  # short: caught up
+    for i in range(3):
+        redis_client.xadd(STREAM, trace_fields(f"d-{i}"))
+    assert await consumer.step(block_ms=None) == 3  # batch_size again
+    assert len(stored_ids(store)) == 6

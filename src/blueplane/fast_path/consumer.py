@@ -45,6 +45,10 @@ DEAD_LETTER_FIELD_CAP = 65536  # characters kept of each field in a dead letter'
 # Longest wait for a catch-up of the publisher in this process before reading one batch anyway
 # (see FastPathConsumer._yield_to_catch_up).
 CATCH_UP_MAX_DEFER_S = 5.0
+# Entries per read while the store catches up after such a wait: a first sync's backlog read
+# in batch_size (2000) batches, two in memory at once, raised the server's peak RSS by ~27 MB
+# (bench_live: peak 102 MB against 75 MB with 500; the store ~15 % slower to catch up).
+CATCH_UP_BATCH = 500
 _INT64 = (-(2**63), 2**63 - 1)
 _loads = orjson.loads
 _OrjsonError = orjson.JSONDecodeError
@@ -242,6 +246,7 @@ class FastPathConsumer:
         self.redis = redis
         # Seconds a catch-up of the publisher of this process is still expected to last.
         self.catch_up = catch_up
+        self._catch_up_batch: int | None = None  # entries per read after one (see there)
         self.cfg = config
         self.stream = stream
         self.store = store
@@ -364,18 +369,22 @@ class FastPathConsumer:
             wait = min(self.catch_up(), deadline - self.clock())
             if wait <= 0:
                 return
+            # What piled up meanwhile is read in CATCH_UP_BATCH batches until a read comes
+            # back short (caught up): memory stays low for the same store speed.
+            self._catch_up_batch = min(self.cfg.batch_size, CATCH_UP_BATCH)
             await wait_any([self._stop], wait)
 
     async def _read(self, start: str, block_ms: int | None) -> int:
         if start == "0":
             await self._flush()  # "0" re-reads what is unacknowledged: the batch in flight too
+        count = self._catch_up_batch or self.cfg.batch_size
         resp = await self.redis.xreadgroup(
             self.cfg.group, self.cfg.consumer, {self.stream: start},
-            count=self.cfg.batch_size, block=block_ms,
+            count=count, block=block_ms,
         )  # fmt: skip
-        if not resp:
-            return 0
-        entries = resp[0][1]
+        entries = resp[0][1] if resp else []
+        if len(entries) < count:
+            self._catch_up_batch = None
         if not entries:
             return 0
         too_many = await self._over_delivered(entries) if start == "0" else set()
