@@ -211,7 +211,6 @@ async def test_a_long_idle_block_neither_delays_a_session_nor_the_stop(
     task = asyncio.create_task(m.run(stop))
     observer = aioredis.Redis.from_url(redis_url)
     try:
-
         db = str(observer.connection_pool.connection_kwargs.get("db", 0))
 
         async def blocked() -> bool:  # our XREAD waits in Redis (other tests share Redis)

@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from watchfiles import awatch
 
-from blueplane.aio import sleep_or_stop, wait_any
+from blueplane.aio import or_stop, sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.events import MalformedEntry, SessionEvent, iso_from_ms, iso_now, parse_iso_ms
 from blueplane.health import Health
@@ -363,7 +363,8 @@ class SessionMonitor:
                     scanned_at = time.monotonic()
                     await self.scan()
                     self.health.status = "ok"
-                scan = await self._wait_for_entry_or_stop(block_ms, stop)
+                # Given up on stop: a long block never delays it.
+                scan = bool(await or_stop(self._wait_for_entry(block_ms), stop))
                 if scan:  # coalesce a burst of writes into one scan
                     wait = MIN_SCAN_INTERVAL_S - (time.monotonic() - scanned_at)
                     await sleep_or_stop(stop, wait)
@@ -384,22 +385,6 @@ class SessionMonitor:
         """Block until an entry follows the position (True) or ``block_ms`` passed (False)."""
         resp = await self.redis.xread({self.stream: self._last_id}, count=1, block=block_ms)
         return bool(resp)
-
-    async def _wait_for_entry_or_stop(self, block_ms: int, stop: asyncio.Event) -> bool:
-        """``_wait_for_entry``, given up when ``stop`` is set: a long block never delays a
-        stop (the cancelled read's connection is closed by redis-py, not reused mid-reply)."""
-        read = asyncio.ensure_future(self._wait_for_entry(block_ms))
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            if not read.done():
-                read.cancel()
-                await asyncio.gather(read, return_exceptions=True)
-        if read.cancelled():
-            return False
-        return read.result()
 
     async def read_once(self, block_ms: int | None = None) -> int:
         """Examine every entry after the position; returns how many were examined.

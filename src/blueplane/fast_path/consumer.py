@@ -27,7 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from blueplane.aio import Backoff, sleep_or_stop, wait_any
+from blueplane.aio import Backoff, or_stop, sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import FastPathConfig
 from blueplane.events import MalformedEntry, iso_now, parse_iso_ms
@@ -344,10 +344,13 @@ class FastPathConsumer:
     async def _read(self, start: str, block_ms: int | None) -> int:
         if start == "0":
             await self._flush()  # "0" re-reads what is unacknowledged: the batch in flight too
-        resp = await self.redis.xreadgroup(
+        read = self.redis.xreadgroup(
             self.cfg.group, self.cfg.consumer, {self.stream: start},
             count=self.cfg.batch_size, block=block_ms,
         )  # fmt: skip
+        # A blocking read is given up on stop (what Redis handed over meanwhile stays pending,
+        # re-read at the next start): a long block_ms costs few idle round-trips, no stop delay.
+        resp = await (read if block_ms is None else or_stop(read, self._stop))
         if not resp:
             return 0
         entries = resp[0][1]
