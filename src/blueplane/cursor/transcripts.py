@@ -35,7 +35,7 @@ from typing import Any
 
 from watchfiles import awatch
 
-from blueplane.aio import wait_any
+from blueplane.aio import until_tick, wait_any
 from blueplane.conversation_index import UNKNOWN_WORKSPACE
 from blueplane.cursor.layouts.base import TraceItem
 from blueplane.cursor.layouts.conversation import text_parts
@@ -359,7 +359,7 @@ class TranscriptFollower:
             self._restart.clear()
             dirs = [d for d in self._dirs if d.is_dir()]
             if not dirs:
-                await wait_any([stop, self.sessions.transcripts_changed], self.poll_s)
+                await wait_any([stop, self.sessions.transcripts_changed], until_tick(self.poll_s))
                 continue
             halt = _Either(stop, self._restart)
             try:
