@@ -188,9 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-strace", action="store_true")
     ap.add_argument("--no-pyspy", action="store_true")
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--blueplane",
+        type=Path,
+        default=bl.BLUEPLANE,
+        help="the server's executable (e.g. /work/main/.venv/bin/blueplane for an A/B)",
+    )
     ap.add_argument("--keep", type=Path, help="copy the strace/py-spy/server logs here")
     args = ap.parse_args(argv)
     setup = SMALL if args.small else bl.FULL
+    bl.BLUEPLANE = args.blueplane  # ServerProcess starts this one
 
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -202,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     redis_server = BundledRedis(root / "redis", binary=Path(system_redis) if system_redis else None)
     server: bl.ServerProcess | None = None
     fixture: bl.Fixture | None = None
-    result: dict[str, Any] = {"setup": setup.name, "load_avg": os.getloadavg()}
+    result: dict[str, Any] = {
+        "setup": setup.name,
+        "blueplane": str(args.blueplane),
+        "load_avg": os.getloadavg(),
+    }
     try:
         fixture = bl.make_fixture(setup, root, cached)
         url = redis_server.start()

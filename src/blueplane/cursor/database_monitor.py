@@ -131,6 +131,7 @@ class CursorDatabaseMonitor:
         self._next_identity_check = 0.0
         self.polls = 0  # scheduling rounds run (tests wait on it)
         self.checks = 0  # timed polls answered by a fingerprint check in the scheduler
+        self._round_stamp: str | None = None  # ``last_check`` of this round's idle checks
 
     @property
     def detector(self) -> SchemaDetector:
@@ -244,6 +245,7 @@ class CursorDatabaseMonitor:
                 for key in self._by_folder.get(folder, ()):
                     if key in self._targets:
                         self._targets[key].dirty = True
+        self._round_stamp = None
         for key, target in self._targets.items():
             idle_due = target.task is None and not target.dirty and now >= target.due
             if idle_due and self._unchanged(key):
@@ -308,7 +310,9 @@ class CursorDatabaseMonitor:
             return False  # vanished: the read reports it
         self.checks += 1
         if same:
-            wh.last_check = iso_now()
+            if self._round_stamp is None:  # one clock read for the round's 100 checks
+                self._round_stamp = iso_now()
+            wh.last_check = self._round_stamp
             wh.status = "idle"
         return same
 
