@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clean-windows", type=int, default=1)
     ap.add_argument("--no-strace", action="store_true")
     ap.add_argument("--no-pyspy", action="store_true")
+    ap.add_argument(
+        "--latency",
+        action="store_true",
+        help="run bench_live's latency phase (streamed bubbles, new generations) before idling",
+    )
     ap.add_argument("--out", type=Path)
     ap.add_argument(
         "--blueplane",
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         bl.log(f"server pid {server.pid}; first sync")
         fs = bl.first_sync(r, store, fixture, setup, 30.0)
         result["first_sync_complete"] = fs["complete"]
+        if args.latency:  # as bench_live does before its idle window
+            lat = bl.latency(url, r, fixture, setup, timeout_s=35.0)
+            result["latency"] = {k: lat[k] for k in ("generation", "bubble")}
+            bl.log(f"latency phase done: {result['latency']}")
         bl.log(f"first sync complete={fs['complete']}; waiting for quiet")
         result["settle_wait_s"] = bl.wait_quiet(r, quiet_s=32.0, limit_s=180.0)
         before = bl.entries_added(r)
