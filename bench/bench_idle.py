@@ -14,6 +14,8 @@ for the stream to be quiet, and measure the idle server over windows of ``--wind
 
     .venv/bin/python bench/bench_idle.py                      # full setup, 60 s windows
     .venv/bin/python bench/bench_idle.py --small --window 30  # 100 workspaces, small global DB
+    .venv/bin/python bench/bench_idle.py --latency            # bench_live's latency phase first
+    .venv/bin/python bench/bench_idle.py --blueplane /work/main/.venv/bin/blueplane  # A/B
 
 Prints a JSON summary (and writes it to ``--out`` when given).
 """
