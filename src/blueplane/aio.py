@@ -4,8 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def until_tick(interval: float) -> float:
+    """Seconds from now to the next multiple of ``interval`` on the monotonic clock.
+
+    Periodic loops that sleep this long instead of ``interval`` after their work wake on shared
+    ticks: the status check, the spool, the transcript poll, the lock refresh and the trimmer
+    (2, 2, 2, 5 and 10 s) then cost one wake-up of the process per 2 s together, not one each.
+    The period stays at most ``interval``.
+    """
+    if interval <= 0:
+        return 0.0
+    now = time.monotonic()
+    return (math.floor(now / interval) + 1) * interval - now
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
@@ -15,6 +33,24 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def or_stop(aw: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``aw``'s result, or None as soon as ``stop`` is set (``aw`` is then cancelled).
+
+    For blocking reads (``XREAD BLOCK``): a long block costs few idle round-trips and never
+    delays a stop. redis-py closes a connection whose reply was cancelled, never reuses it.
+    """
+    task = asyncio.ensure_future(aw)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return None if task.cancelled() else task.result()
 
 
 async def wait_any(events: list[asyncio.Event], seconds: float | None) -> None:

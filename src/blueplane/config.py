@@ -117,7 +117,9 @@ class FastPathConfig(_Section):
     consumer: str = "fast-path-1"
     # Entries read, stored (one transaction) and acknowledged (one XACK) at a time.
     batch_size: int = Field(2000, ge=1)
-    block_ms: int = Field(1000, ge=1)
+    # One blocking read's wait while caught up: an entry ends it at once and a stop does not
+    # wait for it, so it sets only the idle round-trips. Under the client's 10 s socket timeout.
+    block_ms: int = Field(5000, ge=1)
     # Entries kept on the stream once acknowledged; never trims an entry some consumer group
     # has not acknowledged or the session monitor has not read. Applies with enabled: false too.
     max_stream_length: int = Field(100_000, ge=100)

@@ -22,7 +22,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from blueplane.aio import sleep_or_stop
+from blueplane.aio import sleep_or_stop, until_tick
 from blueplane.broker import REDIS_DOWN
 from blueplane.events import iso_now
 from blueplane.keys import LEGACY, Keys
@@ -169,7 +169,7 @@ class InstanceLock:
     async def run(self, stop: asyncio.Event, on_lost: Callable[[str], None]) -> None:
         """Refresh every ``refresh_s`` until ``stop``; call ``on_lost`` if the lock is lost."""
         down = False
-        while not await sleep_or_stop(stop, self.refresh_s):
+        while not await sleep_or_stop(stop, until_tick(self.refresh_s)):
             try:
                 ours = await self.refresh()
             except (*REDIS_DOWN, RedisError) as exc:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from blueplane.aio import sleep_or_stop
+from blueplane.aio import sleep_or_stop, until_tick
 from blueplane.health import Health
 
 log = logging.getLogger("blueplane.server")
@@ -38,4 +38,4 @@ async def supervise(
         if now != written:
             write_status()
             written = now
-        await sleep_or_stop(stop_event, every_s)
+        await sleep_or_stop(stop_event, until_tick(every_s))

@@ -396,3 +396,47 @@ async def test_a_catch_up_that_goes_on_delays_a_read_by_at_most_the_cap(
         redis_client.xadd(STREAM, trace_fields(f"d-{i}"))
     assert await consumer.step(block_ms=None) == 3  # batch_size again
     assert len(stored_ids(store)) == 6
+
+
+async def test_a_long_idle_block_neither_delays_an_entry_nor_the_stop(
+    aclient: aioredis.Redis, redis_client: sync_redis.Redis, store: TraceStore
+) -> None:
+    """Caught up, one XREADGROUP blocks for ``block_ms`` (few idle round-trips): a new entry
+    ends it at once, a stop does not wait for it, and nothing read is lost or doubled."""
+    consumer = make_consumer(aclient, store, block_ms=30_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    db = str(redis_client.connection_pool.connection_kwargs.get("db", 0))
+
+    def blocked() -> bool:  # our read waits in Redis (other tests share the server)
+        return any(
+            c.get("cmd") == "xreadgroup" and c.get("db") == db and "b" in c.get("flags", "")
+            for c in redis_client.client_list()
+        )
+
+    async def until(predicate: Any, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not predicate():
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(blocked, "the consumer blocks on the stream")
+        loop = asyncio.get_running_loop()
+        added = loop.time()
+        redis_client.xadd(STREAM, trace_fields("while-blocked"))
+        await until(lambda: stored_ids(store) == ["while-blocked"], "the entry stored")
+        assert loop.time() - added < 5.0  # not at the block's end
+        await until(blocked, "blocked again")
+        stopping = loop.time()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert loop.time() - stopping < 2.0
+        assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+        assert await aclient.ping()  # the shared client works after the cancelled read
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert stored_ids(store) == ["while-blocked"]

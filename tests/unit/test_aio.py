@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from blueplane.aio import Backoff, sleep_or_stop
+from blueplane.aio import Backoff, or_stop, sleep_or_stop, until_tick
 
 
 def test_backoff_doubles_from_initial_up_to_the_cap() -> None:
@@ -61,3 +61,28 @@ def test_sleep_or_stop_returns_false_after_the_delay() -> None:
         return await sleep_or_stop(asyncio.Event(), 0.01)
 
     assert asyncio.run(scenario()) is False
+
+
+def test_until_tick_lands_every_caller_on_the_same_tick() -> None:
+    """Loops of 2, 5 and 10 s that sleep ``until_tick`` wake together on shared ticks (the 10 s
+    ones), and none waits longer than its interval."""
+    for interval in (0.5, 2.0, 5.0, 10.0):
+        ticks = []
+        for _ in range(3):
+            wait = until_tick(interval)
+            now = time.monotonic()
+            assert 0 < wait <= interval
+            ticks.append(now + wait)
+            time.sleep(0.001)
+        for tick in ticks:  # on the grid of the interval, whoever asked and when
+            assert abs(tick / interval - round(tick / interval)) < 1e-3
+    assert until_tick(0) == 0.0
+
+
+async def test_or_stop_returns_the_result_or_gives_up_on_stop() -> None:
+    stop = asyncio.Event()
+    assert await or_stop(asyncio.sleep(0, result=7), stop) == 7
+    never = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    assert await asyncio.wait_for(or_stop(never, stop), 2) is None
+    assert never.cancelled()

@@ -255,3 +255,39 @@ async def test_the_production_scheduler_captures_and_leaves_an_idle_database_unr
 
 async def _eq(value, expected) -> bool:  # type: ignore[no-untyped-def]
     return await value == expected
+
+
+async def test_the_safety_poll_checks_every_idle_workspace_in_one_round(
+    tmp_path: Path, client
+) -> None:
+    """Idle, the timed polls of all workspaces fall on the same ticks: one scheduling round
+    (one wake-up, one status write) per interval checks them all, none opened; not one round
+    per workspace at the moment its last read happened to end."""
+    rig = Rig(tmp_path, client, poll_interval_seconds=0.2, watch_files=False)
+    spaces = [rig.project(f"p{i}") for i in range(6)]
+    for ws in spaces:
+        ws.db.append_generations(1)
+    await rig.sessions.load()
+    mon, stop = rig.monitor, asyncio.Event()
+    task = asyncio.create_task(mon.run(stop))
+    try:
+        for i, ws in enumerate(spaces):
+            await rig.start(ws, f"s{i}")
+            await asyncio.sleep(0.03)  # reads that end at different moments
+
+        async def n_traces() -> int:
+            return len(await rig.traces())
+
+        await async_wait_until(lambda: _eq(n_traces(), 6), "every workspace captured")
+        await async_wait_until(lambda: mon.checks >= 2 * len(spaces), "idle checks begin")
+        reads, polls, checks = mon.reads, mon.polls, mon.checks
+        await async_wait_until(
+            lambda: mon.checks >= checks + 10 * len(spaces), "ten safety polls of every workspace"
+        )
+        assert mon.reads == reads  # unchanged fingerprints: nothing opened
+        # Per interval: the tick's round, plus the global databases' read finishing (one more).
+        # Unaligned, each of the 6 workspaces had a round of its own (≥ 70 here).
+        assert mon.polls - polls <= 3 * 11, (mon.polls - polls, mon.checks - checks)
+    finally:
+        stop.set()
+        await task

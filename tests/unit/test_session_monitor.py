@@ -197,3 +197,49 @@ async def test_a_stream_key_of_the_wrong_type_is_reported_and_survived(
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_long_idle_block_neither_delays_a_session_nor_the_stop(
+    client, tmp_path: Path, redis_url: str
+) -> None:
+    """Caught up, one XREAD blocks for ``block_ms`` (few idle round-trips); a session_start
+    ends it at once, and a stop does not wait for it."""
+    health = Health()
+    m = SessionMonitor(client, STREAM, tmp_path / "s", health, block_ms=30_000)
+    await m.load()
+    stop = asyncio.Event()
+    task = asyncio.create_task(m.run(stop))
+    observer = aioredis.Redis.from_url(redis_url)
+    try:
+        db = str(observer.connection_pool.connection_kwargs.get("db", 0))
+
+        async def blocked() -> bool:  # our XREAD waits in Redis (other tests share Redis)
+            return any(
+                c.get("cmd") == "xread" and c.get("db") == db and "b" in c.get("flags", "")
+                for c in await observer.client_list()
+            )
+
+        await wait_for_async(blocked)
+        started = asyncio.get_running_loop().time()
+        await send(client, "session_start", "/w/prompt", "prompt")
+        await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["prompt"])
+        assert asyncio.get_running_loop().time() - started < 5.0  # not at the block's end
+        await wait_for_async(blocked)  # caught up again, blocked on the next entry
+        stopping = asyncio.get_running_loop().time()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert asyncio.get_running_loop().time() - stopping < 2.0
+        assert await client.ping()  # the shared client still works after the cancelled read
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await observer.aclose()
+
+
+async def wait_for_async(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)

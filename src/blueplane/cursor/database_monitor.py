@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,16 @@ REDIS_RETRY_MIN_S = 0.5
 REDIS_RETRY_MAX_S = 10.0
 GLOBAL = "global"  # the target that reads every global database
 IDLE_OK = frozenset({"ok", "idle"})
+
+
+def _next_tick(now: float, interval: float) -> float:
+    """The next multiple of ``interval`` after ``now`` (at most ``interval`` away).
+
+    Every target's timed poll falls on the same ticks, so the safety poll of 100 workspaces
+    and the global databases is one round (one wake-up, one ``status.json`` write) per
+    interval, not a round per target at the time its last read happened to end.
+    """
+    return (math.floor(now / interval) + 1) * interval
 
 
 class MapperLike(GlobalMapper, Protocol):
@@ -120,6 +131,7 @@ class CursorDatabaseMonitor:
         self._next_identity_check = 0.0
         self.polls = 0  # scheduling rounds run (tests wait on it)
         self.checks = 0  # timed polls answered by a fingerprint check in the scheduler
+        self._round_stamp: str | None = None  # ``last_check`` of this round's idle checks
 
     @property
     def detector(self) -> SchemaDetector:
@@ -233,10 +245,11 @@ class CursorDatabaseMonitor:
                 for key in self._by_folder.get(folder, ()):
                     if key in self._targets:
                         self._targets[key].dirty = True
+        self._round_stamp = None
         for key, target in self._targets.items():
             idle_due = target.task is None and not target.dirty and now >= target.due
             if idle_due and self._unchanged(key):
-                target.due = now + self._interval(key, target)
+                target.due = _next_tick(now, self._interval(key, target))
                 continue
             if target.task is None and (target.dirty or now >= target.due):
                 target.dirty = False
@@ -297,7 +310,9 @@ class CursorDatabaseMonitor:
             return False  # vanished: the read reports it
         self.checks += 1
         if same:
-            wh.last_check = iso_now()
+            if self._round_stamp is None:  # one clock read for the round's 100 checks
+                self._round_stamp = iso_now()
+            wh.last_check = self._round_stamp
             wh.status = "idle"
         return same
 
@@ -330,7 +345,7 @@ class CursorDatabaseMonitor:
             if target is None or task is None or not task.done():
                 continue  # cancelled and dropped, or already collected
             target.task = None
-            target.due = now + self._interval(key, target)
+            target.due = _next_tick(now, self._interval(key, target))
             if key == GLOBAL:
                 self._mapping_epoch += 1  # a global database may have appeared or gone
             exc = None if task.cancelled() else task.exception()

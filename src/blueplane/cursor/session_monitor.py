@@ -9,7 +9,8 @@ fallback: a file present is an active session, a file removed ends it.
 Cost does not grow with trace volume: a server-side Lua script pages through the stream and
 returns only ``session_start``/``session_end`` entries, so Python never receives the
 ``database_trace`` entries that make up nearly all of the stream. While caught up, one
-``XREAD BLOCK`` of at most one entry per ``block_ms`` is the whole idle cost.
+``XREAD BLOCK`` of at most one entry per ``block_ms`` (5 s: an entry ends the wait at once, so
+only the idle round-trips depend on it; the stop does not wait for it) is the whole idle cost.
 
 A Cursor window that crashed without ``session_end`` must not keep its workspace polled for
 ever: a session whose workspace showed no activity (its start, ``touch()`` by the database
@@ -34,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from watchfiles import awatch
 
-from blueplane.aio import sleep_or_stop, wait_any
+from blueplane.aio import or_stop, sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.events import MalformedEntry, SessionEvent, iso_from_ms, iso_now, parse_iso_ms
 from blueplane.health import Health
@@ -55,6 +56,9 @@ EXPIRY_GRACE_S = 300.0
 # After a wake-up by a new entry, scans are at least this far apart (a burst of traces is one
 # scan, not one per XADD).
 MIN_SCAN_INTERVAL_S = 0.1
+# While caught up, one blocking XREAD waits this long (an entry ends it at once): the idle
+# round-trips of the session monitor. Below the client's 10 s socket timeout, with margin.
+IDLE_BLOCK_MS = 5000
 # A Redis error other than a lost connection (e.g. the stream key of another type) is retried
 # this often.
 ERROR_RETRY_S = 10.0
@@ -161,7 +165,7 @@ class SessionMonitor:
         session_dir: Path,
         health: Health,
         file_poll_s: float = 10.0,
-        block_ms: int | None = 1000,
+        block_ms: int | None = IDLE_BLOCK_MS,
         idle_expiry_hours: float = 12.0,
         clock: Callable[[], float] = time.time,
         page_size: int = SCAN_PAGE,
@@ -349,7 +353,7 @@ class SessionMonitor:
 
     async def _run_stream(self, stop: asyncio.Event) -> None:
         """Scan while there is something new; otherwise one small blocking XREAD per block."""
-        block_ms = self.block_ms or 1000
+        block_ms = self.block_ms or IDLE_BLOCK_MS
         scan, scanned_at = True, -math.inf
         while not stop.is_set():
             try:
@@ -359,7 +363,8 @@ class SessionMonitor:
                     scanned_at = time.monotonic()
                     await self.scan()
                     self.health.status = "ok"
-                scan = await self._wait_for_entry(block_ms)
+                # Given up on stop: a long block never delays it.
+                scan = bool(await or_stop(self._wait_for_entry(block_ms), stop))
                 if scan:  # coalesce a burst of writes into one scan
                     wait = MIN_SCAN_INTERVAL_S - (time.monotonic() - scanned_at)
                     await sleep_or_stop(stop, wait)

@@ -23,6 +23,7 @@ File events (``watchfiles``) wake it at once; a poll every ``poll_s`` catches an
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -34,7 +35,7 @@ from typing import Any
 
 from watchfiles import awatch
 
-from blueplane.aio import wait_any
+from blueplane.aio import until_tick, wait_any
 from blueplane.conversation_index import UNKNOWN_WORKSPACE
 from blueplane.cursor.layouts.base import TraceItem
 from blueplane.cursor.layouts.conversation import text_parts
@@ -52,6 +53,7 @@ TAIL_SETTLE_S = 1.0
 RESCAN_S = 5.0
 
 
+@functools.lru_cache(maxsize=4096)
 def project_folder_key(name: str) -> str:
     """Cursor's project folder name of a workspace path, compared loosely: every run of
     characters other than letters and digits is one ``-``, no leading or trailing ``-``."""
@@ -254,9 +256,11 @@ class TranscriptFollower:
         """Every transcript file of an active workspace, and those hook events named."""
         found: dict[Path, Followed] = {}
         active = self.sessions.active_workspaces()
-        wanted = self._project_dirs()
+        # No projects folder (no agent transcripts yet): no key computed per active workspace
+        # at every poll, one ``stat``.
+        wanted = self._project_dirs() if self.projects_dir.is_dir() else {}
         dirs: set[Path] = set()
-        if wanted and self.projects_dir.is_dir():
+        if wanted:
             for entry in self.projects_dir.iterdir():
                 hit = wanted.get(project_folder_key(entry.name))
                 folder = entry / "agent-transcripts"
@@ -355,7 +359,7 @@ class TranscriptFollower:
             self._restart.clear()
             dirs = [d for d in self._dirs if d.is_dir()]
             if not dirs:
-                await wait_any([stop, self.sessions.transcripts_changed], self.poll_s)
+                await wait_any([stop, self.sessions.transcripts_changed], until_tick(self.poll_s))
                 continue
             halt = _Either(stop, self._restart)
             try:

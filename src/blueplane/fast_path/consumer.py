@@ -27,7 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from blueplane.aio import Backoff, sleep_or_stop, wait_any
+from blueplane.aio import Backoff, or_stop, sleep_or_stop, wait_any
 from blueplane.broker import REDIS_DOWN
 from blueplane.config import FastPathConfig
 from blueplane.events import MalformedEntry, iso_now, parse_iso_ms
@@ -378,10 +378,13 @@ class FastPathConsumer:
         if start == "0":
             await self._flush()  # "0" re-reads what is unacknowledged: the batch in flight too
         count = self._catch_up_batch or self.cfg.batch_size
-        resp = await self.redis.xreadgroup(
+        read = self.redis.xreadgroup(
             self.cfg.group, self.cfg.consumer, {self.stream: start},
             count=count, block=block_ms,
         )  # fmt: skip
+        # A blocking read is given up on stop (what Redis handed over meanwhile stays pending,
+        # re-read at the next start): a long block_ms costs few idle round-trips, no stop delay.
+        resp = await (read if block_ms is None else or_stop(read, self._stop))
         entries = resp[0][1] if resp else []
         if len(entries) < count:
             self._catch_up_batch = None

@@ -28,7 +28,7 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from blueplane.aio import sleep_or_stop
+from blueplane.aio import sleep_or_stop, until_tick
 from blueplane.broker import REDIS_DOWN
 from blueplane.health import Health
 from blueplane.keys import POSITION_KEY
@@ -93,7 +93,7 @@ class StreamTrimmer:
             except (*REDIS_DOWN, RedisError) as exc:
                 self.health.fail("redis_unavailable", f"cannot trim {self.stream}: {exc}")
                 log.warning("trimmer: cannot trim %s: %s", self.stream, exc)
-            await sleep_or_stop(stop, self.interval_s)
+            await sleep_or_stop(stop, until_tick(self.interval_s))
 
     async def safe_trim_id(self) -> str | None:
         """Lowest id some reader still needs: entries strictly below it may go."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from blueplane.aio import sleep_or_stop
+from blueplane.aio import sleep_or_stop, until_tick
 from blueplane.broker import REDIS_DOWN
 from blueplane.health import Health
 from blueplane.keys import LEGACY, SPOOLED_TTL_S, Keys
@@ -68,7 +68,7 @@ class SpoolReplayer:
                 self.health.status = "ok"
             except REDIS_DOWN as exc:
                 self.health.fail("redis_unavailable", f"Redis unavailable: {exc}")
-            await sleep_or_stop(stop, self.interval_s)
+            await sleep_or_stop(stop, until_tick(self.interval_s))
 
     def pending(self) -> list[Path]:
         if not self.dir.is_dir():
