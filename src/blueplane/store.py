@@ -128,9 +128,7 @@ _RECEIVED = EVENTS.column_names.index("received_at_ms")
 # batch it waits up to a switch interval (1 ms) to get it back, once per row: with the other
 # thread busy, executemany wrote 3.3 k events/s, the same rows as set statements 17.7 k. A
 # statement over hundreds of rows is one step. The same wait follows every statement, so a
-# batch is written by as few as SQLite's variable limit allows: one statement per table for
-# a batch of up to ``_MAX_ROWS`` where the limit is 250,000 (Debian's build), a few where it
-# is 32,766 (SQLite's default since 3.32) or 999 (older).
+# batch is written by as few as memory and SQLite's variable limit allow (``_chunked``).
 #
 # Each statement takes the rows of a multi-row VALUES (``column1``…); ``?1``… are the write's
 # own values (time, dedup window, seq base), known only once the write holds the lock.
@@ -167,13 +165,14 @@ _SOURCE_COLS = 12
 _STAGE_SET = (
     "INSERT OR IGNORE INTO derived_stage SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"
 )
-# Rows per statement: a power of two or 1.5 times one (2, 3, 4, 6, 8, 12, …), the last
-# statement of a batch padded with rows of NULLs (``column1 IS NOT NULL`` skips them), so that
-# batches of any size use a few cached statements (at most 22 per table) and pad at most a
-# third of the last statement's rows.
-_MAX_ROWS = 2048
-_SIZES = tuple(sorted({1} | {m << k for k in range(12) for m in (2, 3)} - {0}))
-_SIZES = tuple(size for size in _SIZES if size <= _MAX_ROWS)
+# Rows per statement: powers of two, so a batch of any size uses a few cached statements, each
+# of at most ``_MAX_VARIABLES`` (a cached statement keeps ~0.3 KB per variable: one over the
+# whole batch, 2,048 events of 21, made the server's RSS 11 MB larger). A batch is split into
+# the largest that fit, then the rest as powers of two, or as one more of the next power of
+# two padded with NULL rows (``column1 IS NOT NULL`` skips them) when that pads at most an
+# eighth of it (a padding row costs SQLite about what a row costs: it must stay rare).
+_SIZES = tuple(1 << k for k in range(12))
+_MAX_VARIABLES = 16384
 # SQLite's default variable limit (since 3.32); a store reads its own connection's.
 DEFAULT_MAX_PARAMS = 32766
 
@@ -207,26 +206,33 @@ def _chunked(
     lead: int,
     max_params: int = DEFAULT_MAX_PARAMS,
 ) -> list[tuple[str, list[Any]]]:
-    """``rows`` as few statements of ``sql(n)`` as ``max_params`` allows: of the largest of
-    ``_SIZES`` that fits, then one of the smallest that holds the rest, padded with NULL rows;
+    """``rows`` as few statements of ``sql(n)`` as ``max_params`` allows (see ``_SIZES``);
     each parameter list starts with ``lead`` slots for the write's own values, filled in by
     the writer."""
-    fits = [size for size in _SIZES if size * cols + lead <= max_params]
+    budget = min(max_params, _MAX_VARIABLES)
+    fits = [size for size in _SIZES if size * cols + lead <= budget]
     if not fits:
         raise ValueError(f"SQLite's variable limit {max_params} is below one row ({cols})")
-    largest = fits[-1]
-    rest = len(rows) % largest
-    last = next(size for size in fits if size >= rest) if rest else largest
     out = []
-    for start in range(0, len(rows), largest):
-        part = rows[start : start + largest]
-        size = largest if len(part) == largest else last
-        params: list[Any] = [None] * lead
-        params.extend(chain.from_iterable(part))
-        if len(part) < size:
-            params.extend([None] * ((size - len(part)) * cols))
-        out.append((sql(size), params))
+    start = 0
+    for size in reversed(fits):
+        while len(rows) - start >= size:
+            out.append((sql(size), _params(rows[start : start + size], lead, 0)))
+            start += size
+        rest = len(rows) - start
+        if rest and size - rest <= size // 8:  # one padded statement holds the rest
+            out.append((sql(size), _params(rows[start:], lead, (size - rest) * cols)))
+            start = len(rows)
     return out
+
+
+def _params(rows: Sequence[tuple[Any, ...]], lead: int, padding: int) -> list[Any]:
+    """One statement's parameters: ``lead`` slots, the rows, ``padding`` NULLs."""
+    params: list[Any] = [None] * lead
+    params.extend(chain.from_iterable(rows))
+    if padding:
+        params.extend([None] * padding)
+    return params
 
 
 def _dedup_key(ev: StoredEvent) -> tuple[Any, ...] | None:

@@ -181,7 +181,7 @@ def test_one_batch_stores_what_one_event_per_batch_stores(
 ) -> None:
     """Set statements for the batch, row by row for the rows that interact: the same events,
     sources and derived counts as writing each event in a batch of its own. Also with a low
-    variable limit (100: statements of 4 events, the last padded with NULL rows)."""
+    variable limit (100: statements of 4 events, 7 of the 32's generations padded to 8)."""
     events = _mixed_batch()
     whole = TraceStore(tmp_path / "whole.db")
     if max_params is not None:
@@ -203,7 +203,8 @@ def test_one_batch_stores_what_one_event_per_batch_stores(
 
 
 def test_chunked_statements() -> None:
-    """As few statements as the variable limit allows, few distinct sizes, NULL padding."""
+    """Few statements of few distinct sizes (powers of two, within the variable budget), the
+    rest padded with NULL rows only when that adds at most an eighth."""
     rows = [(i, "x") for i in range(2000)]
 
     def plan(n: int, limit: int) -> list[tuple[int, int]]:
@@ -211,12 +212,13 @@ def test_chunked_statements() -> None:
         return [(size, len(params)) for size, params in out]
 
     assert plan(2000, 250000) == [(2048, 3 + 2048 * 2)]  # one statement, 48 NULL rows
-    assert plan(2000, 32766 // 10) == [(1536, 3 + 1536 * 2), (512, 3 + 512 * 2)]
-    assert plan(5, 999) == [(6, 3 + 6 * 2)]
+    assert plan(2000, 3276) == [(1024, 3 + 1024 * 2)] * 2
+    assert plan(5, 999) == [(4, 3 + 4 * 2), (1, 3 + 1 * 2)]  # 8 would pad 3
     assert plan(0, 999) == []
-    assert [size for size, _ in plan(2000, 999)] == [384] * 5 + [96]  # 771 variables
-    padded = _chunked(rows[:5], lambda size: size, 2, 3, 999)[0][1]
-    assert padded[3:] == [v for r in rows[:5] for v in r] + [None, None]
+    assert [size for size, _ in plan(2000, 999)] == [256] * 7 + [128, 64, 16]
+    padded = _chunked(rows[:7], lambda size: size, 2, 3, 999)
+    assert [size for size, _ in padded] == [8]
+    assert padded[0][1][3:] == [v for r in rows[:7] for v in r] + [None, None]
 
 
 def test_traces_filters(tmp_path: Path) -> None:
