@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from blueplane import conversation_index, trace_sources
-from blueplane.derived import STAGE_COLUMNS, apply_batch, ensure_derived, stage_batch, stage_row
+from blueplane.derived import (
+    STAGE_COLUMNS,
+    apply_batch,
+    ensure_derived,
+    ensure_stage,
+    stage_batch,
+    stage_row,
+)
 from blueplane.store_schema import (
     EVENTS,
     SCHEMA_VERSION,
@@ -354,6 +361,7 @@ class TraceStore:
             self._migrate()
             # The search index and the overview's aggregates (derived.py).
             ensure_derived(self.conn)
+            ensure_stage(self.conn)
             # The reconciled conversations (conversation_index.py, tables in store_schema),
             # kept by every write.
             self._indexer = conversation_index.ConversationIndexer(self.conn)
