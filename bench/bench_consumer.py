@@ -14,7 +14,12 @@ first acknowledged batch to the last. The server runs as configured by default, 
 priority (nice 10): on a machine that other work keeps busy it gets ~10 % of a contended core,
 so the figure measures the other work as much as the consumer. ``--normal-priority``
 (``BLUEPLANE_BACKGROUND_PRIORITY=false``) measures the consumer at the priority of that work.
-Writes ``bench/results/consumer.json`` and prints a table.
+Timestamps increase with the entry (a base time + 1 ms per entry), as in a live stream, so
+the time-ordered indexes (``events_by_time``, ``…_by_workspace``, ``…_by_machine``) are appended
+to. ``--cycling-times`` gives the old entries (timestamps cycling within one hour, which insert
+at random places in those indexes: a cost a live stream does not have).
+``--blueplane PATH`` runs another build's ``blueplane`` (e.g. main's) for an A/B with this
+script. Writes ``bench/results/consumer.json`` and prints a table.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +77,24 @@ def text(i: int, n_words: int) -> str:
     return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(n_words))
 
 
-def entry(i: int, workspace: str) -> dict[str, str]:
+BASE_MS = 1767323045000  # 2026-01-02T03:04:05Z
+
+
+def timestamp(i: int, cycling: bool) -> str:
+    """Entry ``i``'s timestamp: increasing by 1 ms per entry, or (``cycling``) the old ones."""
+    if cycling:
+        return f"2026-01-02T03:{(i // 60) % 60:02d}:{i % 60:02d}.000Z"
+    at = datetime.fromtimestamp((BASE_MS + i) / 1000, UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{(BASE_MS + i) % 1000:03d}Z"
+
+
+def entry(i: int, workspace: str, cycling: bool = False) -> dict[str, str]:
     gen = f"gen-{i:08d}"
     event = TraceEvent(
         event_id=TraceEvent.make_event_id(workspace, f"generation:{gen}:0"),
         session_id=f"session-{i % 20}",
         external_session_id=f"session-{i % 20}",
-        timestamp=f"2026-01-02T03:{(i // 60) % 60:02d}:{i % 60:02d}.000Z",
+        timestamp=timestamp(i, cycling),
         metadata=TraceMetadata(workspace_hash=workspace),
         payload={
             "trace_type": "generation",
@@ -85,7 +102,7 @@ def entry(i: int, workspace: str) -> dict[str, str]:
             "revision": 0,
             "source_layout": "item_generations",
             "model": "claude-4-sonnet",
-            "unix_ms": 1767323045000 + i,
+            "unix_ms": BASE_MS + i,
             "prompt": text(i, 60),
             "response": text(i + 7, 90),
             "input_tokens": 1200 + i % 300,
@@ -121,14 +138,14 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def prefill(client: redis.Redis, n: int) -> float:
+def prefill(client: redis.Redis, n: int, cycling: bool = False) -> float:
     """XADD n entries in pipelined chunks; returns their mean size in bytes."""
     workspace = "a1b2c3d4e5f60718"
     size = 0
     for start in range(0, n, 1000):
         pipe = client.pipeline(transaction=False)
         for i in range(start, min(n, start + 1000)):
-            fields = entry(i, workspace)
+            fields = entry(i, workspace, cycling)
             size += sum(len(k) + len(v.encode()) for k, v in fields.items())
             pipe.xadd(STREAM, fields)
         pipe.execute()
@@ -161,7 +178,12 @@ def process_usage(pid: int) -> dict[str, float]:
 
 
 def run_once(
-    n: int, batch_size: int | None, profile: Path | None = None, normal_priority: bool = False
+    n: int,
+    batch_size: int | None,
+    profile: Path | None = None,
+    normal_priority: bool = False,
+    cycling: bool = False,
+    blueplane: Path = BLUEPLANE,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-consumer-") as tmp:
         root = Path(tmp)
@@ -171,7 +193,7 @@ def run_once(
         client = redis.Redis.from_url(url)
         server: subprocess.Popen[bytes] | None = None
         try:
-            entry_bytes = prefill(client, n)
+            entry_bytes = prefill(client, n, cycling)
             env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
             env.update(
                 BLUEPLANE_HOME=str(root / "home"),
@@ -185,7 +207,7 @@ def run_once(
                 env["BLUEPLANE_BACKGROUND_PRIORITY"] = "false"
             log = (root / "server.log").open("wb")
             started = time.monotonic()
-            cmd = [str(BLUEPLANE), "run"]
+            cmd = [str(blueplane), "run"]
             if profile is not None:  # collapsed stacks of the server, for finding hot spots
                 spy = ROOT / ".venv" / "bin" / "py-spy"
                 cmd = [str(spy), "record", "-f", "raw", "-r", "200", "-o", str(profile), "--", *cmd]
@@ -220,6 +242,8 @@ def run_once(
                 "entry_bytes_mean": round(entry_bytes),
                 "batch_size": batch_size or "default",
                 "server_priority": "normal" if normal_priority else "background (default)",
+                "timestamps": "cycling" if cycling else "increasing",
+                "blueplane": str(blueplane),
                 "wall_s": round(finished - started, 3),
                 "wall_events_per_s": round(n / (finished - started)),
                 "sustained_s": round(sustained_s, 3),
@@ -253,13 +277,28 @@ def main() -> None:
         action="store_true",
         help="run the server with background_priority: false (default: as configured, nice 10)",
     )
+    ap.add_argument(
+        "--cycling-times",
+        action="store_true",
+        help="timestamps cycling within one hour (the old entries), not increasing",
+    )
+    ap.add_argument(
+        "--blueplane", type=Path, default=BLUEPLANE, help="the blueplane executable to run"
+    )
     ap.add_argument("--py-spy", type=Path, default=None, help="profile the server to FILE")
     ap.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "consumer.json")
     args = ap.parse_args()
-    if not BLUEPLANE.exists():
-        raise SystemExit(f"{BLUEPLANE} missing: run ./scripts/test -q -k nothing first")
+    if not args.blueplane.exists():
+        raise SystemExit(f"{args.blueplane} missing: run ./scripts/test -q -k nothing first")
     results = [
-        run_once(args.events, args.batch_size, args.py_spy, args.normal_priority)
+        run_once(
+            args.events,
+            args.batch_size,
+            args.py_spy,
+            args.normal_priority,
+            args.cycling_times,
+            args.blueplane,
+        )
         for _ in range(args.runs)
     ]
     redis_version = subprocess.run(

@@ -194,12 +194,19 @@ def _stage(
     )  # fmt: skip
 
 
+def ensure_stage(conn: sqlite3.Connection) -> None:
+    """Create the stage (a temporary table: once per writer connection, before any batch)."""
+    conn.execute(_STAGE)
+
+
 def stage_batch(conn: sqlite3.Connection, inserts: Sequence[tuple[str, Sequence[Any]]]) -> int:
     """Inside the writer's transaction, before the insert: stage the batch (``inserts``: the
     statements that insert its ``stage_row``s, prepared by ``store.PreparedBatch``) and return
-    the largest rowid of ``events`` (the rows above it are the ones this batch inserts)."""
-    conn.execute(_STAGE)
-    conn.execute("DELETE FROM derived_stage")
+    the largest rowid of ``events`` (the rows above it are the ones this batch inserts).
+
+    The stage (``ensure_stage``) is empty here: ``apply_batch`` empties it in the write's
+    transaction and a failed write's rollback does too. No statement re-checks that: each one
+    costs the writer thread a wait for the GIL (see ``store._EVENTS_SET``)."""
     for sql, params in inserts:
         conn.execute(sql, params)
     return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0])

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from blueplane import conversation_index, trace_sources
-from blueplane.derived import STAGE_COLUMNS, apply_batch, ensure_derived, stage_batch, stage_row
+from blueplane.derived import (
+    STAGE_COLUMNS,
+    apply_batch,
+    ensure_derived,
+    ensure_stage,
+    stage_batch,
+    stage_row,
+)
 from blueplane.store_schema import (
     EVENTS,
     SCHEMA_VERSION,
@@ -127,7 +134,8 @@ _RECEIVED = EVENTS.column_names.index("received_at_ms")
 # writer thread drops the GIL for every SQLite step, and while the event loop parses the next
 # batch it waits up to a switch interval (1 ms) to get it back, once per row: with the other
 # thread busy, executemany wrote 3.3 k events/s, the same rows as set statements 17.7 k. A
-# statement over hundreds of rows is one step.
+# statement over hundreds of rows is one step. The same wait follows every statement, so a
+# batch is written by as few as memory and SQLite's variable limit allow (``_chunked``).
 #
 # Each statement takes the rows of a multi-row VALUES (``column1``…); ``?1``… are the write's
 # own values (time, dedup window, seq base), known only once the write holds the lock.
@@ -142,7 +150,7 @@ _EVENTS_SET = """
 WITH b(now, since, base) AS (SELECT ?1, ?2, ?3)
 INSERT OR IGNORE INTO events
 SELECT {columns} FROM b, (VALUES {values}) v
-WHERE (v.column19 IS NULL OR NOT EXISTS (
+WHERE v.column1 IS NOT NULL AND (v.column19 IS NULL OR NOT EXISTS (
     SELECT 1 FROM events e WHERE e.session_id=v.column7 AND e.trace_type IS v.column6
     AND e.item_key=v.column10 AND e.revision=v.column11 AND e.received_at_ms>=b.since
     AND e.event_id<>v.column1 LIMIT 1))
@@ -158,14 +166,22 @@ INSERT OR IGNORE INTO trace_sources
      received_at_ms, timestamp_ms, generation_ms, generation_type, description)
 SELECT v.column1, v.column2, v.column3, b.base + v.column4, v.column5, v.column6, v.column7,
     b.now, v.column9, v.column10, v.column11, v.column12
-FROM b, (VALUES {values}) v
+FROM b, (VALUES {values}) v WHERE v.column1 IS NOT NULL
 """
 _SOURCE_COLS = 12
-_STAGE_SET = "INSERT OR IGNORE INTO derived_stage VALUES {values}"
-# Rows per statement: powers of two, so a batch of any size uses a few cached statements.
-_CHUNKS = (512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
-# Parameters per statement stay below SQLite's smallest default limit (32,766 since 3.32).
-_MAX_PARAMS = 32766
+_STAGE_SET = (
+    "INSERT OR IGNORE INTO derived_stage SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"
+)
+# Rows per statement: powers of two, so a batch of any size uses a few cached statements, each
+# of at most ``_MAX_VARIABLES`` (a cached statement keeps ~0.3 KB per variable: one over the
+# whole batch, 2,048 events of 21, made the server's RSS 11 MB larger). A batch is split into
+# the largest that fit, then the rest as powers of two, or as one more of the next power of
+# two padded with NULL rows (``column1 IS NOT NULL`` skips them) when that pads at most an
+# eighth of it (a padding row costs SQLite about what a row costs: it must stay rare).
+_SIZES = tuple(1 << k for k in range(12))
+_MAX_VARIABLES = 16384
+# SQLite's default variable limit (since 3.32); a store reads its own connection's.
+DEFAULT_MAX_PARAMS = 32766
 
 
 def _values(rows: int, cols: int) -> str:
@@ -191,21 +207,39 @@ def _stage_set(rows: int) -> str:
 
 
 def _chunked(
-    rows: Sequence[tuple[Any, ...]], sql: Any, cols: int, lead: int
+    rows: Sequence[tuple[Any, ...]],
+    sql: Any,
+    cols: int,
+    lead: int,
+    max_params: int = DEFAULT_MAX_PARAMS,
 ) -> list[tuple[str, list[Any]]]:
-    """``rows`` as few statements of ``sql(n)`` (n rows each); each parameter list starts
-    with ``lead`` slots for the write's own values, filled in by the writer."""
+    """``rows`` as few statements of ``sql(n)`` as ``max_params`` allows (see ``_SIZES``);
+    each parameter list starts with ``lead`` slots for the write's own values, filled in by
+    the writer."""
+    budget = min(max_params, _MAX_VARIABLES)
+    fits = [size for size in _SIZES if size * cols + lead <= budget]
+    if not fits:
+        raise ValueError(f"SQLite's variable limit {max_params} is below one row ({cols})")
     out = []
     start = 0
-    for size in _CHUNKS:
-        if size * cols + lead > _MAX_PARAMS:
-            continue
+    for size in reversed(fits):
         while len(rows) - start >= size:
-            params: list[Any] = [None] * lead
-            params.extend(chain.from_iterable(rows[start : start + size]))
-            out.append((sql(size), params))
+            out.append((sql(size), _params(rows[start : start + size], lead, 0)))
             start += size
+        rest = len(rows) - start
+        if rest and size - rest <= size // 8:  # one padded statement holds the rest
+            out.append((sql(size), _params(rows[start:], lead, (size - rest) * cols)))
+            start = len(rows)
     return out
+
+
+def _params(rows: Sequence[tuple[Any, ...]], lead: int, padding: int) -> list[Any]:
+    """One statement's parameters: ``lead`` slots, the rows, ``padding`` NULLs."""
+    params: list[Any] = [None] * lead
+    params.extend(chain.from_iterable(rows))
+    if padding:
+        params.extend([None] * padding)
+    return params
 
 
 def _dedup_key(ev: StoredEvent) -> tuple[Any, ...] | None:
@@ -225,7 +259,7 @@ class PreparedBatch(list[StoredEvent]):
     revision or event id twice), written row by row after the set statements, each with its
     place among the batch's generations (``None``: not a keyed generation)."""
 
-    def __init__(self, events: Iterable[StoredEvent]) -> None:
+    def __init__(self, events: Iterable[StoredEvent], max_params: int = DEFAULT_MAX_PARAMS) -> None:
         super().__init__(events)
         # One pass, few calls: this runs for every event in the event loop (20 k/s), and every
         # microsecond here is one the writer thread waits for the GIL. The events' columns are
@@ -250,8 +284,12 @@ class PreparedBatch(list[StoredEvent]):
             else:
                 places.append(None)
         self.generations = len(gens)
-        self.sources = _chunked(trace_sources.rows(gens, 0, 0), _sources_set, _SOURCE_COLS, 2)
-        self.stage = _chunked([stage_row(ev) for ev in self], _stage_set, STAGE_COLUMNS, 0)
+        self.sources = _chunked(
+            trace_sources.rows(gens, 0, 0), _sources_set, _SOURCE_COLS, 2, max_params
+        )
+        self.stage = _chunked(
+            [stage_row(ev) for ev in self], _stage_set, STAGE_COLUMNS, 0, max_params
+        )
         self.single: list[tuple[StoredEvent, int | None]] = []
         # Rows that may see each other (the same event id or trace revision twice) are rare:
         # only then count them.
@@ -284,7 +322,7 @@ class PreparedBatch(list[StoredEvent]):
                     gen,
                 )
             )  # fmt: skip
-        self.inserts = _chunked(rows, _events_set, _EV_SET_COLS, 3)
+        self.inserts = _chunked(rows, _events_set, _EV_SET_COLS, 3, max_params)
 
 
 class TraceStore:
@@ -301,6 +339,7 @@ class TraceStore:
         self._lock = threading.Lock()
         self._closed = False
         self._next_seq = 0
+        self._max_params = DEFAULT_MAX_PARAMS
         if readonly:
             # The CLI's view: never writes, never blocks the consumer.
             self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -309,6 +348,8 @@ class TraceStore:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # How many rows one statement may write (see _chunked).
+        self._max_params = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         # Checkpoint (the only fsync in WAL + NORMAL) every ~40 MB, not every 4 MB: at 20 k
@@ -320,6 +361,7 @@ class TraceStore:
             self._migrate()
             # The search index and the overview's aggregates (derived.py).
             ensure_derived(self.conn)
+            ensure_stage(self.conn)
             # The reconciled conversations (conversation_index.py, tables in store_schema),
             # kept by every write.
             self._indexer = conversation_index.ConversationIndexer(self.conn)
@@ -443,7 +485,7 @@ class TraceStore:
     def prepare(self, events: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
         """The batch ready for ``write_batch``, computed without the database (the consumer
         calls this while the previous batch is written). Other engines take it as it is."""
-        return PreparedBatch(events) if self.dialect is SQLITE else events
+        return PreparedBatch(events, self._max_params) if self.dialect is SQLITE else events
 
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
         """Write a batch in one transaction; drop traces already stored within the window.
@@ -451,7 +493,9 @@ class TraceStore:
         ``events`` may be a ``PreparedBatch`` (``prepare``). Raises ``sqlite3.Error`` (busy,
         full, corrupt, closed) with nothing written.
         """
-        batch = events if isinstance(events, PreparedBatch) else PreparedBatch(events)
+        batch = (
+            events if isinstance(events, PreparedBatch) else PreparedBatch(events, self._max_params)
+        )
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
         with self._lock:

@@ -75,6 +75,12 @@ def test_a_failed_batch_leaves_no_index_or_count_behind(tmp_path: Path) -> None:
     assert totals(store) == (1, 1, 5, 5)
     assert search_conversation_ids(store, "never") == []
     assert search_conversation_ids(store, "first") == ["c"]
+    # The rollback emptied the stage too: the retried batch is counted once, nothing else.
+    assert store.conn.execute("SELECT count(*) FROM derived_stage").fetchone()[0] == 0
+    store.conn.execute(f"PRAGMA max_page_count = {pages * 100}")
+    store.write_batch(big, 0)
+    assert totals(store) == (39, 39, 5 * 39, 5 * 39)
+    assert sorted(search_conversation_ids(store, "never")) == sorted(f"d{i}" for i in range(2, 40))
     store.close()
 
 

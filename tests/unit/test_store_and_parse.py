@@ -11,7 +11,7 @@ import pytest
 
 from blueplane.events import MalformedEntry
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, parse_entry
-from blueplane.store import TraceStore
+from blueplane.store import TraceStore, _chunked
 
 
 def trace_fields(
@@ -175,11 +175,17 @@ def _mixed_batch() -> list:
     return out
 
 
-def test_one_batch_stores_what_one_event_per_batch_stores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_params", [None, 32766, 100])
+def test_one_batch_stores_what_one_event_per_batch_stores(
+    tmp_path: Path, max_params: int | None
+) -> None:
     """Set statements for the batch, row by row for the rows that interact: the same events,
-    sources and derived counts as writing each event in a batch of its own."""
+    sources and derived counts as writing each event in a batch of its own. Also with a low
+    variable limit (100: statements of 4 events, 7 of the 32's generations padded to 8)."""
     events = _mixed_batch()
     whole = TraceStore(tmp_path / "whole.db")
+    if max_params is not None:
+        whole._max_params = max_params
     single = TraceStore(tmp_path / "single.db")
     r = whole.write_batch(events, 3600)
     inserted = sum(single.write_batch([ev], 3600).inserted for ev in events)
@@ -194,6 +200,25 @@ def test_one_batch_stores_what_one_event_per_batch_stores(tmp_path: Path) -> Non
         assert sorted(whole.conn.execute(sql)) == sorted(single.conn.execute(sql)), sql
     whole.close()
     single.close()
+
+
+def test_chunked_statements() -> None:
+    """Few statements of few distinct sizes (powers of two, within the variable budget), the
+    rest padded with NULL rows only when that adds at most an eighth."""
+    rows = [(i, "x") for i in range(2000)]
+
+    def plan(n: int, limit: int) -> list[tuple[int, int]]:
+        out = _chunked(rows[:n], lambda size: size, 2, 3, limit)
+        return [(size, len(params)) for size, params in out]
+
+    assert plan(2000, 250000) == [(2048, 3 + 2048 * 2)]  # one statement, 48 NULL rows
+    assert plan(2000, 3276) == [(1024, 3 + 1024 * 2)] * 2
+    assert plan(5, 999) == [(4, 3 + 4 * 2), (1, 3 + 1 * 2)]  # 8 would pad 3
+    assert plan(0, 999) == []
+    assert [size for size, _ in plan(2000, 999)] == [256] * 7 + [128, 64, 16]
+    padded = _chunked(rows[:7], lambda size: size, 2, 3, 999)
+    assert [size for size, _ in padded] == [8]
+    assert padded[0][1][3:] == [v for r in rows[:7] for v in r] + [None, None]
 
 
 def test_traces_filters(tmp_path: Path) -> None:
