@@ -226,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         url = redis_server.start()
         r = redis.Redis.from_url(url, socket_timeout=30)
         home = root / "home"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
-        env.update(
-            BLUEPLANE_HOME=str(home),
-            BLUEPLANE_REDIS_URL=url,
-            BLUEPLANE_CURSOR_DIRS=str(fixture.user.path),
-        )
+        env = bl.server_env(home, url, fixture)
         server = bl.ServerProcess(root, env)
         server.start()
         store = bl.StoreReader(home / "telemetry.db")

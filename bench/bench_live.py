@@ -315,6 +315,20 @@ class ServerProcess:
 # --------------------------------------------------------------------------- stream helpers
 
 
+def server_env(
+    home: Path, url: str, fixture: Fixture, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The server's environment: no ``BLUEPLANE_*`` of ours leaks in, only the fixture's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
+    env.update(
+        BLUEPLANE_HOME=str(home),
+        BLUEPLANE_REDIS_URL=url,
+        BLUEPLANE_CURSOR_DIRS=str(fixture.user.path),
+        **(extra or {}),
+    )
+    return env
+
+
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -775,14 +789,7 @@ def run_config(
         url = redis_server.start()
         r = redis.Redis.from_url(url, socket_timeout=30)
         home = root / "home"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BLUEPLANE_")}
-        env.update(
-            BLUEPLANE_HOME=str(home),
-            BLUEPLANE_REDIS_URL=url,
-            BLUEPLANE_CURSOR_DIRS=str(fixture.user.path),
-            **CONFIGS[name],
-            **(extra_env or {}),
-        )
+        env = server_env(home, url, fixture, {**CONFIGS[name], **(extra_env or {})})
         if extra_env:
             result["extra_env"] = extra_env
         server = ServerProcess(root, env, binary)
@@ -845,6 +852,8 @@ def _brief(fs: dict[str, Any]) -> str:
 def _fmt(x: Any, unit: str = "", digits: int = 0) -> str:
     if x is None:
         return "miss" if unit == " ms" else "n/a"
+    if x == "n/a":
+        return x
     if isinstance(x, float) and digits:
         return f"{x:,.{digits}f}{unit}"
     return f"{x:,.0f}{unit}" if isinstance(x, int | float) else f"{x}{unit}"
@@ -874,6 +883,8 @@ def table(results: list[dict[str, Any]]) -> str:
     for res in results:
         fs, lat = res.get("first_sync", {}), res.get("latency", {})
         g, b = lat.get("generation", {}), lat.get("bubble", {})
+        if not lat:  # not measured (--only first-sync): no sample, so no miss either
+            g = b = {"p50_ms": "n/a", "p99_ms": "n/a"}
         mem = res.get("memory_mb", {})
         ratio = res.get("sync_ratio_pct")
         gmiss = f" ({g.get('misses')} miss)" if g.get("misses") else ""
