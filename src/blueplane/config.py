@@ -47,6 +47,10 @@ DEFAULT_CONFIG_FILE = Path("config/blueplane.yaml")
 _yaml_file: ContextVar[Path | None] = ContextVar("blueplane_config_file", default=None)
 
 
+# A blocking stream read must end before the Redis client's socket timeout (10 s, broker.py).
+MAX_BLOCK_MS = 9000
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and the key."""
 
@@ -118,8 +122,9 @@ class FastPathConfig(_Section):
     # Entries read, stored (one transaction) and acknowledged (one XACK) at a time.
     batch_size: int = Field(2000, ge=1)
     # One blocking read's wait while caught up: an entry ends it at once and a stop does not
-    # wait for it, so it sets only the idle round-trips. Under the client's 10 s socket timeout.
-    block_ms: int = Field(5000, ge=1)
+    # wait for it, so it sets only the idle round-trips. At most 9 s: a longer block would run
+    # into the Redis client's 10 s socket timeout and read as Redis being away.
+    block_ms: int = Field(5000, ge=1, le=MAX_BLOCK_MS)
     # Entries kept on the stream once acknowledged; never trims an entry some consumer group
     # has not acknowledged or the session monitor has not read. Applies with enabled: false too.
     max_stream_length: int = Field(100_000, ge=100)
@@ -190,7 +195,7 @@ class OtlpConfig(_Section):
     group: str = OTLP_GROUP
     consumer: str = "otlp-1"
     batch_size: int = Field(500, ge=1)
-    block_ms: int = Field(1000, ge=1)
+    block_ms: int = Field(1000, ge=1, le=MAX_BLOCK_MS)
     # A turn is sent once no event of it (database message, hook event) came for this long.
     settle_seconds: float = Field(10.0, gt=0)
     timeout_seconds: float = Field(10.0, gt=0)

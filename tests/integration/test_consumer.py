@@ -22,7 +22,7 @@ import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 
-from blueplane.config import FastPathConfig
+from blueplane.config import MAX_BLOCK_MS, FastPathConfig
 from blueplane.events import TraceEvent, TraceMetadata
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, FastPathConsumer
 from blueplane.fast_path.trimmer import StreamTrimmer
@@ -403,7 +403,7 @@ async def test_a_long_idle_block_neither_delays_an_entry_nor_the_stop(
 ) -> None:
     """Caught up, one XREADGROUP blocks for ``block_ms`` (few idle round-trips): a new entry
     ends it at once, a stop does not wait for it, and nothing read is lost or doubled."""
-    consumer = make_consumer(aclient, store, block_ms=30_000)
+    consumer = make_consumer(aclient, store, block_ms=MAX_BLOCK_MS)
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     db = str(redis_client.connection_pool.connection_kwargs.get("db", 0))

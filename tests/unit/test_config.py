@@ -83,6 +83,7 @@ def test_no_redis_url_named_means_default_or_bundled() -> None:
         ("cursor_database_monitor:\n  poll_interval_seconds: -1\n", "poll_interval_seconds"),
         ("cursor_database_monitor:\n  pol_interval_seconds: 3\n", "pol_interval_seconds"),
         ("redis: [1, 2]\n", "redis"),
+        ("fast_path:\n  block_ms: 20000\n", "fast_path.block_ms"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, key: str) -> None:
