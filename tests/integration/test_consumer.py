@@ -29,7 +29,7 @@ from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
 from blueplane.keys import POSITION_KEY
 from blueplane.store import TraceStore
-from tests.conftest import BlueplaneEnv
+from tests.conftest import BlueplaneEnv, async_wait_until, wait_until
 from tests.integration.reliability_support import (
     DEAD_LETTER,
     STREAM,
@@ -119,7 +119,13 @@ async def test_xautoclaim_takes_over_a_dead_consumers_pending_entries(
     ]
     await drain(consumer, 2)
     assert stored_ids(store) == []  # not idle long enough yet: not claimed
-    await asyncio.sleep(1.1)
+    wait_until(  # idle in Redis past claim_idle_ms: now claimable
+        lambda: all(
+            p["time_since_delivered"] >= 1000
+            for p in redis_client.xpending_range(STREAM, GROUP, "-", "+", 10)
+        ),
+        what="the orphans idle for 1 s",
+    )
     consumer._last_claim = 0.0
     await drain(consumer, 2)
     assert sorted(stored_ids(store)) == [f"orphan-{i}" for i in range(4)]
@@ -414,20 +420,14 @@ async def test_a_long_idle_block_neither_delays_an_entry_nor_the_stop(
             for c in redis_client.client_list()
         )
 
-    async def until(predicate: Any, what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + 10
-        while not predicate():
-            assert asyncio.get_running_loop().time() < deadline, what
-            await asyncio.sleep(0.02)
-
     try:
-        await until(blocked, "the consumer blocks on the stream")
+        await async_wait_until(blocked, "the consumer blocks on the stream")
         loop = asyncio.get_running_loop()
         added = loop.time()
         redis_client.xadd(STREAM, trace_fields("while-blocked"))
-        await until(lambda: stored_ids(store) == ["while-blocked"], "the entry stored")
+        await async_wait_until(lambda: stored_ids(store) == ["while-blocked"], "the entry stored")
         assert loop.time() - added < 5.0  # not at the block's end
-        await until(blocked, "blocked again")
+        await async_wait_until(blocked, "blocked again")
         stopping = loop.time()
         stop.set()
         await asyncio.wait_for(task, 5)

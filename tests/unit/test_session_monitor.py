@@ -12,6 +12,7 @@ from blueplane.cursor.session_monitor import SessionMonitor
 from blueplane.events import SessionEvent
 from blueplane.health import Health
 from blueplane.keys import POSITION_KEY, SESSIONS_KEY
+from tests.conftest import async_wait_until
 
 STREAM = "telemetry:events"
 
@@ -219,12 +220,12 @@ async def test_a_long_idle_block_neither_delays_a_session_nor_the_stop(
                 for c in await observer.client_list()
             )
 
-        await wait_for_async(blocked)
+        await async_wait_until(blocked, "the monitor blocks on the stream")
         started = asyncio.get_running_loop().time()
         await send(client, "session_start", "/w/prompt", "prompt")
         await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["prompt"])
         assert asyncio.get_running_loop().time() - started < 5.0  # not at the block's end
-        await wait_for_async(blocked)  # caught up again, blocked on the next entry
+        await async_wait_until(blocked, "blocked again")  # caught up, on the next entry
         stopping = asyncio.get_running_loop().time()
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -236,10 +237,3 @@ async def test_a_long_idle_block_neither_delays_a_session_nor_the_stop(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await observer.aclose()
-
-
-async def wait_for_async(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
