@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         redis_server.stop()
         if fixture is not None:
-            fixture.user.close()
-            fixture.global_db.close()
+            fixture.close()
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             for name in ("strace.log", "pyspy.txt", "server.log"):

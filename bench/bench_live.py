@@ -187,6 +187,10 @@ class Fixture:
     global_bytes: int
     old_bubbles: int
 
+    def close(self) -> None:
+        self.user.close()
+        self.global_db.close()
+
 
 def make_fixture(setup: Setup, root: Path, cached: Path) -> Fixture:
     """100 workspaces with a full generations ring, the 1 GB global DB and recent chats."""
@@ -835,8 +839,7 @@ def run_config(
             r.close()
         redis_server.stop()
         if fixture is not None:
-            fixture.user.close()
-            fixture.global_db.close()
+            fixture.close()
         shutil.rmtree(root, ignore_errors=True)
     return result
 
