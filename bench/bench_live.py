@@ -432,18 +432,20 @@ def first_sync(
     safety_poll_s: float,
     pid: int | None = None,
     profile: Path | None = None,
+    profile_format: str = "speedscope",
 ) -> dict[str, Any]:
     """Sessions for every workspace, then wait until every expected item is published and
     stored (or nothing grows for four safety polls); rates from the entries' own times.
 
     With ``pid``, the server's CPU time (utime + stime) until the last item is published and
     until the store holds everything, per item. With ``profile``, ``py-spy record`` samples the
-    server until then (speedscope JSON at that path)."""
+    server until then (speedscope JSON at that path, or ``profile_format``: ``chrometrace`` keeps
+    each sample's time, so phases of the sync can be told apart)."""
     spy: subprocess.Popen[bytes] | None = None
     if profile is not None and pid is not None:
         spy = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "250",
-             "--format", "speedscope", "--output", str(profile), "--threads", "--gil"],
+             "--format", profile_format, "--output", str(profile), "--threads", "--gil"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)  # attached before the first session
@@ -769,6 +771,7 @@ def run_config(
     binary: Path = BLUEPLANE,
     profile: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    profile_format: str = "speedscope",
 ) -> dict[str, Any]:
     """Set up, run the server, measure every phase, stop and clean up everything."""
     root = Path(tempfile.mkdtemp(prefix=f"blueplane-live-{name}-", dir="/tmp"))
@@ -802,7 +805,7 @@ def run_config(
         poll_s = SAFETY_POLL_S[name]
         log(f"{name}: server pid {server.pid} running; first sync")
         result["first_sync"] = first_sync(
-            r, store, fixture, setup, poll_s, pid=server.pid, profile=profile
+            r, store, fixture, setup, poll_s, server.pid, profile, profile_format
         )
         log(f"{name}: first sync {_brief(result['first_sync'])}")
         result["raw_xadd"] = raw_xadd(r)
@@ -977,6 +980,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--profile", type=Path, help="py-spy the first sync into this file")
     ap.add_argument(
+        "--profile-format",
+        choices=["speedscope", "chrometrace"],
+        default="speedscope",
+        help="py-spy's output format (chrometrace: every sample with its time)",
+    )
+    ap.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -999,7 +1008,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"global database {cached} ({size:,} bytes) ready in {time.monotonic() - t:.1f} s")
     extra = dict(kv.split("=", 1) for kv in args.server_env)
     results = [
-        run_config(name, setup, cached, args.only, args.blueplane, args.profile, extra)
+        run_config(
+            name, setup, cached, args.only, args.blueplane, args.profile, extra, args.profile_format
+        )
         for name in names
     ]
     info["load_avg_at_end"] = os.getloadavg()

@@ -102,3 +102,37 @@ def test_mount_type_is_read_from_mountinfo(tmp_path: Path) -> None:
         pytest.skip("no /proc/self/mountinfo on this platform")
     with open("/proc/self/mountinfo", encoding="utf-8") as fh:
         assert kind in {line.split(" - ")[1].split()[0] for line in fh}
+
+
+async def test_a_burst_of_new_folders_restarts_the_watch_once(tmp_path: Path) -> None:
+    """A first sync maps workspaces one after another: the watch restarts once for the lot,
+    not once per folder (each restart re-adds every watch), and ends up on every folder."""
+    folders = [tmp_path / f"ws{i}" for i in range(12)]
+    for f in folders:
+        f.mkdir()
+    started: list[set[Path]] = []
+
+    async def quiet_watch(
+        *paths: Path, stop_event: asyncio.Event, **_kw: Any
+    ) -> AsyncIterator[set[Any]]:
+        started.append(set(paths))
+        await stop_event.wait()
+        return
+        yield set()  # pragma: no cover  (makes this an async generator)
+
+    watcher = ChangeWatcher(30, watch=quiet_watch)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+    try:
+        watcher.set_dirs({folders[0]})
+        await async_wait_until(lambda: started == [{folders[0]}], "the first watch")
+        for n in range(2, len(folders) + 1):
+            watcher.set_dirs(set(folders[:n]))
+            for _ in range(5):  # let the loop run: the old watcher restarted right away
+                await asyncio.sleep(0)
+        await async_wait_until(lambda: started[-1] == set(folders), "the watch on every folder")
+        assert len(started) == 2, [len(s) for s in started]
+        assert watcher.starts == 2
+    finally:
+        stop.set()
+        await task

@@ -43,6 +43,12 @@ UNWATCHABLE_FS = frozenset(
 RETRY_AFTER_DEATH_S = 60.0
 # A watcher that has run this long without failing has set up its watches.
 SETTLED_S = 1.0
+# A new set of folders restarts the watch once no other set came for RESTART_QUIET_S (at most
+# RESTART_MAX_WAIT_S after the first): a first sync maps 100 workspaces one after another, and
+# each restart re-adds every watch. Meanwhile the running watch keeps reporting its folders,
+# and a new folder's database is read when it is mapped anyway.
+RESTART_QUIET_S = 0.2
+RESTART_MAX_WAIT_S = 1.0
 
 WatchFn = Callable[..., AsyncIterator[set[tuple[Change, str]]]]
 
@@ -98,6 +104,7 @@ class ChangeWatcher:
         self.epoch = 0  # bumped whenever which folders are watched or polled changes
         self.wake = asyncio.Event()  # set when a watched folder changed
         self.batches = 0  # change batches received (after debouncing)
+        self.starts = 0  # watches started (a restart for new folders is one more)
 
     # ----------------------------------------------------------------- what the monitor asks
     def set_dirs(self, dirs: set[Path]) -> None:
@@ -166,10 +173,12 @@ class ChangeWatcher:
                 self.epoch += 1
                 self.wake.set()
             await wait_any([stop, self._restart], None)
+            await self._coalesce_restarts(stop)
             halt.set()
 
         relay_task = asyncio.create_task(relay())
         self._watched = set(targets)
+        self.starts += 1
         try:
             async for changes in self._watch(
                 *targets, watch_filter=_db_file, debounce=self.debounce_ms,
@@ -186,6 +195,17 @@ class ChangeWatcher:
             relay_task.cancel()
             self._watched = set()
             self.epoch += 1
+
+    async def _coalesce_restarts(self, stop: asyncio.Event) -> None:
+        """Wait until the folders stop changing (a burst of ``set_dirs``): one restart."""
+        deadline = self._clock() + RESTART_MAX_WAIT_S
+        while not stop.is_set() and self._restart.is_set():
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            self._restart.clear()
+            await wait_any([stop, self._restart], min(RESTART_QUIET_S, left))
+        self._restart.set()  # the run loop restarts with the folders wanted now
 
     def _on_failure(self, targets: list[Path], exc: BaseException, ran_s: float) -> None:
         new = [d for d in targets if d not in self._good]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import os
 import struct
 import sys
@@ -64,7 +65,9 @@ def available() -> bool:
     return sys.platform.startswith("linux")
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
+    """Loaded once: ``find_library`` runs ``ldconfig -p`` in a child process each call."""
     return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
