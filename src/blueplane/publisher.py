@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
-from pydantic import BaseModel
-from pydantic_core import PydanticSerializationError
 
 from blueplane.cursor.layouts.base import TraceItem, Watermark
 from blueplane.events import TRACE_VERSION, TraceEvent, TraceMetadata, iso_from_ms, iso_now
+from blueplane.events.wire import WirePayload, model_json
 from blueplane.keys import LEGACY, Keys
 
 log = logging.getLogger("blueplane.publisher")
@@ -113,18 +112,6 @@ TRACE_FIELDS = (
     "version", "event_type", "hook_type", "platform", "event_id", "session_id",
     "external_session_id", "timestamp", "metadata", "payload",
 )  # fmt: skip
-
-
-def _json(model: BaseModel) -> str:
-    """Compact JSON of a model without ``None`` fields, as ``encode_fields`` writes it.
-
-    pydantic's own serializer is twice as fast as ``json.dumps(model_dump())`` and gives the
-    same text; text it cannot encode (a lone surrogate from a broken file or path) is escaped.
-    """
-    try:
-        return model.model_dump_json(exclude_none=True)
-    except PydanticSerializationError:
-        return json.dumps(model.model_dump(mode="json", exclude_none=True), separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -234,16 +221,19 @@ class Publisher:
             payload=item.payload.to_json_dict(),
         )
 
-    def event_values(self, dest: Destination, item: TraceItem) -> tuple[str, ...]:
+    def event_values(
+        self, dest: Destination, item: TraceItem, dedup_id: str | None = None
+    ) -> tuple[str, ...]:
         """``build_event(dest, item).to_fields()`` values in ``TRACE_FIELDS`` order, fast.
 
-        The first sync encodes every item: no envelope model is built, and the metadata JSON
-        is made once per destination and storage id.
+        The first sync encodes every item: no envelope model is built, the metadata JSON is
+        made once per destination and storage id, and a ``WirePayload``'s JSON is the one it
+        already made (its content hash covered the same bytes).
         """
         storage_id = item.workspace_storage_id or dest.storage_id
         meta = self._meta_cache.get((dest, storage_id))
         if meta is None:
-            meta = _json(
+            meta = model_json(
                 TraceMetadata(
                     workspace_hash=dest.workspace_hash, workspace_path=dest.workspace_path,
                     database_path=dest.database_path, storage_id=storage_id,
@@ -254,10 +244,12 @@ class Publisher:
                 self._meta_cache.clear()
             self._meta_cache[(dest, storage_id)] = meta
         ts = iso_from_ms(item.timestamp_ms) if item.timestamp_ms else iso_now()
+        payload = item.payload
+        text = payload.json_text() if isinstance(payload, WirePayload) else model_json(payload)
         return (
             TRACE_VERSION, "database_trace", "DatabaseTrace", "cursor",
-            TraceEvent.make_event_id(dest.workspace_hash, item.dedup_id),
-            dest.session_id, dest.session_id, ts, meta, _json(item.payload),
+            TraceEvent.make_event_id(dest.workspace_hash, dedup_id or item.dedup_id),
+            dest.session_id, dest.session_id, ts, meta, text,
         )  # fmt: skip
 
     async def publish(
@@ -295,8 +287,9 @@ class Publisher:
                 keys = list(keys_fixed)
                 rows: list[tuple[str, ...]] = []
                 for dest, item in chunk:
-                    keys.append(self.keys.dedup(dest.workspace_hash, item.dedup_id))
-                    rows.append(self.event_values(dest, item))
+                    dedup_id = item.dedup_id
+                    keys.append(self.keys.dedup(dest.workspace_hash, dedup_id))
+                    rows.append(self.event_values(dest, item, dedup_id))
                 args: list[str | int | bytes] = [self.dedup_ttl_s]
                 if start + self.chunk >= n:
                     args.append(len(wm_pairs) // 2)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from blueplane.cursor.sqlite_ro import item_rowid
 from blueplane.events import TracePayload
+from blueplane.events.wire import WirePayload
 
 # A layout's watermark: small JSON-serialisable state, stored durably in Redis and advanced
 # atomically with the events it covers.
@@ -33,7 +34,8 @@ class ReadContext:
 class TraceItem:
     """One item found in a Cursor database, ready to become a ``database_trace`` event."""
 
-    payload: TracePayload
+    # A model, or its JSON fields where a layout builds many (see ``WirePayload``).
+    payload: TracePayload | WirePayload
     timestamp_ms: int | None = None
     # For items of the global database: the workspaceStorage id the item belongs to, when known.
     workspace_storage_id: str | None = None

@@ -20,10 +20,10 @@ from blueplane.cursor.layouts.base import (
 )
 from blueplane.cursor.layouts.conversation import (
     build_composer,
-    build_message,
     composer_time_ms,
     revisions_of,
     too_old,
+    wire_message,
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, as_str, load_json
 
@@ -76,7 +76,7 @@ class LegacyChatData(ItemTableKeyLayout):
                 if bid is None or not isinstance(bubble, dict):
                     problems.append(f"chat tab {tab_id}: bubbles[{pos}] has no id")
                     continue
-                msg = build_message(
+                msg = wire_message(
                     bubble,
                     bubble_id=bid,
                     composer_id=tab_id,

@@ -16,18 +16,15 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from blueplane.cursor.layouts.base import ReadContext, TraceItem, Watermark
 from blueplane.cursor.layouts.jsonvalue import as_int, as_str
-from blueplane.events import (
-    CodeBlocks,
-    ComposerPayload,
-    MessagePayload,
-    ToolCall,
-    TracePayload,
-    parse_iso_ms,
-)
+from blueplane.events import ComposerPayload, MessagePayload, TracePayload, parse_iso_ms
+from blueplane.events.wire import WirePayload, model_json
+
+# A payload as the layouts build it: a model, or its JSON fields (the bulk path's messages).
+Payload = TypeVar("Payload", TracePayload, WirePayload)
 
 # Items whose last revision a layout remembers; older ones fall out first.
 SENT_CAP = 10_000
@@ -44,29 +41,40 @@ def sha256_hex(text: str) -> str:
 HASH_PREFIX = "v"
 
 
-def payload_hash(payload: TracePayload) -> str:
+def payload_hash(payload: TracePayload | WirePayload) -> str:
     """Hash of what is sent (revision excluded): an unchanged item keeps its hash.
 
-    pydantic's own JSON in field order (a third of the time of ``model_dump`` and a sorted
-    ``json.dumps``; the first sync hashes every item). Hashes stored before it are recognised
-    by ``same_payload``, so an upgrade sends nothing again.
+    The model's own JSON in field order, hashed as the bytes ``WirePayload`` also sends (the
+    first sync hashes every item, so it is serialised once for both). Hashes stored before
+    this form are recognised by ``same_payload``, so an upgrade sends nothing again.
     """
-    text = payload.model_dump_json(exclude_none=True, exclude={"revision"})
-    return HASH_PREFIX + sha256_hex(text)[:15]
+    if isinstance(payload, WirePayload):
+        return HASH_PREFIX + hashlib.sha256(payload.hashed_json()).hexdigest()[:15]
+    return HASH_PREFIX + sha256_hex(model_json(payload, exclude={"revision"}))[:15]
 
 
-def legacy_payload_hash(payload: TracePayload) -> str:
+def legacy_payload_hash(payload: TracePayload | WirePayload) -> str:
     """The hash stored before ``HASH_PREFIX`` (sorted keys), for memories written by then."""
-    data = payload.model_dump(mode="json", exclude_none=True, exclude={"revision"})
+    if isinstance(payload, WirePayload):
+        data = {k: v for k, v in payload.fields.items() if k != "revision"}
+    else:
+        data = payload.model_dump(mode="json", exclude_none=True, exclude={"revision"})
     return sha256_hex(json.dumps(data, sort_keys=True, separators=(",", ":")))[:16]
 
 
-def same_payload(stored: object, h: str, payload: TracePayload) -> bool:
-    """Whether a remembered hash is that of ``payload`` (``h``), in either form."""
+def same_payload(stored: object, h: str, payload: TracePayload | WirePayload) -> bool:
+    """Whether a remembered hash is that of ``payload`` (``h``), in any form stored so far.
+
+    Only a hash that differs costs more: a ``WirePayload``'s JSON is the model's (tested), and
+    a ``HASH_PREFIX`` hash that differs is checked against the model's own JSON too, so a
+    memory written by a build that hashed models is recognised even if the two ever differed.
+    """
     if stored == h:
         return True
-    if not isinstance(stored, str) or stored.startswith(HASH_PREFIX):
+    if not isinstance(stored, str):
         return False
+    if stored.startswith(HASH_PREFIX):
+        return isinstance(payload, WirePayload) and stored == payload_hash(payload.model())
     return stored == legacy_payload_hash(payload)
 
 
@@ -85,7 +93,7 @@ class Revisions:
                 if isinstance(v, list) and len(v) == 2 and isinstance(v[1], int):
                     self.entries[str(k)] = [str(v[0]), v[1]]
 
-    def stamp(self, key: str, payload: TracePayload) -> TracePayload | None:
+    def stamp(self, key: str, payload: Payload) -> Payload | None:
         """The payload with its revision set, or None when it was already sent unchanged."""
         h = payload_hash(payload)
         prev = self.entries.pop(key, None)
@@ -99,6 +107,8 @@ class Revisions:
         else:
             rev = prev[1] + 1
         self.entries[key] = [h, rev]
+        if isinstance(payload, WirePayload):
+            return payload.with_revision(rev)
         return payload.model_copy(update={"revision": rev})
 
     def known(self, key: str) -> bool:
@@ -174,10 +184,11 @@ def _model(bubble: Mapping[str, Any]) -> str | None:
     return as_str(bubble.get("modelType")) or as_str(bubble.get("model"))
 
 
-def _tool_calls(bubble: Mapping[str, Any], capture: bool) -> list[ToolCall] | None:
+def _tool_calls(bubble: Mapping[str, Any], capture: bool) -> list[dict[str, Any]] | None:
+    """``ToolCall`` fields of each call (``None`` left out)."""
     raw = bubble.get("toolFormerData")
     entries = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else []
-    calls: list[ToolCall] = []
+    calls: list[dict[str, Any]] = []
     for t in entries:
         if not isinstance(t, dict):
             continue
@@ -187,19 +198,19 @@ def _tool_calls(bubble: Mapping[str, Any], capture: bool) -> list[ToolCall] | No
         name = as_str(t.get("name"))
         if name is None and not t.get("toolCallId") and params is None:
             continue  # an empty placeholder Cursor writes before the call starts
-        calls.append(
-            ToolCall(
-                name=name,
-                status=as_str(t.get("status")),
-                params=params if capture else None,
-                params_length=len(params) if params is not None else None,
-                tool_call_id=as_str(t.get("toolCallId")),
-            )
+        call = (
+            ("name", name),
+            ("status", as_str(t.get("status"))),
+            ("params", params if capture else None),
+            ("params_length", len(params) if params is not None else None),
+            ("tool_call_id", as_str(t.get("toolCallId"))),
         )
+        calls.append({k: v for k, v in call if v is not None})
     return calls or None
 
 
-def _code_blocks(bubble: Mapping[str, Any]) -> CodeBlocks | None:
+def _code_blocks(bubble: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``CodeBlocks`` fields."""
     blocks = bubble.get("codeBlocks")
     if not isinstance(blocks, list):
         return None
@@ -208,7 +219,7 @@ def _code_blocks(bubble: Mapping[str, Any]) -> CodeBlocks | None:
         lang = as_str(b.get("languageId")) if isinstance(b, dict) else None
         if lang and lang not in langs:
             langs.append(lang)
-    return CodeBlocks(count=len(blocks), languages=langs)
+    return {"count": len(blocks), "languages": langs}
 
 
 def bubble_time_ms(bubble: Mapping[str, Any]) -> int | None:
@@ -244,6 +255,43 @@ def build_message(
     settled_by: str | None = None,
 ) -> MessagePayload:
     """A ``message`` payload from any era's bubble; absent fields stay absent."""
+    fields = message_fields(
+        bubble, bubble_id=bubble_id, composer_id=composer_id, ctx=ctx,
+        source_layout=source_layout, position=position, settled_by=settled_by,
+    )  # fmt: skip
+    return MessagePayload.model_validate(fields)
+
+
+def wire_message(
+    bubble: Mapping[str, Any],
+    *,
+    bubble_id: str,
+    composer_id: str | None,
+    ctx: ReadContext,
+    source_layout: str,
+    position: int | None = None,
+    settled_by: str | None = None,
+) -> WirePayload:
+    """``build_message`` without the model (the layouts' bulk path; see ``WirePayload``)."""
+    fields = message_fields(
+        bubble, bubble_id=bubble_id, composer_id=composer_id, ctx=ctx,
+        source_layout=source_layout, position=position, settled_by=settled_by,
+    )  # fmt: skip
+    return WirePayload(MessagePayload, fields)
+
+
+def message_fields(
+    bubble: Mapping[str, Any],
+    *,
+    bubble_id: str,
+    composer_id: str | None,
+    ctx: ReadContext,
+    source_layout: str,
+    position: int | None = None,
+    settled_by: str | None = None,
+) -> dict[str, Any]:
+    """A message's fields as ``MessagePayload.model_dump(mode="json", exclude_none=True)``
+    gives them, in its field order (the tests hold the two together)."""
     capture = ctx.capture_content
     btype = bubble.get("type")
     text_value = bubble.get("text")
@@ -260,35 +308,43 @@ def build_message(
     request_id = as_str(bubble.get("requestId"))
     created = bubble.get("createdAt")
     created_iso = created if isinstance(created, str) and iso_ms(created) is not None else None
-    return MessagePayload(
-        generation_id=request_id or bubble_id,
-        item_id=bubble_id,
-        source_layout=source_layout,
-        role=role_of(btype),
-        bubble_type=None if btype is None else str(btype),
-        composer_id=composer_id,
-        bubble_id=bubble_id,
-        request_id=request_id,
-        position=position,
-        text=text,
-        text_length=length,
-        text_sha256=digest,
-        model=_model(bubble),
-        input_tokens=tin,
-        output_tokens=tout,
-        tokens_reported=reported,
-        created_at=created_iso,
-        client_rpc_send_time_ms=epoch_ms(timing.get("clientRpcSendTime")),
-        client_settle_time_ms=epoch_ms(timing.get("clientSettleTime")),
-        client_end_time_ms=epoch_ms(timing.get("clientEndTime")),
-        client_start_uptime_ms=float(start) if isinstance(start, int | float) else None,
-        thinking_text=t_text,
-        thinking_length=t_len or None,
-        thinking_duration_ms=as_int(bubble.get("thinkingDurationMs")),
-        tool_calls=_tool_calls(bubble, capture),
-        code_blocks=_code_blocks(bubble),
-        settled_by=settled_by,
+    # Built in the model's field order; the ``None`` ones left out.
+    out: dict[str, Any] = {
+        "trace_type": "message",
+        "generation_id": request_id or bubble_id,
+        "item_id": bubble_id,
+        "source_layout": source_layout,
+        "role": role_of(btype),
+    }
+    optional = (
+        ("bubble_type", None if btype is None else str(btype)),
+        ("composer_id", composer_id),
+        ("bubble_id", bubble_id),
+        ("request_id", request_id),
+        ("position", position),
+        ("text", text),
+        ("text_length", length),
+        ("text_sha256", digest),
+        ("model", _model(bubble)),
+        ("input_tokens", tin),
+        ("output_tokens", tout),
+        ("tokens_reported", reported),
+        ("created_at", created_iso),
+        ("client_rpc_send_time_ms", epoch_ms(timing.get("clientRpcSendTime"))),
+        ("client_settle_time_ms", epoch_ms(timing.get("clientSettleTime"))),
+        ("client_end_time_ms", epoch_ms(timing.get("clientEndTime"))),
+        ("client_start_uptime_ms", float(start) if isinstance(start, int | float) else None),
+        ("thinking_text", t_text),
+        ("thinking_length", t_len or None),
+        ("thinking_duration_ms", as_int(bubble.get("thinkingDurationMs"))),
+        ("tool_calls", _tool_calls(bubble, capture)),
+        ("code_blocks", _code_blocks(bubble)),
+        ("settled_by", settled_by),
     )
+    for k, v in optional:
+        if v is not None:
+            out[k] = v
+    return out
 
 
 def build_composer(
@@ -392,7 +448,7 @@ def inline_messages(
         ts = bubble_time_ms(bubble) or composer_time
         if too_old(ts, ctx):
             continue
-        msg = build_message(
+        msg = wire_message(
             bubble,
             bubble_id=bid,
             composer_id=composer_id,

@@ -31,13 +31,13 @@ from blueplane.cursor.layouts.base import LayoutRead, ReadContext, TraceItem, Wa
 from blueplane.cursor.layouts.conversation import (
     assistant_settled,
     bubble_time_ms,
-    build_message,
     iso_ms,
     payload_hash,
     revisions_of,
     role_of,
     same_payload,
     too_old,
+    wire_message,
 )
 from blueplane.cursor.layouts.disk_kv import (
     OldRow,
@@ -51,7 +51,8 @@ from blueplane.cursor.layouts.disk_kv import (
     summarise,
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
-from blueplane.events import MessagePayload, iso_from_ms
+from blueplane.events import iso_from_ms
+from blueplane.events.wire import WirePayload
 
 PREFIX = "bubbleId:"
 BATCH = 500
@@ -177,7 +178,7 @@ class GlobalBubbles:
             if too_old(ts, ctx):
                 pending.pop(p.key, None)
                 continue
-            msg = build_message(
+            msg = wire_message(
                 p.bubble,
                 bubble_id=p.bubble_id,
                 composer_id=p.composer_id,
@@ -188,7 +189,7 @@ class GlobalBubbles:
             if settled_by is None:
                 continue
             pending.pop(p.key, None)
-            msg.settled_by = settled_by  # built here for this bubble alone: no copy needed
+            msg = msg.replace(settled_by=settled_by)
             stamped = revs.stamp(f"m:{p.bubble_id}", msg)
             if stamped is not None:
                 items.append(TraceItem(payload=stamped, timestamp_ms=ts))
@@ -210,7 +211,7 @@ class GlobalBubbles:
     @staticmethod
     def _settled(
         p: _Parsed,
-        msg: MessagePayload,
+        msg: WirePayload,
         pending: dict[str, list[Any]],
         newest_new: dict[str, list[tuple[int, str]]],
         ctx: ReadContext,

@@ -26,7 +26,7 @@ from blueplane.cursor.layouts.base import (
 )
 from blueplane.cursor.layouts.jsonvalue import BadValue, as_int, as_str, load_json
 from blueplane.cursor.sqlite_ro import item_rowid, item_value
-from blueplane.events import GenerationPayload
+from blueplane.events import GenerationPayload, WirePayload
 
 GENERATIONS_KEY = "aiService.generations"
 PROMPTS_KEY = "aiService.prompts"
@@ -129,13 +129,21 @@ def _item(
     gen_type = as_str(entry.get("type"))
     description = as_str(entry.get("textDescription"))
     prompt = pair_prompt(gen_type, description, prompts)
-    payload = GenerationPayload(
-        generation_id=gen_id,
-        generation_type=gen_type,
-        description=description if ctx.capture_content else None,
-        generation_timestamp_ms=unix_ms,
-        prompt_text=prompt if ctx.capture_content else None,
-        prompt_pairing="exact_description_match" if prompt else None,
-        source_layout=ItemTableGenerations.name,
+    # ``GenerationPayload``'s JSON fields in its order (a first sync builds 10,000 of them;
+    # see ``WirePayload``); ``None`` ones left out.
+    fields: dict[str, Any] = {
+        "trace_type": "generation",
+        "generation_id": gen_id,
+        "source_layout": ItemTableGenerations.name,
+    }
+    optional = (
+        ("generation_type", gen_type),
+        ("description", description if ctx.capture_content else None),
+        ("generation_timestamp_ms", unix_ms),
+        ("prompt_text", prompt if ctx.capture_content else None),
+        ("prompt_pairing", "exact_description_match" if prompt else None),
     )
-    return TraceItem(payload=payload, timestamp_ms=unix_ms)
+    for k, v in optional:
+        if v is not None:
+            fields[k] = v
+    return TraceItem(payload=WirePayload(GenerationPayload, fields), timestamp_ms=unix_ms)
