@@ -439,13 +439,14 @@ def first_sync(
 
     With ``pid``, the server's CPU time (utime + stime) until the last item is published and
     until the store holds everything, per item. With ``profile``, ``py-spy record`` samples the
-    server until then (speedscope JSON at that path, or ``profile_format``: ``chrometrace`` keeps
-    each sample's time, so phases of the sync can be told apart)."""
+    server until then: speedscope JSON of the GIL holder's stacks at that path, or with
+    ``profile_format`` ``chrometrace`` every thread's stack (waiting ones too) with its time,
+    so the phases of the sync and what each thread waits on can be told apart)."""
     spy: subprocess.Popen[bytes] | None = None
     if profile is not None and pid is not None:
         spy = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "250",
-             "--format", profile_format, "--output", str(profile), "--threads", "--gil"],
+             "--format", profile_format, "--output", str(profile), "--threads", "--idle" if profile_format == "chrometrace" else "--gil"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)  # attached before the first session
@@ -983,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile-format",
         choices=["speedscope", "chrometrace"],
         default="speedscope",
-        help="py-spy's output format (chrometrace: every sample with its time)",
+        help="py-spy's output format (chrometrace: every thread, waiting too, with times)",
     )
     ap.add_argument(
         "--server-env",

@@ -624,3 +624,18 @@ def test_a_pending_bubble_remembered_with_the_older_hash_keeps_its_quiet_time(
     wm: Watermark = {"rowid": 10**6, "pending": {key: [legacy_payload_hash(msg), since, 1]}}
     r = read(db, GlobalBubbles(), wm, ctx)
     assert [p["settled_by"] for p in payloads(r)] == ["quiet"]
+
+
+def test_a_session_start_re_read_takes_the_newest_conversations_first(tmp_path: Path) -> None:
+    """By each composer's newest bubble (its rowid, from the key index): the conversations in
+    use go out before an old history that SQLite has to parse only to find it too old."""
+    from blueplane.cursor.layouts.disk_bubbles import newest_first
+
+    db = global_db(tmp_path, "wal", "text")
+    for cid in ("b-old", "a-mid", "c-new"):
+        db.put_bubble(cid, make_user_bubble(f"{cid} 1"))
+    db.put_bubble("a-mid", make_user_bubble("a-mid 2"))  # now newer than b-old's
+    db.put_bubble("c-new", make_user_bubble("c-new 2"))
+    ro = ReadOnlyDatabase(db.path, 2.0)
+    got = ro.read_sync(lambda conn: newest_first(conn, ["a-mid", "b-old", "c-new", "none"]))
+    assert got == ["c-new", "a-mid", "b-old", "none"]

@@ -42,7 +42,8 @@ from blueplane.cursor.layouts import ALL_LAYOUTS, COMPOSER_SCOPED, Layout
 from blueplane.cursor.layouts.base import TraceItem, Watermark
 from blueplane.cursor.layouts.composer_data import COMPOSER_DATA_KEY, membership_ids
 from blueplane.cursor.layouts.conversation import REPLAY
-from blueplane.cursor.layouts.disk_bubbles import SETTLE_QUIET_MS, GlobalBubbles
+from blueplane.cursor.layouts.disk_bubbles import SETTLE_QUIET_MS, GlobalBubbles, newest_first
+from blueplane.cursor.layouts.disk_kv import TABLE
 from blueplane.cursor.layouts.jsonvalue import BadValue, load_json
 from blueplane.cursor.sqlite_ro import (
     CursorDbError,
@@ -433,7 +434,8 @@ class GlobalDatabases:
 
         def all_ids(conn: sqlite3.Connection) -> list[str]:
             ids = set(composer_ids)
-            if "composerHeaders" in table_names(conn) and storage_ids:
+            tables = table_names(conn)
+            if "composerHeaders" in tables and storage_ids:
                 marks = ",".join("?" * len(storage_ids))
                 ids |= {
                     r[0]
@@ -443,6 +445,8 @@ class GlobalDatabases:
                     )
                     if isinstance(r[0], str)
                 }
+            if TABLE in tables:
+                return newest_first(conn, ids)
             return sorted(ids)
 
         def fetch(ids: list[str], conn: sqlite3.Connection) -> dict[str, Any]:
@@ -462,7 +466,9 @@ class GlobalDatabases:
             log.warning("session-start re-read of %s failed: %s", gs.db.path, exc)
             return 0
         # A few composers per read: memory stays bounded however many sessions start, and
-        # the next read runs in its thread while this one is published.
+        # the next read runs in its thread while this one is published. Newest conversations
+        # first (``newest_first``): an old history costs SQLite a JSON parse per bubble to find
+        # it outside the sync window, and the conversations in use need not wait for that.
         chunks = [ids[i : i + REPLAY_COMPOSERS] for i in range(0, len(ids), REPLAY_COMPOSERS)]
         watermarks = await self.poller.load_watermarks(gs.db)
         ctx = self.poller.context("global")

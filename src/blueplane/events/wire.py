@@ -91,12 +91,16 @@ class WirePayload:
     def replace(self, **changes: Any) -> WirePayload:
         """A copy with ``changes`` (``None`` removes a field), in the model's field order."""
         order = _field_order(self.model_cls)
-        last = order[next(reversed(self.fields))] if self.fields else -1
-        if all(v is not None and order[k] > last for k, v in changes.items()):
-            return WirePayload(self.model_cls, {**self.fields, **changes})  # appended in order
-        merged = {**self.fields, **changes}
-        fields = {k: merged[k] for k in order if merged.get(k) is not None}
-        return WirePayload(self.model_cls, fields)
+        fields = self.fields
+        if len(changes) == 1 and fields:
+            ((name, value),) = changes.items()
+            if value is not None and order[name] > order[next(reversed(fields))]:
+                out = fields.copy()  # a field after every present one (e.g. settled_by)
+                out[name] = value
+                return WirePayload(self.model_cls, out)
+        merged = {**fields, **changes}
+        out = {k: merged[k] for k in order if merged.get(k) is not None}
+        return WirePayload(self.model_cls, out)
 
     def hashed_json(self) -> bytes:
         """The JSON that the content hash covers: the payload without ``revision``."""

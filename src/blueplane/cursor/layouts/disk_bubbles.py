@@ -40,11 +40,13 @@ from blueplane.cursor.layouts.conversation import (
     wire_message,
 )
 from blueplane.cursor.layouts.disk_kv import (
+    TABLE,
     OldRow,
     Row,
     RowScan,
     has_prefix,
     next_watermark_rowid,
+    prefix_range,
     read_keys,
     read_prefixes,
     scan_new,
@@ -86,6 +88,18 @@ def split_key(key: str) -> tuple[str, str] | None:
     if len(parts) != 3 or not parts[1] or not parts[2]:
         return None
     return parts[1], parts[2]
+
+
+def newest_first(conn: sqlite3.Connection, composer_ids: Iterable[str]) -> list[str]:
+    """Composers whose newest bubble was written last first (its rowid, from the key index
+    alone: no value is read), so that a session-start re-read sends the conversations in use
+    before a long history whose bubbles are outside the sync window."""
+    newest: dict[str, int] = {}
+    q = f"SELECT MAX(rowid) FROM {TABLE} WHERE key >= ? AND key < ?"
+    for cid in composer_ids:
+        row = conn.execute(q, prefix_range(f"{PREFIX}{cid}:")).fetchone()
+        newest[cid] = int(row[0]) if row and row[0] is not None else 0
+    return sorted(newest, key=lambda c: (-newest[c], c))
 
 
 class GlobalBubbles:
