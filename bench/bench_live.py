@@ -444,9 +444,10 @@ def first_sync(
     so the phases of the sync and what each thread waits on can be told apart)."""
     spy: subprocess.Popen[bytes] | None = None
     if profile is not None and pid is not None:
+        which = "--idle" if profile_format == "chrometrace" else "--gil"
         spy = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid), "--rate", "250",
-             "--format", profile_format, "--output", str(profile), "--threads", "--idle" if profile_format == "chrometrace" else "--gil"],
+             "--format", profile_format, "--output", str(profile), "--threads", which],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)  # attached before the first session
