@@ -357,6 +357,7 @@ class TraceStore:
         self._next_seq = 0
         self._max_params = DEFAULT_MAX_PARAMS
         self._checkpointer: _Checkpointer | None = None
+        self._wal_index: WalIndex | None = None
         if readonly:
             # The CLI's view: never writes, never blocks the consumer.
             self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
@@ -382,7 +383,8 @@ class TraceStore:
             # kept by every write.
             self._indexer = conversation_index.ConversationIndexer(self.conn)
             self._backfill_conversations()
-            if wal_backlog(path) is not None:
+            self._wal_index = WalIndex(path)
+            if self._wal_index.backlog() is not None:
                 self.conn.execute("PRAGMA wal_autocheckpoint=0")
                 self._checkpointer = _Checkpointer(path)
             else:  # no WAL index to read the backlog from: SQLite's own checkpoints
@@ -390,6 +392,8 @@ class TraceStore:
                 self.conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
         except BaseException:
             self.conn.close()
+            if self._wal_index is not None:
+                self._wal_index.close()
             raise
 
     def _after_commit(self) -> None:
@@ -406,7 +410,7 @@ class TraceStore:
             cp.bulk_done.clear()
             cp.checkpoint(self.conn, "the writer's")
             return
-        backlog = wal_backlog(self.path)
+        backlog = self._wal_index.backlog() if self._wal_index is not None else None
         if backlog is None:  # read mid-update (another process committing): next time
             return
         if backlog >= CHECKPOINT_FORCE_PAGES and not cp.busy:
@@ -522,6 +526,8 @@ class TraceStore:
                 if self._checkpointer is not None:
                     self._checkpointer.close()
                 self.conn.close()
+                if self._wal_index is not None:  # last: see WalIndex
+                    self._wal_index.close()
 
     @property
     def writing(self) -> bool:
@@ -658,24 +664,39 @@ class TraceStore:
         return {str(k): int(v) for k, v in rows}
 
 
-def wal_backlog(path: Path) -> int | None:
-    """Pages in the WAL of ``path`` not yet copied into the database: ``mxFrame`` minus
-    ``nBackfill`` of the WAL index (``-shm``; layout: https://www.sqlite.org/walformat.html,
-    native byte order). None when it cannot be read consistently (its two header copies
-    differ mid-write, or there is none)."""
-    try:
-        fd = os.open(f"{path}-shm", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        head = os.pread(fd, 100, 0)
-    finally:
-        os.close(fd)
-    if len(head) < 100 or head[:48] != head[48:96]:
-        return None
-    max_frame = struct.unpack_from("=I", head, 16)[0]
-    backfilled = struct.unpack_from("=I", head, 96)[0]
-    return max(0, max_frame - backfilled)
+class WalIndex:
+    """The WAL index (``-shm``) of a store, read to know how much of the WAL is not yet
+    checkpointed (``backlog``).
+
+    One descriptor, opened once and closed only after the store's connections: closing any
+    descriptor of a file drops every POSIX lock this process holds on it, SQLite's included
+    (a reader in another process would then find the WAL index unowned and rebuild it under
+    a live writer). None when there is no index to read."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._fd: int | None = os.open(f"{path}-shm", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def backlog(self) -> int | None:
+        """Pages in the WAL not yet copied into the database: ``mxFrame`` minus
+        ``nBackfill`` (layout: https://www.sqlite.org/walformat.html, native byte order).
+        None when unreadable or read mid-update (its two header copies differ)."""
+        if self._fd is None:
+            return None
+        head = os.pread(self._fd, 100, 0)
+        if len(head) < 100 or head[:48] != head[48:96]:
+            return None
+        max_frame = struct.unpack_from("=I", head, 16)[0]
+        backfilled = struct.unpack_from("=I", head, 96)[0]
+        return max(0, max_frame - backfilled)
+
+    def close(self) -> None:
+        """Only once every connection of this process to the store is closed (see above)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _Checkpointer:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from blueplane import store as store_module
 from blueplane.events import MalformedEntry
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, parse_entry
-from blueplane.store import TraceStore, _chunked, wal_backlog
+from blueplane.store import TraceStore, _chunked
 
 
 def trace_fields(
@@ -246,11 +248,13 @@ def test_wal_backlog_reads_the_pages_not_yet_checkpointed(tmp_path: Path) -> Non
     batch = [parse_entry(f"{i}-0", trace_fields(f"g{i}", event_id=f"e{i}", response="x" * 4000))
              for i in range(20)]  # fmt: skip
     store.write_batch(batch, 3600)
-    backlog = wal_backlog(tmp_path / "t.db")
+    index = store._wal_index
+    assert index is not None
+    backlog = index.backlog()
     assert backlog is not None and backlog >= 20  # at least a page per 4 KB event
     busy, frames, copied = store.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert (busy, frames - copied) == (0, 0) and frames >= backlog
-    assert wal_backlog(tmp_path / "t.db") == 0
+    assert index.backlog() == 0
     store.close()
 
 
@@ -281,3 +285,27 @@ def test_background_checkpoints_keep_the_wal_bounded(
     check = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     assert check.execute("SELECT count(*) FROM events").fetchone()[0] == 1000
     check.close()
+
+
+def test_reading_the_wal_index_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """After writes (each reads the WAL index), another process must still see the store in
+    use: SQLite's shared lock on the -shm's DMS byte (offset 128) is held. Opening and closing
+    a descriptor of the -shm per read dropped it (POSIX locks die with any close)."""
+    store = TraceStore(tmp_path / "t.db")
+    for i in range(3):
+        store.write_batch([parse_entry(f"{i}-0", trace_fields(f"g{i}", event_id=f"e{i}"))], 3600)
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, 0)\n"
+        "    print('free')\n"
+        "except OSError:\n"
+        "    print('held')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "t.db-shm")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "held"
+    store.close()
