@@ -674,8 +674,11 @@ class WalIndex:
     a live writer). None when there is no index to read."""
 
     def __init__(self, path: Path) -> None:
+        self._fd: int | None = None
+        if not hasattr(os, "pread"):  # Windows: SQLite's own checkpoints (TraceStore.__init__)
+            return
         try:
-            self._fd: int | None = os.open(f"{path}-shm", os.O_RDONLY)
+            self._fd = os.open(f"{path}-shm", os.O_RDONLY)
         except OSError:
             self._fd = None
 
