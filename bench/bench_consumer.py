@@ -174,7 +174,24 @@ def process_usage(pid: int) -> dict[str, float]:
     fields = stat.rpartition(")")[2].split()
     cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     peak = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")), "0")
-    return {"cpu_s": cpu_s, "rss_peak_mb": round(int(peak) / 1024, 1)}
+    return {"cpu_s": cpu_s, "rss_peak_mb": round(int(peak) / 1024, 1), "threads": threads(pid)}
+
+
+def threads(pid: int) -> dict[str, float]:
+    """CPU seconds of the main thread (the event loop) and of the others (the store's writer
+    thread and a few idle ones): which one is the bottleneck."""
+    out: dict[str, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = "main" if task.name == str(pid) else "other threads"
+        fields = stat.rpartition(")")[2].split()
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        out[name] = round(out.get(name, 0.0) + cpu, 2)
+    return out
 
 
 def run_once(
@@ -257,6 +274,10 @@ def run_once(
                 # sensitive to the machine's other load than the rates
                 "server_cpu_us_per_event": round(usage["cpu_s"] * 1e6 / n, 1) if usage else None,
                 "server_rss_peak_mb": usage.get("rss_peak_mb"),
+                # CPU µs per event of the event loop and of the other threads (the writer)
+                "server_thread_cpu_us_per_event": {
+                    k: round(v * 1e6 / n, 1) for k, v in usage.get("threads", {}).items()
+                },
             }
         finally:
             if server is not None and server.poll() is None:
@@ -326,6 +347,7 @@ def main() -> None:
             f"{r['load_average_1m_after']} | {r['server_cpu_us_per_event']} us | "
             f"{r['server_rss_peak_mb']} MB |"
         )
+        print(f"  threads, CPU us/event: {r['server_thread_cpu_us_per_event']}")
     bad = [
         r for r in results if r["stored_distinct"] != r["events"] or r["stored_rows"] != r["events"]
     ]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from blueplane import store as store_module
 from blueplane.events import MalformedEntry
 from blueplane.fast_path.consumer import MAX_ENTRY_BYTES, parse_entry
 from blueplane.store import TraceStore, _chunked
@@ -237,4 +240,72 @@ def test_traces_filters(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         ro.conn.execute("DELETE FROM events")
     ro.close()
+    store.close()
+
+
+def test_wal_backlog_reads_the_pages_not_yet_checkpointed(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path / "t.db")
+    batch = [parse_entry(f"{i}-0", trace_fields(f"g{i}", event_id=f"e{i}", response="x" * 4000))
+             for i in range(20)]  # fmt: skip
+    store.write_batch(batch, 3600)
+    index = store._wal_index
+    assert index is not None
+    backlog = index.backlog()
+    assert backlog is not None and backlog >= 20  # at least a page per 4 KB event
+    busy, frames, copied = store.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, frames - copied) == (0, 0) and frames >= backlog
+    assert index.backlog() == 0
+    store.close()
+
+
+def test_background_checkpoints_keep_the_wal_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer does not checkpoint (no auto-checkpoint); the checkpoint thread does, and
+    the WAL starts over instead of holding everything written."""
+    monkeypatch.setattr(store_module, "CHECKPOINT_PAGES", 64)
+    monkeypatch.setattr(store_module, "CHECKPOINT_FORCE_PAGES", 10**9)  # never the writer alone
+    path = tmp_path / "t.db"
+    store = TraceStore(path)
+    assert store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    written = 0
+    for b in range(40):
+        batch = [
+            parse_entry(f"{b}-{i}", trace_fields(f"g{b}.{i}", event_id=f"e{b}.{i}",
+                                                 response="x" * 4000))
+            for i in range(25)
+        ]  # fmt: skip
+        written += store.write_batch(batch, 3600).inserted
+    assert written == 1000  # ~4 MB: more than 1,000 pages went through the WAL
+    assert store._checkpointer is not None and store._checkpointer._thread is not None
+    wal_pages = (path.parent / "t.db-wal").stat().st_size // 4096
+    assert wal_pages < 500, f"the WAL was never started over ({wal_pages} pages)"
+    store.close()
+    assert not store._checkpointer._thread.is_alive()
+    check = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    assert check.execute("SELECT count(*) FROM events").fetchone()[0] == 1000
+    check.close()
+
+
+def test_reading_the_wal_index_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """After writes (each reads the WAL index), another process must still see the store in
+    use: SQLite's shared lock on the -shm's DMS byte (offset 128) is held. Opening and closing
+    a descriptor of the -shm per read dropped it (POSIX locks die with any close)."""
+    store = TraceStore(tmp_path / "t.db")
+    for i in range(3):
+        store.write_batch([parse_entry(f"{i}-0", trace_fields(f"g{i}", event_id=f"e{i}"))], 3600)
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, 0)\n"
+        "    print('free')\n"
+        "except OSError:\n"
+        "    print('held')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "t.db-shm")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "held"
     store.close()
