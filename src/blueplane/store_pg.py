@@ -203,6 +203,56 @@ _LOCK_AND_SEQ = (
 )
 
 
+_ROW_RECEIVED = _COLS.index("received_at_ms")
+_SRC_RECEIVED = _SRC_COLS.index("received_at_ms")
+
+
+class _PgBatch(list[StoredEvent]):
+    """A batch with its COPY rows computed beforehand (``PgTraceStore.prepare``): the consumer
+    builds them in its event loop while the previous batch is written, so the writer thread
+    runs little more than SQL and PostgreSQL is not kept waiting on Python between batches.
+    ``received_at_ms`` is left for ``write_batch`` to fill (the write's own clock)."""
+
+    def __init__(self, events: Sequence[StoredEvent]) -> None:
+        super().__init__(events)
+        # An event id twice in a batch (a redelivery): the first copy wins, as SQLite's OR IGNORE.
+        unique: dict[str, StoredEvent] = {}
+        for ev in events:
+            unique.setdefault(ev.event_id, ev)
+        self.unique_ids = list(unique)
+        keyed = trace_sources.is_keyed_generation
+        self.source_rows: list[list[Any]] = [
+            list(r) for r in trace_sources.rows([ev for ev in unique.values() if keyed(ev)], 0, 0)
+        ]
+        # Every row, with what the search index and the activity tables need of it (the words of
+        # every text: Python's share of the cost).
+        rows: list[list[Any]] = []
+        revisions: set[tuple[Any, ...]] = set()
+        pos = 0
+        for seq, ev in enumerate(unique.values()):
+            dedup = dedupable(ev)
+            later = False
+            if dedup:
+                key = (ev.session_id, ev.trace_type, ev.item_key, ev.revision)
+                later = key in revisions
+                revisions.add(key)
+            src: tuple[Any, Any] = (None, None)
+            if keyed(ev):
+                src = (self.source_rows[pos][2], pos)
+                pos += 1
+            stage = derived.stage_row(ev, POSTGRES)
+            rows.append([*event_row(ev, 0), seq, dedup, later, *src, *stage[1:]])
+        rows.sort(key=lambda r: r[0])  # event id order: see _INSERT
+        self.rows = rows
+
+    def stamp(self, now_ms: int) -> None:
+        """The write's time as every row's ``received_at_ms``."""
+        for row in self.rows:
+            row[_ROW_RECEIVED] = now_ms
+        for row in self.source_rows:
+            row[_SRC_RECEIVED] = now_ms
+
+
 class _Cursor:
     def __init__(self, cur: psycopg.Cursor[Any]) -> None:
         self._cur = cur
@@ -459,44 +509,28 @@ class PgTraceStore(TraceStore):
             self._write_conn = conn
         return conn
 
+    def prepare(self, events: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
+        """The batch with its COPY rows built (``_PgBatch``), without the database: the
+        consumer calls this in its event loop while the previous batch is written."""
+        return _PgBatch(events)
+
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
-        """One transaction: COPY the batch into the temp tables and insert every row
-        (``_INSERT``); under the write lock, the sources of the generations (``trace_sources``),
-        the rows SQLite's dedup and NOT_FIRST rules drop deleted (``_DROP_LOSERS``), the derived
-        tables and the conversation tables (``conversation_index``) of the rows kept.
+        """One transaction (``events`` may be a ``_PgBatch``: ``prepare``): COPY the batch into
+        the temp tables and insert every row (``_INSERT``); under the write lock, the sources of
+        the generations (``trace_sources``), the rows SQLite's dedup and NOT_FIRST rules drop
+        deleted (``_DROP_LOSERS``), the derived tables and the conversation tables
+        (``conversation_index``) of the rows kept.
 
         Raises ``psycopg.Error`` with nothing written (the batch is rolled back)."""
+        batch = events if isinstance(events, _PgBatch) else _PgBatch(events)
+        rows, source_rows = batch.rows, batch.source_rows
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
-        # An event id twice in a batch (a redelivery): the first copy wins, as SQLite's OR IGNORE.
-        unique: dict[str, StoredEvent] = {}
-        for ev in events:
-            unique.setdefault(ev.event_id, ev)
-        keyed = trace_sources.is_keyed_generation
-        source_rows = trace_sources.rows([ev for ev in unique.values() if keyed(ev)], now_ms, 0)
-        # Every row, with what the search index and the activity tables need of it (the words of
-        # every text: Python's share of the cost), computed here, before the write lock.
-        rows: list[tuple[Any, ...]] = []
-        revisions: set[tuple[Any, ...]] = set()
-        pos = 0
-        for seq, ev in enumerate(unique.values()):
-            dedup = dedupable(ev)
-            later = False
-            if dedup:
-                key = (ev.session_id, ev.trace_type, ev.item_key, ev.revision)
-                later = key in revisions
-                revisions.add(key)
-            src: tuple[Any, Any] = (None, None)
-            if keyed(ev):
-                src = (source_rows[pos][2], pos)
-                pos += 1
-            stage = derived.stage_row(ev, POSTGRES)
-            rows.append((*event_row(ev, now_ms), seq, dedup, later, *src, *stage[1:]))
-        rows.sort(key=lambda r: r[0])  # event id order: see _INSERT
         with self._lock:
             if self._closed:
                 raise psycopg.InterfaceError(f"store {self.label} is closed")
             conn = self._writer()
+            batch.stamp(now_ms)
             try:
                 with conn.cursor() as cur:
                     with cur.copy(_COPY) as copy:  # type: ignore[arg-type]
@@ -527,7 +561,7 @@ class PgTraceStore(TraceStore):
                     inserted = len(held)
                     if inserted:
                         if inserted < len(rows):
-                            gone = [eid for eid in unique if eid not in held]
+                            gone = [eid for eid in batch.unique_ids if eid not in held]
                             cur.execute(_UNSTAGE, (gone,))  # type: ignore[arg-type]
                         # the search index and the activity counts of what was kept
                         for stmt in _DERIVED_WRITE:
