@@ -88,17 +88,22 @@ _SOURCES_DDL = (
 )
 # Binary COPY: no text escaping of the payloads on either side (psycopg's text rows cost the
 # consumer ~20 µs each).
+# received_at_ms is copied last: the write's own time, appended to the prepared row at the write
+_COPY_COLS = [c for c in _COLS if c != "received_at_ms"]
 _COPY = (
-    f"COPY _bp_batch ({', '.join(_COLS)}, seq, dedup, later, src, src_pos,"
-    f" {', '.join(_STAGE_COLS)}) FROM STDIN (FORMAT BINARY)"
+    f"COPY _bp_batch ({', '.join(_COPY_COLS)}, seq, dedup, later, src, src_pos,"
+    f" {', '.join(_STAGE_COLS)}, received_at_ms) FROM STDIN (FORMAT BINARY)"
 )
 _PG_TYPES = {"TEXT": "text", "BIGINT": "int8", "INTEGER": "int4", "BOOLEAN": "bool"}
-_COPY_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns] + [
-    "int4", "bool", "bool", "text", "int4", "text", "text", "text", "int4", "int8", "int8",
+_COPY_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns
+               if c.name != "received_at_ms"] + [
+    "int4", "bool", "bool", "text", "int4", "text", "text", "text", "int4", "int8", "int8", "int8",
 ]  # fmt: skip
-_SOURCES_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in TRACE_SOURCES.columns]
+_SRC_COPY_COLS = [c for c in _SRC_COLS if c != "received_at_ms"] + ["received_at_ms"]
+_SOURCES_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in TRACE_SOURCES.columns
+                  if c.name != "received_at_ms"] + ["int8"]  # fmt: skip
 # seq is copied as the place in the batch; the base is added when moved.
-_COPY_SOURCES = f"COPY _bp_sources ({', '.join(_SRC_COLS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_SOURCES = f"COPY _bp_sources ({', '.join(_SRC_COPY_COLS)}) FROM STDIN (FORMAT BINARY)"
 _MOVE_SOURCES = f"""
 INSERT INTO trace_sources ({", ".join(_SRC_COLS)})
 SELECT {", ".join("seq + %(base)s" if c == "seq" else c for c in _SRC_COLS)} FROM _bp_sources
@@ -211,7 +216,10 @@ class _PgBatch(list[StoredEvent]):
     """A batch with its COPY rows computed beforehand (``PgTraceStore.prepare``): the consumer
     builds them in its event loop while the previous batch is written, so the writer thread
     runs little more than SQL and PostgreSQL is not kept waiting on Python between batches.
-    ``received_at_ms`` is left for ``write_batch`` to fill (the write's own clock)."""
+    The rows leave out ``received_at_ms``: ``write_batch`` appends the write's own time to
+    each (copied last), so a batch retried after an outage is stamped when it is stored. Tuples,
+    not lists filled in at the write: those cost the writer a few µs more per event (COPY of a
+    list, the collector tracking 5,000 of them), measured with ``bench_pg_writers``."""
 
     def __init__(self, events: Sequence[StoredEvent]) -> None:
         super().__init__(events)
@@ -221,12 +229,14 @@ class _PgBatch(list[StoredEvent]):
             unique.setdefault(ev.event_id, ev)
         self.unique_ids = list(unique)
         keyed = trace_sources.is_keyed_generation
-        self.source_rows: list[list[Any]] = [
-            list(r) for r in trace_sources.rows([ev for ev in unique.values() if keyed(ev)], 0, 0)
+        # without received_at_ms (appended at the write)
+        self.source_rows: list[tuple[Any, ...]] = [
+            r[:_SRC_RECEIVED] + r[_SRC_RECEIVED + 1 :]
+            for r in trace_sources.rows([ev for ev in unique.values() if keyed(ev)], 0, 0)
         ]
         # Every row, with what the search index and the activity tables need of it (the words of
         # every text: Python's share of the cost).
-        rows: list[list[Any]] = []
+        rows: list[tuple[Any, ...]] = []
         revisions: set[tuple[Any, ...]] = set()
         pos = 0
         for seq, ev in enumerate(unique.values()):
@@ -241,16 +251,11 @@ class _PgBatch(list[StoredEvent]):
                 src = (self.source_rows[pos][2], pos)
                 pos += 1
             stage = derived.stage_row(ev, POSTGRES)
-            rows.append([*event_row(ev, 0), seq, dedup, later, *src, *stage[1:]])
+            row = event_row(ev, 0)
+            rows.append((*row[:_ROW_RECEIVED], *row[_ROW_RECEIVED + 1 :], seq, dedup, later,
+                         *src, *stage[1:]))  # fmt: skip
         rows.sort(key=lambda r: r[0])  # event id order: see _INSERT
         self.rows = rows
-
-    def stamp(self, now_ms: int) -> None:
-        """The write's time as every row's ``received_at_ms``."""
-        for row in self.rows:
-            row[_ROW_RECEIVED] = now_ms
-        for row in self.source_rows:
-            row[_SRC_RECEIVED] = now_ms
 
 
 class _Cursor:
@@ -530,18 +535,18 @@ class PgTraceStore(TraceStore):
             if self._closed:
                 raise psycopg.InterfaceError(f"store {self.label} is closed")
             conn = self._writer()
-            batch.stamp(now_ms)
             try:
+                received = (now_ms,)  # the write's time: each row's received_at_ms
                 with conn.cursor() as cur:
                     with cur.copy(_COPY) as copy:  # type: ignore[arg-type]
                         copy.set_types(_COPY_TYPES)
                         for row in rows:
-                            copy.write_row(row)
+                            copy.write_row(row + received)
                     if source_rows:
                         with cur.copy(_COPY_SOURCES) as copy:  # type: ignore[arg-type]
                             copy.set_types(_SOURCES_TYPES)
                             for row in source_rows:
-                                copy.write_row(row)
+                                copy.write_row(row + received)
                     cur.execute(_PLAN_LOCAL)  # type: ignore[arg-type]
                     cur.execute(_INSERT)  # type: ignore[arg-type]
                     held = {r[0] for r in cur.fetchall()}
