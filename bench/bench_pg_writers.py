@@ -11,6 +11,7 @@ over the processes (waiting for the write lock included).
 
     .venv/bin/python bench/bench_pg_writers.py --procs 3 --batch 5000
     .venv/bin/python bench/bench_pg_writers.py --src /tmp/base/src   # another checkout's package
+    .venv/bin/python bench/bench_pg_writers.py --blueplane /work/main/.venv/bin/blueplane  # A/B
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -119,6 +121,15 @@ def worker(k: int, opts: argparse.Namespace, url: str, ready: Any, go: Any, out:
              "backend_cpu_s": backend, "profile": dict(prof)})  # fmt: skip
 
 
+def package_root(blueplane: Path) -> Path:
+    """The folder holding the ``blueplane`` package that the command ``blueplane`` runs (its
+    venv's Python is asked), for ``--src``."""
+    python = blueplane.parent / "python"
+    code = "import blueplane, pathlib; print(pathlib.Path(blueplane.__file__).parent.parent)"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", type=Path, default=ROOT / "src")
@@ -126,7 +137,11 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=120_000)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--blueplane", type=Path, default=None,
+                    help="another build's blueplane command: write with its package")  # fmt: skip
     opts = ap.parse_args()
+    if opts.blueplane is not None:
+        opts.src = package_root(opts.blueplane)
     sys.path[:0] = [str(opts.src), str(ROOT / "bench")]
     import psycopg
 

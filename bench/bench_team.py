@@ -53,7 +53,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import redis
@@ -79,7 +79,7 @@ from blueplane.broker import BundledRedis  # noqa: E402
 from blueplane.events import normalise_workspace_path, workspace_hash  # noqa: E402
 from cursor_writer import percentile  # noqa: E402
 
-BLUEPLANE = ROOT / ".venv" / "bin" / "blueplane"
+BLUEPLANE = ROOT / ".venv" / "bin" / "blueplane"  # --blueplane PATH: another build's (A/B)
 PG_SERVER = os.environ.get("BLUEPLANE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 PG_RESTART = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"]
 STREAM = "telemetry:events"
@@ -112,14 +112,20 @@ def log(msg: str) -> None:
 class Proc:
     """A ``blueplane`` command in its own process group, output to a log file."""
 
+    binary: ClassVar[Path] = BLUEPLANE
+
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args, self.env, self.log_path = args, env, log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.alive() and self.proc is not None else None
+
     def start(self) -> Proc:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [str(BLUEPLANE), *self.args], env=self.env, stdin=subprocess.DEVNULL,
+                [str(self.binary), *self.args], env=self.env, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=out, start_new_session=True,
                 cwd=self.env["BLUEPLANE_HOME"],
             )  # fmt: skip
@@ -266,6 +272,8 @@ def _writer(dbs: list[str], per_tick: int, tick_s: float, until: float, ids_path
             ids.flush()
             next_at += tick_s
             time.sleep(max(0.0, next_at - time.time()))
+    # its own CPU, for the bench's per-process accounting (the load generator's share)
+    Path(f"{ids_path}-cpu").write_text(str(time.process_time()))
 
 
 def run_writers(producers: list[Producer], rate: int, seconds: float, ids_path: Path,
@@ -287,14 +295,108 @@ def run_writers(producers: list[Producer], rate: int, seconds: float, ids_path: 
     return start, until, workers
 
 
+def writers_cpu_s(ids_path: Path) -> float:
+    """CPU seconds of the writer processes that last ran (each wrote its own at its end)."""
+    total = 0.0
+    for f in ids_path.parent.glob(ids_path.name + ".*-cpu"):
+        total += float(f.read_text())
+        f.unlink()
+    return total
+
+
 def read_ids(ids_path: Path) -> list[str]:
     out: list[str] = []
     for f in sorted(ids_path.parent.glob(ids_path.name + ".*")):
+        if f.name.endswith("-cpu"):
+            continue
         out += [line for line in f.read_text().splitlines() if line]
     return out
 
 
 # --------------------------------------------------------------------------- measuring
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of ``pid`` (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _machine_busy_s() -> float:
+    """Non-idle CPU seconds of the whole machine (every core, everyone's work)."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(vals[:8]) - vals[3] - vals[4]) / _TICK  # minus idle and iowait
+
+
+def _postgres_pids() -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == "postgres":
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+class CpuMeter:
+    """CPU seconds per group of processes over a phase, from /proc: who eats the 2 cores.
+
+    ``postgres_ours`` are the backends connected to the bench's database (the consumers'
+    writers, the bench's polls); ``postgres_rest`` every other PostgreSQL process (WAL writer,
+    checkpointer, and other engineers' backends on this shared server). A process that exits
+    within the phase (a killed consumer) is not counted, one started within it counts from its
+    start; ``machine`` is every core's busy
+    time, so ``machine`` minus the groups is everything else on the machine."""
+
+    def __init__(self, groups: Any, pg_url: str, db_name: str) -> None:
+        self.groups, self.pg_url, self.db_name = groups, pg_url, db_name
+
+    def snapshot(self) -> dict[str, Any]:
+        groups: dict[str, list[int]] = {k: [p for p in v if p] for k, v in self.groups().items()}
+        ours: list[int] = []
+        try:
+            with psycopg.connect(self.pg_url, autocommit=True, connect_timeout=3) as c:
+                ours = [r[0] for r in c.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> "
+                    "pg_backend_pid()", (self.db_name,))]  # fmt: skip
+        except psycopg.Error:
+            pass
+        groups["postgres_ours"] = ours
+        groups["postgres_rest"] = [p for p in _postgres_pids() if p not in set(ours)]
+        return {
+            "t": time.time(), "machine": _machine_busy_s(),
+            "pids": {k: {p: _proc_cpu_s(p) for p in v} for k, v in groups.items()},
+        }  # fmt: skip
+
+    @staticmethod
+    def delta(a: dict[str, Any], b: dict[str, Any], events: int | None = None,
+              extra: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Per group: CPU seconds, share of one core, and µs per stored event."""
+        wall = max(1e-6, b["t"] - a["t"])
+        out: dict[str, Any] = {"wall_s": round(wall, 1)}
+        groups: dict[str, float] = {}
+        for k, pids in b["pids"].items():
+            before = a["pids"].get(k, {})
+            # a process started within the phase counts from its start
+            groups[k] = sum(c - (before.get(p) or 0.0) for p, c in pids.items() if c is not None)
+        groups.update(extra or {})
+        groups["machine"] = b["machine"] - a["machine"]
+        groups["everything_else"] = groups["machine"] - sum(
+            v for k, v in groups.items() if k != "machine")  # fmt: skip
+        for k, v in groups.items():
+            row: dict[str, Any] = {"cpu_s": round(v, 2), "cores": round(v / wall, 2)}
+            if events:
+                row["us_per_event"] = round(v / events * 1e6, 1)
+            out[k] = row
+        return out
+
+
 class LagSampler(threading.Thread):
     """The group's lag and pending count every 0.25 s (XINFO GROUPS)."""
 
@@ -417,10 +519,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-pg-restart", action="store_true",
                     help="skip restarting the machine's PostgreSQL")  # fmt: skip
+    ap.add_argument("--blueplane", type=Path, default=BLUEPLANE,
+                    help="the blueplane command to run (another build's, for an A/B)")  # fmt: skip
+    ap.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="profile each consumer during the 3-consumer drain (py-spy, into DIR)",
+    )
+    ap.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="default: bench/results/team.json (team-quick.json with --quick)",
+    )
     opts = ap.parse_args(argv)
+    Proc.binary = opts.blueplane.resolve() if opts.blueplane.exists() else opts.blueplane
     s = QUICK if opts.quick else FULL
     root = Path(tempfile.mkdtemp(prefix="bp-bench-team-"))
     result: dict[str, Any] = {
+        "blueplane": str(Proc.binary),
         "setup": s.__dict__,
         "machine": machine(),
         "started_at": time.strftime("%FT%TZ", time.gmtime()),
@@ -438,6 +557,12 @@ def main(argv: list[str] | None = None) -> int:
     writers: list[mp.Process] = []
     ids_path = root / "written"
     try:
+        meter = CpuMeter(lambda: {
+            "producers": [p.proc.pid for p in producers if p.proc is not None],
+            "consumers": [c.pid for c in consumers.values()],
+            "redis": [rs.process.pid] if rs.process is not None else [],
+            "bench": [os.getpid()],
+        }, f"{PG_SERVER}/postgres", db_name)  # fmt: skip
         log(f"building {s.producers} fake Cursor folders under {root}")
         producers = [make_producer(root, i, s) for i in range(s.producers)]
 
@@ -457,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         # ---- phase 1: initial sync of 50 producers at once
         log(f"phase 1: starting {s.producers} producers (blueplane run)")
         t_start = time.time()
+        cpu0 = meter.snapshot()
         for p in producers:
             p.proc = Proc(["run"], producer_env(p, redis_url), p.home / "run.log").start()
         wait_for(lambda: all(_state(p.home / "status.json") == "running" for p in producers),
@@ -480,17 +606,27 @@ def main(argv: list[str] | None = None) -> int:
             "span_s": round(span_s, 2),
             "events_per_s_into_pg": round(rows / span_s),
             "group": sampler.window(t_start, time.time()),
+            "cpu": CpuMeter.delta(cpu0, meter.snapshot(), rows),
         }
         log(f"phase 1: {result['initial_sync']}")
+        # the producers idle (nothing to read): what 50 of them cost the consumers' cores
+        cpu0 = meter.snapshot()
+        time.sleep(10)
+        result["idle_producers_cpu"] = CpuMeter.delta(cpu0, meter.snapshot())
+        log(f"idle: {result['idle_producers_cpu']}")
 
         # ---- phase 2: steady 5,000 events/s, end-to-end lag
         log(f"phase 2: {s.steady_rate} events/s for {s.steady_s:g} s")
+        cpu0 = meter.snapshot()
         t0, t1, writers = run_writers(producers, s.steady_rate, s.steady_s, ids_path)
         for w in writers:
             w.join()
+        writers_cpu = writers_cpu_s(ids_path)
         written = read_ids(ids_path)
         time.sleep(3)
         wait_drained(pg_url, r, 120)
+        steady_cpu = CpuMeter.delta(cpu0, meter.snapshot(), len(written),
+                                    {"load_writers": writers_cpu})  # fmt: skip
         lat = [row[0] for row in psycopg.connect(pg_url).execute(
             "SELECT received_at_ms - timestamp_ms FROM events WHERE trace_type='generation'"
             " AND timestamp_ms >= %s AND timestamp_ms <= %s", (int(t0 * 1000), int(t1 * 1000)),
@@ -504,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             "lag_p99_ms": percentile(lat, 99),
             "lag_max_ms": max(lat, default=None),
             "group": sampler.window(t0, t1),
+            "cpu": steady_cpu,
         }
         log(f"phase 2: {result['steady']}")
 
@@ -536,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"phase 3: PostgreSQL restarted (rc {proc.returncode})")
         for w in writers:
             w.join()
+        writers_cpu_s(ids_path)
         written = read_ids(ids_path)
         time.sleep(3)
         drained_at = wait_drained(pg_url, r, 300)
@@ -561,8 +699,15 @@ def main(argv: list[str] | None = None) -> int:
         d0 = time.time()
         for k in range(3):
             start_consumer(f"central-{k + 1}")
+        cpu0 = meter.snapshot()
+        spies = start_py_spy(opts.py_spy, consumers) if opts.py_spy else []
         wait_for(lambda: stored_count(pg_url) >= n_stream - 1000, "the drain", 600)
         d1 = wait_drained(pg_url, r, 120)
+        drain_cpu = meter.snapshot()
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for spy in spies:
+            spy.wait(timeout=60)
         first, last_ms, rows = pg_one(pg_url, "SELECT min(received_at_ms), max(received_at_ms),"
                                       " count(*) FROM events")  # fmt: skip
         span_s = max(0.001, (last_ms - first) / 1000)
@@ -572,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             "span_s": round(span_s, 2),
             "events_per_s_into_pg": round(rows / span_s),
             "wall_s_including_start": round(d1 - d0, 1),
+            "cpu": CpuMeter.delta(cpu0, drain_cpu, rows),
             "count": check_exact(pg_url, r, written),
         }
         log(f"phase 4: {result['backlog_drain']}")
@@ -583,8 +729,10 @@ def main(argv: list[str] | None = None) -> int:
         r.xgroup_setid(STREAM, GROUP, "0", entries_read=0)
         d0 = time.time()
         start_consumer("central-1")
+        cpu0 = meter.snapshot()
         wait_for(lambda: stored_count(pg_url) >= n_stream - 1000, "the drain", 600)
         d1 = wait_drained(pg_url, r, 120)
+        drain_cpu = meter.snapshot()
         first, last_ms, rows = pg_one(pg_url, "SELECT min(received_at_ms), max(received_at_ms),"
                                       " count(*) FROM events")  # fmt: skip
         span_s = max(0.001, (last_ms - first) / 1000)
@@ -593,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             "span_s": round(span_s, 2),
             "events_per_s_into_pg": round(rows / span_s),
             "wall_s_including_start": round(d1 - d0, 1),
+            "cpu": CpuMeter.delta(cpu0, drain_cpu, rows),
         }
         log(f"phase 4b: {result['backlog_drain_one_consumer']}")
     finally:
@@ -613,10 +762,26 @@ def main(argv: list[str] | None = None) -> int:
             log(f"could not drop {db_name}: {exc}")
         shutil.rmtree(root, ignore_errors=True)
     result["load_avg_at_end"] = os.getloadavg()
-    out = ROOT / "bench" / "results" / ("team-quick.json" if opts.quick else "team.json")
+    out = opts.output or ROOT / "bench" / "results" / (
+        "team-quick.json" if opts.quick else "team.json")  # fmt: skip
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
+
+
+def start_py_spy(out_dir: Path, consumers: dict[str, Proc]) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` of each running consumer (collapsed stacks, ``--idle`` off: CPU only),
+    stopped by SIGINT when the drain ends."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    spies = []
+    for name, c in consumers.items():
+        if c.pid:
+            args = [spy, "record", "--pid", str(c.pid), "--format", "raw", "--rate", "50",
+                    "--threads", "--output", str(out_dir / f"consume-{name}.txt")]  # fmt: skip
+            spies.append(subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))  # fmt: skip
+    return spies
 
 
 def machine() -> dict[str, Any]:

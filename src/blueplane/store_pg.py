@@ -81,10 +81,6 @@ _BATCH_DDL = (
     " conversation_id TEXT, model TEXT, turn INTEGER, input_tokens BIGINT, output_tokens BIGINT)"
     " ON COMMIT DELETE ROWS"
 )
-# The event ids the write inserted (before the lock; some are deleted under it).
-_INSERTED_DDL = (
-    "CREATE TEMP TABLE IF NOT EXISTS _bp_inserted (event_id TEXT PRIMARY KEY) ON COMMIT DELETE ROWS"
-)
 _SOURCES_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_sources ("
     + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in TRACE_SOURCES.columns)
@@ -92,17 +88,22 @@ _SOURCES_DDL = (
 )
 # Binary COPY: no text escaping of the payloads on either side (psycopg's text rows cost the
 # consumer ~20 µs each).
+# received_at_ms is copied last: the write's own time, appended to the prepared row at the write
+_COPY_COLS = [c for c in _COLS if c != "received_at_ms"]
 _COPY = (
-    f"COPY _bp_batch ({', '.join(_COLS)}, seq, dedup, later, src, src_pos,"
-    f" {', '.join(_STAGE_COLS)}) FROM STDIN (FORMAT BINARY)"
+    f"COPY _bp_batch ({', '.join(_COPY_COLS)}, seq, dedup, later, src, src_pos,"
+    f" {', '.join(_STAGE_COLS)}, received_at_ms) FROM STDIN (FORMAT BINARY)"
 )
 _PG_TYPES = {"TEXT": "text", "BIGINT": "int8", "INTEGER": "int4", "BOOLEAN": "bool"}
-_COPY_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns] + [
-    "int4", "bool", "bool", "text", "int4", "text", "text", "text", "int4", "int8", "int8",
+_COPY_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns
+               if c.name != "received_at_ms"] + [
+    "int4", "bool", "bool", "text", "int4", "text", "text", "text", "int4", "int8", "int8", "int8",
 ]  # fmt: skip
-_SOURCES_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in TRACE_SOURCES.columns]
+_SRC_COPY_COLS = [c for c in _SRC_COLS if c != "received_at_ms"] + ["received_at_ms"]
+_SOURCES_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in TRACE_SOURCES.columns
+                  if c.name != "received_at_ms"] + ["int8"]  # fmt: skip
 # seq is copied as the place in the batch; the base is added when moved.
-_COPY_SOURCES = f"COPY _bp_sources ({', '.join(_SRC_COLS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_SOURCES = f"COPY _bp_sources ({', '.join(_SRC_COPY_COLS)}) FROM STDIN (FORMAT BINARY)"
 _MOVE_SOURCES = f"""
 INSERT INTO trace_sources ({", ".join(_SRC_COLS)})
 SELECT {", ".join("seq + %(base)s" if c == "seq" else c for c in _SRC_COLS)} FROM _bp_sources
@@ -111,12 +112,16 @@ ON CONFLICT DO NOTHING
 # Two steps, so that writers on several hosts insert in parallel and hold the write lock only
 # for the decisions:
 # 1. before the lock, every row of the batch is inserted (``ON CONFLICT (event_id) DO NOTHING``;
-#    in event id order, so two writers never wait on each other's rows in a cycle) and marked
-#    in ``_bp_inserted``. The rows stay invisible to every other writer and reader until the commit.
+#    in event id order, so two writers never wait on each other's rows in a cycle). The rows stay
+#    invisible to every other writer and reader until the commit. Which rows this write inserted
+#    is told by their ``xmin``, this transaction's id (``events`` rows are never updated, and the
+#    write takes no savepoint): no table of the inserted ids to fill and probe (~10 % of the
+#    insert's time).
 # 2. under the lock, the rows the SQLite writer's rules would not have stored are deleted:
-#    within the batch the first row of a trace revision wins (row_number); against the table, a
-#    row of the same revision stored within the window under another event id (committed by an
-#    earlier holder of the lock, or already there: not one this write inserted) drops it
+#    within the batch the first row of a trace revision wins (decided in Python: ``later``);
+#    against the table, a row of the same revision stored within the window under another event
+#    id (committed by an earlier holder of the lock, or already there: not one this write
+#    inserted) drops it
 #    (the events_by_trace index answers; dedup rows always have a trace_type, so ``=`` is
 #    exact); a generation another source reported first (an earlier seq) is only a source
 #    (``trace_sources.NOT_FIRST``, applied like SQLite's: to the rows that dedup).
@@ -126,29 +131,27 @@ ON CONFLICT DO NOTHING
 # them in that order: so two writers insert their common rows in the same order and never wait
 # on each other's in a cycle (no sort of the wide rows in the database).
 _INSERT = f"""
-WITH ins AS (
-    INSERT INTO events ({", ".join(_COLS)})
-    SELECT {", ".join(_COLS)} FROM _bp_batch
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id)
-INSERT INTO _bp_inserted SELECT event_id FROM ins
+INSERT INTO events ({", ".join(_COLS)})
+SELECT {", ".join(_COLS)} FROM _bp_batch
+ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
+# ``%(xid)s``: this transaction's id (``_LOCK_AND_SEQ``); a row whose xmin it is was inserted by
+# this write. (An xmin equal to it on an older row needs 2^32 transactions since that row was
+# written, far outside any dedup window.)
 _DROP_LOSERS = """
-WITH gone AS (DELETE FROM events d USING _bp_batch b
-    WHERE d.event_id = b.event_id AND b.dedup
-    AND b.event_id IN (SELECT event_id FROM _bp_inserted) AND (b.later OR EXISTS (
+DELETE FROM events d USING _bp_batch b
+    WHERE d.event_id = b.event_id AND b.dedup AND d.xmin = %(xid)s::xid
+    AND (b.later OR EXISTS (
         SELECT 1 FROM events e WHERE e.session_id = b.session_id AND e.trace_type = b.trace_type
         AND e.item_key = b.item_key AND e.revision = b.revision
         AND e.received_at_ms >= %(since)s AND e.event_id <> b.event_id
-        AND NOT EXISTS (SELECT 1 FROM _bp_inserted m WHERE m.event_id = e.event_id))
+        AND e.xmin <> %(xid)s::xid)
       OR (b.src_pos IS NOT NULL AND EXISTS (
         SELECT 1 FROM trace_sources o WHERE o.workspace_hash = b.workspace_hash
         AND o.generation_id = b.generation_id AND o.source <> b.src
         AND o.seq < %(base)s + b.src_pos)))
-    RETURNING d.event_id)
-DELETE FROM _bp_inserted i USING gone WHERE i.event_id = gone.event_id
-RETURNING i.event_id
+RETURNING d.event_id
 """
 # What the write does not keep (already stored, or dropped by the rules above) leaves the batch
 # table before the derived tables are applied from it.
@@ -198,7 +201,61 @@ _PLAN = (
     "SET LOCAL jit = off",
 )
 _PLAN_LOCAL = "; ".join(_PLAN)  # one round trip
-_LOCK_AND_SEQ = "SELECT pg_advisory_xact_lock(%s), " + _NOW_SEQ.removeprefix("SELECT ")
+_LOCK_AND_SEQ = (
+    "SELECT pg_advisory_xact_lock(%s), "
+    + _NOW_SEQ.removeprefix("SELECT ")
+    + ", pg_current_xact_id()::xid::text"
+)
+
+
+_ROW_RECEIVED = _COLS.index("received_at_ms")
+_SRC_RECEIVED = _SRC_COLS.index("received_at_ms")
+
+
+class _PgBatch(list[StoredEvent]):
+    """A batch with its COPY rows computed beforehand (``PgTraceStore.prepare``): the consumer
+    builds them in its event loop while the previous batch is written, so the writer thread
+    runs little more than SQL and PostgreSQL is not kept waiting on Python between batches.
+    The rows leave out ``received_at_ms``: ``write_batch`` appends the write's own time to
+    each (copied last), so a batch retried after an outage is stamped when it is stored. Tuples,
+    not lists filled in at the write: those cost the writer a few µs more per event (COPY of a
+    list, the collector tracking 5,000 of them), measured with ``bench_pg_writers``."""
+
+    def __init__(self, events: Sequence[StoredEvent]) -> None:
+        super().__init__(events)
+        # An event id twice in a batch (a redelivery): the first copy wins, as SQLite's OR IGNORE.
+        unique: dict[str, StoredEvent] = {}
+        for ev in events:
+            unique.setdefault(ev.event_id, ev)
+        self.unique_ids = list(unique)
+        keyed = trace_sources.is_keyed_generation
+        # without received_at_ms (appended at the write)
+        self.source_rows: list[tuple[Any, ...]] = [
+            r[:_SRC_RECEIVED] + r[_SRC_RECEIVED + 1 :]
+            for r in trace_sources.rows([ev for ev in unique.values() if keyed(ev)], 0, 0)
+        ]
+        # Every row, with what the search index and the activity tables need of it (the words of
+        # every text: Python's share of the cost).
+        rows: list[tuple[Any, ...]] = []
+        revisions: set[tuple[Any, ...]] = set()
+        pos = 0
+        for seq, ev in enumerate(unique.values()):
+            dedup = dedupable(ev)
+            later = False
+            if dedup:
+                key = (ev.session_id, ev.trace_type, ev.item_key, ev.revision)
+                later = key in revisions
+                revisions.add(key)
+            src: tuple[Any, Any] = (None, None)
+            if keyed(ev):
+                src = (self.source_rows[pos][2], pos)
+                pos += 1
+            stage = derived.stage_row(ev, POSTGRES)
+            row = event_row(ev, 0)
+            rows.append((*row[:_ROW_RECEIVED], *row[_ROW_RECEIVED + 1 :], seq, dedup, later,
+                         *src, *stage[1:]))  # fmt: skip
+        rows.sort(key=lambda r: r[0])  # event id order: see _INSERT
+        self.rows = rows
 
 
 class _Cursor:
@@ -453,78 +510,63 @@ class PgTraceStore(TraceStore):
             conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
             conn.execute(_BATCH_DDL)  # type: ignore[arg-type]
             conn.execute(_SOURCES_DDL)  # type: ignore[arg-type]
-            conn.execute(_INSERTED_DDL)  # type: ignore[arg-type]
             conn.commit()
             self._write_conn = conn
         return conn
 
+    def prepare(self, events: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
+        """The batch with its COPY rows built (``_PgBatch``), without the database: the
+        consumer calls this in its event loop while the previous batch is written."""
+        return _PgBatch(events)
+
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
-        """One transaction: COPY the batch into the temp tables and insert every row
-        (``_INSERT``); under the write lock, the sources of the generations (``trace_sources``),
-        the rows SQLite's dedup and NOT_FIRST rules drop deleted (``_DROP_LOSERS``), the derived
-        tables and the conversation tables (``conversation_index``) of the rows kept.
+        """One transaction (``events`` may be a ``_PgBatch``: ``prepare``): COPY the batch into
+        the temp tables and insert every row (``_INSERT``); under the write lock, the sources of
+        the generations (``trace_sources``), the rows SQLite's dedup and NOT_FIRST rules drop
+        deleted (``_DROP_LOSERS``), the derived tables and the conversation tables
+        (``conversation_index``) of the rows kept.
 
         Raises ``psycopg.Error`` with nothing written (the batch is rolled back)."""
+        batch = events if isinstance(events, _PgBatch) else _PgBatch(events)
+        rows, source_rows = batch.rows, batch.source_rows
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
-        # An event id twice in a batch (a redelivery): the first copy wins, as SQLite's OR IGNORE.
-        unique: dict[str, StoredEvent] = {}
-        for ev in events:
-            unique.setdefault(ev.event_id, ev)
-        keyed = trace_sources.is_keyed_generation
-        source_rows = trace_sources.rows([ev for ev in unique.values() if keyed(ev)], now_ms, 0)
-        # Every row, with what the search index and the activity tables need of it (the words of
-        # every text: Python's share of the cost), computed here, before the write lock.
-        rows: list[tuple[Any, ...]] = []
-        revisions: set[tuple[Any, ...]] = set()
-        pos = 0
-        for seq, ev in enumerate(unique.values()):
-            dedup = dedupable(ev)
-            later = False
-            if dedup:
-                key = (ev.session_id, ev.trace_type, ev.item_key, ev.revision)
-                later = key in revisions
-                revisions.add(key)
-            src: tuple[Any, Any] = (None, None)
-            if keyed(ev):
-                src = (source_rows[pos][2], pos)
-                pos += 1
-            stage = derived.stage_row(ev, POSTGRES)
-            rows.append((*event_row(ev, now_ms), seq, dedup, later, *src, *stage[1:]))
-        rows.sort(key=lambda r: r[0])  # event id order: see _INSERT
         with self._lock:
             if self._closed:
                 raise psycopg.InterfaceError(f"store {self.label} is closed")
             conn = self._writer()
             try:
+                received = (now_ms,)  # the write's time: each row's received_at_ms
                 with conn.cursor() as cur:
                     with cur.copy(_COPY) as copy:  # type: ignore[arg-type]
                         copy.set_types(_COPY_TYPES)
                         for row in rows:
-                            copy.write_row(row)
+                            copy.write_row(row + received)
                     if source_rows:
                         with cur.copy(_COPY_SOURCES) as copy:  # type: ignore[arg-type]
                             copy.set_types(_SOURCES_TYPES)
                             for row in source_rows:
-                                copy.write_row(row)
+                                copy.write_row(row + received)
                     cur.execute(_PLAN_LOCAL)  # type: ignore[arg-type]
                     cur.execute(_INSERT)  # type: ignore[arg-type]
                     held = {r[0] for r in cur.fetchall()}
                     # the lock, then the database's clock (evaluated once the lock is granted)
                     cur.execute(_LOCK_AND_SEQ, (_WRITE_LOCK,))  # type: ignore[arg-type]
+                    _, clock, xid = cur.fetchone()  # type: ignore[misc]
                     base = 0
                     if source_rows:
                         # First: every source is recorded, even when its trace is a duplicate.
-                        base = max(int(cur.fetchone()[1]), self._next_seq)  # type: ignore[index]
+                        base = max(int(clock), self._next_seq)
                         self._next_seq = base + len(source_rows)
                         cur.execute(_MOVE_SOURCES, {"base": base})  # type: ignore[arg-type]
                     if held:
-                        cur.execute(_DROP_LOSERS, {"since": since_ms, "base": base})  # type: ignore[arg-type]
+                        params = {"since": since_ms, "base": base, "xid": xid}
+                        cur.execute(_DROP_LOSERS, params)  # type: ignore[arg-type]
                         held.difference_update(r[0] for r in cur.fetchall())
                     inserted = len(held)
                     if inserted:
                         if inserted < len(rows):
-                            gone = [eid for eid in unique if eid not in held]
+                            gone = [eid for eid in batch.unique_ids if eid not in held]
                             cur.execute(_UNSTAGE, (gone,))  # type: ignore[arg-type]
                         # the search index and the activity counts of what was kept
                         for stmt in _DERIVED_WRITE:
