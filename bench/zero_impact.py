@@ -12,13 +12,16 @@ The two variants run as ``--pairs`` interleaved pairs, the order flipped every p
 writer's p50/p99 commit latency ratio with/without the monitor; per mode the median of the
 pairs' ratios with their spread (min–max) and the ratio of the pooled p99s (every commit of every
 run of one variant: 4 pairs of 60 s give 2,400 commits a side, so p99 is the 24th worst rather
-than the 6th). It also checks the writer's busy errors (must be 0), that the file's journal mode
+than the 6th), with a 95 % interval for that pooled ratio from resampling whole pairs (the
+commits of one run share its machine load, so resampling commits would claim too much). It also
+checks the writer's busy errors (must be 0), that the file's journal mode
 and ``user_version`` are unchanged, and how many of the written generations the monitor stored.
 The load average is recorded before every run. Results go to ``bench/results/zero_impact.json``
 and a markdown table to stdout.
 
     .venv/bin/python bench/zero_impact.py                      # 4 pairs of 60 s (~18 minutes)
     .venv/bin/python bench/zero_impact.py --duration 5 --pairs 1   # CI-sized
+    .venv/bin/python bench/zero_impact.py --blueplane /work/main/.venv/bin/blueplane  # A/B
 
 Redis: a private redis-server (the bundled one) in a temporary folder unless ``--redis-url``.
 Exit status 1 when any run had a busy error or changed the database's mode or version.
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import platform
+import random
 import signal
 import sqlite3
 import statistics
@@ -75,6 +79,9 @@ def run_writer(
     return data
 
 
+# How the server is started: this venv's package unless ``--blueplane`` names another build's
+# ``blueplane`` (A/B against /work/main: ``--blueplane /work/main/.venv/bin/blueplane``).
+SERVER_CMD: list[str] = [sys.executable, "-m", "blueplane.cli"]
 EXTRA_SERVER_ENV: dict[str, str] = {}
 COMPARE_SERVER_ENV: dict[str, str] = {}  # a third variant: the server with these settings
 
@@ -149,13 +156,13 @@ def start_server(
     env = server_env(home, user, redis_url, poll_s, extra)
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "blueplane.cli", "run"],
+        [*SERVER_CMD, "run"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
     )  # fmt: skip
     log.close()
     wait_running(home, proc)
     subprocess.run(
-        [sys.executable, "-m", "blueplane.cli", "session", "start",
+        [*SERVER_CMD, "session", "start",
          "--workspace", str(folder), "--session-id", f"bench-{home.name}"],
         env=env, check=True, stdout=subprocess.DEVNULL, cwd=home,
     )  # fmt: skip
@@ -227,12 +234,15 @@ def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) ->
         variants.append("with_monitor_compare")
     pairs: list[dict[str, Any]] = []
     pooled: dict[str, list[float]] = {v: [] for v in variants}
+    per_pair: dict[str, list[list[float]]] = {v: [] for v in variants}
     for i in range(args.pairs):
         order = variants if i % 2 == 0 else variants[::-1]
         pair: dict[str, Any] = {"order": list(order)}
         for variant in order:
             report = one_run(work, user, mode, variant, i, args, redis_url)
-            pooled[variant].extend(report.pop("latencies_ms"))
+            latencies = report.pop("latencies_ms")
+            pooled[variant].extend(latencies)
+            per_pair[variant].append(latencies)
             pair[variant] = report
             print(
                 f"{mode} pair {i + 1}/{args.pairs} {variant}: p50 {report['p50_ms']:.2f} "
@@ -249,6 +259,7 @@ def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) ->
     out: dict[str, Any] = {"pairs": pairs}
     for v in variants[1:]:
         summary = _summary(pairs, pooled, v, "" if v == "with_monitor" else "_compare")
+        summary["pooled_p99_ratio_ci95"] = bootstrap_ci(per_pair["without_monitor"], per_pair[v])
         if v == "with_monitor":
             out.update(summary)
         else:
@@ -278,6 +289,26 @@ def _summary(
     return out
 
 
+def bootstrap_ci(
+    without: list[list[float]], with_: list[list[float]], pct: float = 99, rounds: int = 1000
+) -> list[float]:
+    """95 % interval of the pooled ``pct`` ratio, resampling whole pairs (a cluster bootstrap).
+
+    Commits of one run are not independent (a busy minute of the shared machine slows many of
+    them), so the pairs are what is resampled: with 4 pairs the interval is wide, and honest.
+    """
+    rng = random.Random(8)
+    n = len(without)
+    ratios = []
+    for _ in range(rounds):
+        picks = [rng.randrange(n) for _ in range(n)]
+        base = percentile([x for i in picks for x in without[i]], pct)
+        mon = percentile([x for i in picks for x in with_[i]], pct)
+        ratios.append(mon / base)
+    ratios.sort()
+    return [round(ratios[int(0.025 * rounds)], 3), round(ratios[int(0.975 * rounds) - 1], 3)]
+
+
 def _spread(s: dict[str, Any], q: str) -> str:
     return f"{s[q + '_ratio_median']:.2f} ({s[q + '_ratio_min']:.2f}–{s[q + '_ratio_max']:.2f})"
 
@@ -287,8 +318,8 @@ def markdown(res: dict[str, Any]) -> str:
         "| journal mode | server | pairs | commits a side | busy errors "
         "| p50 ratio median (min–max) | p99 ratio median (min–max) "
         "| pooled p50 ms without / with | pooled p99 ms without / with | pooled p99 ratio "
-        "| captured | file unchanged |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| its 95 % interval (pairs resampled) | captured | file unchanged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, r in res["modes"].items():
         rows = [("with_monitor", "default config", r)]
@@ -304,6 +335,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {p50['without_monitor']:.2f} / {p50[variant]:.2f} "
                 f"| {p99['without_monitor']:.2f} / {p99[variant]:.2f} "
                 f"| {s['pooled_p99_ratio']:.2f} "
+                f"| {s['pooled_p99_ratio_ci95'][0]:.2f}–{s['pooled_p99_ratio_ci95'][1]:.2f} "
                 f"| {s['generations_captured']}/{s['generations_written']} "
                 f"| {'yes' if r['header_unchanged'] else 'NO'} |"
             )
@@ -332,7 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the server with this setting in every pair (e.g. "
         "BLUEPLANE_BACKGROUND_PRIORITY=false), against the same runs without it; repeatable",
     )  # fmt: skip
+    ap.add_argument(
+        "--blueplane", default=None, metavar="PATH",
+        help="the server's `blueplane` command (default: this venv's package), e.g. "
+        "/work/main/.venv/bin/blueplane for an A/B against another build",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.blueplane:
+        SERVER_CMD[:] = [args.blueplane]
     COMPARE_SERVER_ENV.update(kv.split("=", 1) for kv in args.compare_env)
     EXTRA_SERVER_ENV.update(kv.split("=", 1) for kv in args.server_env)
     with tempfile.TemporaryDirectory(prefix="bp-zero-impact-") as tmp:
@@ -354,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": args.pairs,
         "writer_interval_ms": args.interval_ms,
         "poll_interval_seconds": args.poll,
+        "server_cmd": list(SERVER_CMD),
         "server_env": dict(EXTRA_SERVER_ENV),
         "compare_server_env": dict(COMPARE_SERVER_ENV),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
