@@ -84,6 +84,7 @@ def run_writer(
 SERVER_CMD: list[str] = [sys.executable, "-m", "blueplane.cli"]
 EXTRA_SERVER_ENV: dict[str, str] = {}
 COMPARE_SERVER_ENV: dict[str, str] = {}  # a third variant: the server with these settings
+COMPARE_SERVER_CMD: list[str] = []  # … or another build's server (``--compare-blueplane``)
 
 
 def server_env(
@@ -150,19 +151,21 @@ def start_server(
     redis_url: str,
     poll_s: float | None,
     extra: dict[str, str] | None = None,
+    cmd: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``blueplane run`` with an active session on ``folder``, past its first sync."""
+    cmd = cmd or SERVER_CMD
     home.mkdir(parents=True)
     env = server_env(home, user, redis_url, poll_s, extra)
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
-        [*SERVER_CMD, "run"],
+        [*cmd, "run"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
     )  # fmt: skip
     log.close()
     wait_running(home, proc)
     subprocess.run(
-        [*SERVER_CMD, "session", "start",
+        [*cmd, "session", "start",
          "--workspace", str(folder), "--session-id", f"bench-{home.name}"],
         env=env, check=True, stdout=subprocess.DEVNULL, cwd=home,
     )  # fmt: skip
@@ -200,8 +203,10 @@ def one_run(
     home = work / mode / f"home-{name}"
     proc = None
     if variant != "without_monitor":
-        extra = COMPARE_SERVER_ENV if variant == "with_monitor_compare" else None
-        proc = start_server(home, user.path, folder, redis_url, args.poll, extra)
+        compare = variant == "with_monitor_compare"
+        extra = COMPARE_SERVER_ENV if compare else None
+        cmd = (COMPARE_SERVER_CMD or None) if compare else None
+        proc = start_server(home, user.path, folder, redis_url, args.poll, extra, cmd)
     load = os.getloadavg()[0]
     try:
         report = run_writer(ws.db_path, mode, args.duration, args.interval_ms, work / mode / name)
@@ -230,13 +235,18 @@ def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) ->
     user.workspace_storage.mkdir(parents=True)
     user.global_storage.mkdir(parents=True)
     variants = ["without_monitor", "with_monitor"]
-    if COMPARE_SERVER_ENV:
+    if COMPARE_SERVER_ENV or COMPARE_SERVER_CMD:
         variants.append("with_monitor_compare")
     pairs: list[dict[str, Any]] = []
     pooled: dict[str, list[float]] = {v: [] for v in variants}
     per_pair: dict[str, list[list[float]]] = {v: [] for v in variants}
     for i in range(args.pairs):
-        order = variants if i % 2 == 0 else variants[::-1]
+        order = list(variants if i % 2 == 0 else variants[::-1])
+        if len(order) == 3 and (i // 2) % 2 == 1:
+            # Pairs 3-4 swap the two servers' places: over 4 pairs each runs 1st, 2nd (twice)
+            # and 3rd, so neither gains from its place in the rotation.
+            a, b = order.index("with_monitor"), order.index("with_monitor_compare")
+            order[a], order[b] = order[b], order[a]
         pair: dict[str, Any] = {"order": list(order)}
         for variant in order:
             report = one_run(work, user, mode, variant, i, args, redis_url)
@@ -263,7 +273,11 @@ def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) ->
         if v == "with_monitor":
             out.update(summary)
         else:
-            out["compare"] = {"server_env": dict(COMPARE_SERVER_ENV), **summary}
+            out["compare"] = {
+                "server_env": dict(COMPARE_SERVER_ENV),
+                "server_cmd": list(COMPARE_SERVER_CMD or SERVER_CMD),
+                **summary,
+            }
     out["pooled_commits"] = {k: len(v) for k, v in pooled.items()}
     out["busy_errors"] = sum(p[v]["busy_errors"] for p in pairs for v in variants)
     out["header_unchanged"] = all(p[v]["header_unchanged"] for p in pairs for v in variants)
@@ -325,6 +339,8 @@ def markdown(res: dict[str, Any]) -> str:
         rows = [("with_monitor", "default config", r)]
         if "compare" in r:
             shown = " ".join(f"{k}={v}" for k, v in r["compare"]["server_env"].items())
+            if COMPARE_SERVER_CMD:
+                shown = " ".join([*COMPARE_SERVER_CMD, shown]).strip()
             rows.append(("with_monitor_compare", shown, r["compare"]))
         for variant, label, s in rows:
             p50, p99 = s["pooled_p50_ms"], s["pooled_p99_ms"]
@@ -369,9 +385,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's `blueplane` command (default: this venv's package), e.g. "
         "/work/main/.venv/bin/blueplane for an A/B against another build",
     )  # fmt: skip
+    ap.add_argument(
+        "--compare-blueplane", default=None, metavar="PATH",
+        help="also run another build's `blueplane` in every pair, in the same rotation (an A/B "
+        "that shares the runs without the monitor)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.blueplane:
         SERVER_CMD[:] = [args.blueplane]
+    if args.compare_blueplane:
+        COMPARE_SERVER_CMD[:] = [args.compare_blueplane]
     COMPARE_SERVER_ENV.update(kv.split("=", 1) for kv in args.compare_env)
     EXTRA_SERVER_ENV.update(kv.split("=", 1) for kv in args.server_env)
     with tempfile.TemporaryDirectory(prefix="bp-zero-impact-") as tmp:
@@ -396,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_cmd": list(SERVER_CMD),
         "server_env": dict(EXTRA_SERVER_ENV),
         "compare_server_env": dict(COMPARE_SERVER_ENV),
+        "compare_server_cmd": list(COMPARE_SERVER_CMD),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "sqlite": sqlite3.sqlite_version},
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
