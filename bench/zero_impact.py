@@ -5,7 +5,8 @@ For each journal mode (rollback ``delete`` and ``wal``) the Cursor-like writer
 ``--interval-ms``, 100 ms by default as VS Code's storage batches its writes, with Cursor's 1000 ms
 busy timeout) runs ``--duration`` seconds against a fresh workspace database, alternately with no
 reader and while ``blueplane run`` captures that workspace live with its default configuration
-(file events, 50 ms debounce: every commit is read, as in production) and an active session.
+(file events, 50 ms debounce: every commit is read, as in production; in rollback-journal mode
+one read covers two of the writer's 100 ms flushes) and an active session.
 
 The two variants run as ``--pairs`` interleaved pairs, the order flipped every pair
 (A B, B A, A B, …) so that a drift of the machine's load hits both alike. Per pair it reports the
