@@ -5,20 +5,24 @@ For each journal mode (rollback ``delete`` and ``wal``) the Cursor-like writer
 ``--interval-ms``, 100 ms by default as VS Code's storage batches its writes, with Cursor's 1000 ms
 busy timeout) runs ``--duration`` seconds against a fresh workspace database, alternately with no
 reader and while ``blueplane run`` captures that workspace live with its default configuration
-(file events, 50 ms debounce: every commit is read, as in production) and an active session.
+(file events, 50 ms debounce: every commit is read, as in production; in rollback-journal mode
+one read covers two of the writer's 100 ms flushes) and an active session.
 
 The two variants run as ``--pairs`` interleaved pairs, the order flipped every pair
 (A B, B A, A B, …) so that a drift of the machine's load hits both alike. Per pair it reports the
 writer's p50/p99 commit latency ratio with/without the monitor; per mode the median of the
 pairs' ratios with their spread (min–max) and the ratio of the pooled p99s (every commit of every
 run of one variant: 4 pairs of 60 s give 2,400 commits a side, so p99 is the 24th worst rather
-than the 6th). It also checks the writer's busy errors (must be 0), that the file's journal mode
+than the 6th), with a 95 % interval for that pooled ratio from resampling whole pairs (the
+commits of one run share its machine load, so resampling commits would claim too much). It also
+checks the writer's busy errors (must be 0), that the file's journal mode
 and ``user_version`` are unchanged, and how many of the written generations the monitor stored.
 The load average is recorded before every run. Results go to ``bench/results/zero_impact.json``
 and a markdown table to stdout.
 
     .venv/bin/python bench/zero_impact.py                      # 4 pairs of 60 s (~18 minutes)
     .venv/bin/python bench/zero_impact.py --duration 5 --pairs 1   # CI-sized
+    .venv/bin/python bench/zero_impact.py --blueplane /work/main/.venv/bin/blueplane  # A/B
 
 Redis: a private redis-server (the bundled one) in a temporary folder unless ``--redis-url``.
 Exit status 1 when any run had a busy error or changed the database's mode or version.
@@ -31,6 +35,7 @@ import json
 import math
 import os
 import platform
+import random
 import signal
 import sqlite3
 import statistics
@@ -75,8 +80,12 @@ def run_writer(
     return data
 
 
+# How the server is started: this venv's package unless ``--blueplane`` names another build's
+# ``blueplane`` (A/B against /work/main: ``--blueplane /work/main/.venv/bin/blueplane``).
+SERVER_CMD: list[str] = [sys.executable, "-m", "blueplane.cli"]
 EXTRA_SERVER_ENV: dict[str, str] = {}
 COMPARE_SERVER_ENV: dict[str, str] = {}  # a third variant: the server with these settings
+COMPARE_SERVER_CMD: list[str] = []  # … or another build's server (``--compare-blueplane``)
 
 
 def server_env(
@@ -143,19 +152,21 @@ def start_server(
     redis_url: str,
     poll_s: float | None,
     extra: dict[str, str] | None = None,
+    cmd: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``blueplane run`` with an active session on ``folder``, past its first sync."""
+    cmd = cmd or SERVER_CMD
     home.mkdir(parents=True)
     env = server_env(home, user, redis_url, poll_s, extra)
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "blueplane.cli", "run"],
+        [*cmd, "run"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home,
     )  # fmt: skip
     log.close()
     wait_running(home, proc)
     subprocess.run(
-        [sys.executable, "-m", "blueplane.cli", "session", "start",
+        [*cmd, "session", "start",
          "--workspace", str(folder), "--session-id", f"bench-{home.name}"],
         env=env, check=True, stdout=subprocess.DEVNULL, cwd=home,
     )  # fmt: skip
@@ -193,8 +204,10 @@ def one_run(
     home = work / mode / f"home-{name}"
     proc = None
     if variant != "without_monitor":
-        extra = COMPARE_SERVER_ENV if variant == "with_monitor_compare" else None
-        proc = start_server(home, user.path, folder, redis_url, args.poll, extra)
+        compare = variant == "with_monitor_compare"
+        extra = COMPARE_SERVER_ENV if compare else None
+        cmd = (COMPARE_SERVER_CMD or None) if compare else None
+        proc = start_server(home, user.path, folder, redis_url, args.poll, extra, cmd)
     load = os.getloadavg()[0]
     try:
         report = run_writer(ws.db_path, mode, args.duration, args.interval_ms, work / mode / name)
@@ -223,16 +236,24 @@ def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) ->
     user.workspace_storage.mkdir(parents=True)
     user.global_storage.mkdir(parents=True)
     variants = ["without_monitor", "with_monitor"]
-    if COMPARE_SERVER_ENV:
+    if COMPARE_SERVER_ENV or COMPARE_SERVER_CMD:
         variants.append("with_monitor_compare")
     pairs: list[dict[str, Any]] = []
     pooled: dict[str, list[float]] = {v: [] for v in variants}
+    per_pair: dict[str, list[list[float]]] = {v: [] for v in variants}
     for i in range(args.pairs):
-        order = variants if i % 2 == 0 else variants[::-1]
+        order = list(variants if i % 2 == 0 else variants[::-1])
+        if len(order) == 3 and (i // 2) % 2 == 1:
+            # Pairs 3-4 swap the two servers' places: over 4 pairs each runs 1st, 2nd (twice)
+            # and 3rd, so neither gains from its place in the rotation.
+            a, b = order.index("with_monitor"), order.index("with_monitor_compare")
+            order[a], order[b] = order[b], order[a]
         pair: dict[str, Any] = {"order": list(order)}
         for variant in order:
             report = one_run(work, user, mode, variant, i, args, redis_url)
-            pooled[variant].extend(report.pop("latencies_ms"))
+            latencies = report.pop("latencies_ms")
+            pooled[variant].extend(latencies)
+            per_pair[variant].append(latencies)
             pair[variant] = report
             print(
                 f"{mode} pair {i + 1}/{args.pairs} {variant}: p50 {report['p50_ms']:.2f} "
@@ -249,10 +270,15 @@ def one_mode(work: Path, mode: str, args: argparse.Namespace, redis_url: str) ->
     out: dict[str, Any] = {"pairs": pairs}
     for v in variants[1:]:
         summary = _summary(pairs, pooled, v, "" if v == "with_monitor" else "_compare")
+        summary["pooled_p99_ratio_ci95"] = bootstrap_ci(per_pair["without_monitor"], per_pair[v])
         if v == "with_monitor":
             out.update(summary)
         else:
-            out["compare"] = {"server_env": dict(COMPARE_SERVER_ENV), **summary}
+            out["compare"] = {
+                "server_env": dict(COMPARE_SERVER_ENV),
+                "server_cmd": list(COMPARE_SERVER_CMD or SERVER_CMD),
+                **summary,
+            }
     out["pooled_commits"] = {k: len(v) for k, v in pooled.items()}
     out["busy_errors"] = sum(p[v]["busy_errors"] for p in pairs for v in variants)
     out["header_unchanged"] = all(p[v]["header_unchanged"] for p in pairs for v in variants)
@@ -278,6 +304,26 @@ def _summary(
     return out
 
 
+def bootstrap_ci(
+    without: list[list[float]], with_: list[list[float]], pct: float = 99, rounds: int = 1000
+) -> list[float]:
+    """95 % interval of the pooled ``pct`` ratio, resampling whole pairs (a cluster bootstrap).
+
+    Commits of one run are not independent (a busy minute of the shared machine slows many of
+    them), so the pairs are what is resampled: with 4 pairs the interval is wide, and honest.
+    """
+    rng = random.Random(8)
+    n = len(without)
+    ratios = []
+    for _ in range(rounds):
+        picks = [rng.randrange(n) for _ in range(n)]
+        base = percentile([x for i in picks for x in without[i]], pct)
+        mon = percentile([x for i in picks for x in with_[i]], pct)
+        ratios.append(mon / base)
+    ratios.sort()
+    return [round(ratios[int(0.025 * rounds)], 3), round(ratios[int(0.975 * rounds) - 1], 3)]
+
+
 def _spread(s: dict[str, Any], q: str) -> str:
     return f"{s[q + '_ratio_median']:.2f} ({s[q + '_ratio_min']:.2f}–{s[q + '_ratio_max']:.2f})"
 
@@ -287,13 +333,15 @@ def markdown(res: dict[str, Any]) -> str:
         "| journal mode | server | pairs | commits a side | busy errors "
         "| p50 ratio median (min–max) | p99 ratio median (min–max) "
         "| pooled p50 ms without / with | pooled p99 ms without / with | pooled p99 ratio "
-        "| captured | file unchanged |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| its 95 % interval (pairs resampled) | captured | file unchanged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, r in res["modes"].items():
         rows = [("with_monitor", "default config", r)]
         if "compare" in r:
             shown = " ".join(f"{k}={v}" for k, v in r["compare"]["server_env"].items())
+            if COMPARE_SERVER_CMD:
+                shown = " ".join([*COMPARE_SERVER_CMD, shown]).strip()
             rows.append(("with_monitor_compare", shown, r["compare"]))
         for variant, label, s in rows:
             p50, p99 = s["pooled_p50_ms"], s["pooled_p99_ms"]
@@ -304,6 +352,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {p50['without_monitor']:.2f} / {p50[variant]:.2f} "
                 f"| {p99['without_monitor']:.2f} / {p99[variant]:.2f} "
                 f"| {s['pooled_p99_ratio']:.2f} "
+                f"| {s['pooled_p99_ratio_ci95'][0]:.2f}–{s['pooled_p99_ratio_ci95'][1]:.2f} "
                 f"| {s['generations_captured']}/{s['generations_written']} "
                 f"| {'yes' if r['header_unchanged'] else 'NO'} |"
             )
@@ -332,7 +381,21 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the server with this setting in every pair (e.g. "
         "BLUEPLANE_BACKGROUND_PRIORITY=false), against the same runs without it; repeatable",
     )  # fmt: skip
+    ap.add_argument(
+        "--blueplane", default=None, metavar="PATH",
+        help="the server's `blueplane` command (default: this venv's package), e.g. "
+        "/work/main/.venv/bin/blueplane for an A/B against another build",
+    )  # fmt: skip
+    ap.add_argument(
+        "--compare-blueplane", default=None, metavar="PATH",
+        help="also run another build's `blueplane` in every pair, in the same rotation (an A/B "
+        "that shares the runs without the monitor)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.blueplane:
+        SERVER_CMD[:] = [args.blueplane]
+    if args.compare_blueplane:
+        COMPARE_SERVER_CMD[:] = [args.compare_blueplane]
     COMPARE_SERVER_ENV.update(kv.split("=", 1) for kv in args.compare_env)
     EXTRA_SERVER_ENV.update(kv.split("=", 1) for kv in args.server_env)
     with tempfile.TemporaryDirectory(prefix="bp-zero-impact-") as tmp:
@@ -354,8 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": args.pairs,
         "writer_interval_ms": args.interval_ms,
         "poll_interval_seconds": args.poll,
+        "server_cmd": list(SERVER_CMD),
         "server_env": dict(EXTRA_SERVER_ENV),
         "compare_server_env": dict(COMPARE_SERVER_ENV),
+        "compare_server_cmd": list(COMPARE_SERVER_CMD),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "sqlite": sqlite3.sqlite_version},
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),

@@ -6,6 +6,7 @@ Real files written the way Cursor writes them; the watch runs in this event loop
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import struct
 import sys
@@ -247,3 +248,67 @@ async def test_a_wal_is_read_only_once_its_last_write_is_old_enough(
     assert age_s >= 0.29  # the file clock is coarse: a few ms of slack
     stop.set()
     await gen.aclose()
+
+
+async def _reports_while_writing(
+    folder: Path, write: Any, commits: int, interval_s: float
+) -> tuple[list[float], list[float]]:
+    """Run the watch (50 ms ticks, as configured by default) while ``write`` commits every
+    ``interval_s``: the end time of every commit and the time of every report."""
+    stop = asyncio.Event()
+    gen = inotify_poll.poll_watch(
+        folder, watch_filter=_db_file, debounce=50, step=50, stop_event=stop
+    )
+    reports: list[float] = []
+    ends: list[float] = []
+
+    async def collect() -> None:
+        async for _batch in gen:
+            reports.append(time.monotonic())
+
+    task = asyncio.ensure_future(collect())
+    await asyncio.sleep(0)  # the watch is set up
+    start = time.monotonic()
+    for i in range(commits):
+        write(i)
+        ends.append(time.monotonic())
+        await asyncio.sleep(max(0.0, start + (i + 1) * interval_s - time.monotonic()))
+    # The last commit is reported within the longest hold (plus a tick): wait on that report.
+    for _ in range(200):
+        if reports and reports[-1] >= ends[-1]:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    return ends, reports
+
+
+async def test_a_rollback_database_written_at_10_hz_is_reported_once_per_two_commits(
+    tmp_path: Path,
+) -> None:
+    """Each report is a read, a publication and a store write right before Cursor's next commit
+    can start: in rollback-journal mode they come at most once per ROLLBACK_GAP_MS, each on a
+    commit seen after it, so a 100 ms flush rhythm costs one read per two commits and none of
+    its commits is left unreported."""
+    db = CursorDb(tmp_path / "state.vscdb", journal_mode="delete", tables=("ItemTable",))
+    try:
+        ends, reports = await _reports_while_writing(
+            tmp_path, lambda i: db.write_batch({"k": f"v{i}"}), commits=20, interval_s=0.1
+        )
+    finally:
+        db.close()
+    assert reports[-1] >= ends[-1]  # the last commit was reported
+    assert reports[-1] - ends[-1] <= (inotify_poll.ROLLBACK_MAX_HOLD_MS + 100) / 1000
+    gaps = [b - a for a, b in itertools.pairwise(reports)]
+    assert min(gaps) >= inotify_poll.ROLLBACK_GAP_MS / 1000 - 0.005
+    assert len(reports) <= 20 // 2 + 2
+
+
+async def test_a_database_without_a_journal_is_reported_on_every_commit(tmp_path: Path) -> None:
+    """The hold is for rollback-journal databases only: others are reported as before."""
+    db_file = tmp_path / "state.vscdb"
+    ends, reports = await _reports_while_writing(
+        tmp_path, lambda i: db_file.write_bytes(b"x" * (i + 1)), commits=10, interval_s=0.1
+    )
+    assert reports[-1] >= ends[-1]
+    assert len(reports) >= 9

@@ -23,6 +23,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import functools
+import math
 import os
 import struct
 import sys
@@ -56,6 +57,12 @@ JOURNAL = "state.vscdb-journal"
 SETTLE_MS = 2
 # A -wal written this recently may hold a commit not yet visible to readers (see _settling).
 WAL_SETTLE_MS = 20
+# While Cursor keeps writing a rollback-journal database, it is reported at most once per
+# ROLLBACK_GAP_MS, on the first commit seen after it, or ROLLBACK_MAX_HOLD_MS after the last
+# report when no such commit comes (see poll_watch): at Cursor's 100 ms flushes, one read per
+# two commits, each right after a commit.
+ROLLBACK_GAP_MS = 150
+ROLLBACK_MAX_HOLD_MS = 200
 # With nothing for this long, the watch waits on the descriptor instead of ticking: one wake-up
 # per quiet spell (from inside Cursor's first write), none while Cursor keeps writing.
 IDLE_AFTER_S = 2.0
@@ -159,6 +166,40 @@ def _settling(changes: set[tuple[Change, str]]) -> float:
     return wait
 
 
+def _split(
+    pending: set[tuple[Change, str]],
+    rollback: set[str],
+    reported: dict[str, float],
+    fresh: dict[str, float],
+    now: float,
+) -> tuple[set[tuple[Change, str]], set[tuple[Change, str]], float]:
+    """``pending`` as (ready to report, held back, when to look at the held ones again).
+
+    A folder whose database is in rollback-journal mode (it showed a ``-journal``) and was
+    reported ``r`` seconds ago is held back until ``ROLLBACK_GAP_MS`` have passed *and* a
+    commit newer than that was seen (``fresh``), so the read again starts right after a commit;
+    or, when Cursor stopped writing, until ``ROLLBACK_MAX_HOLD_MS``. See ``poll_watch``.
+    """
+    ready: set[tuple[Change, str]] = set()
+    held: set[tuple[Change, str]] = set()
+    again = math.inf
+    gap, hold = ROLLBACK_GAP_MS / 1000, ROLLBACK_MAX_HOLD_MS / 1000
+    for change in pending:
+        folder = os.path.dirname(change[1])
+        last = reported.get(folder)
+        if (
+            folder not in rollback
+            or last is None
+            or now >= last + hold
+            or (now >= last + gap and fresh.get(folder, -math.inf) >= last + gap)
+        ):
+            ready.add(change)
+        else:
+            held.add(change)
+            again = min(again, last + hold)
+    return ready, held, again
+
+
 async def poll_watch(
     *paths: Path | str,
     watch_filter: Callable[[Change, str], bool] | None = None,
@@ -175,7 +216,9 @@ async def poll_watch(
     starts just after Cursor's commit, as far as it can be from the next one. Waiting for a
     quiet tick instead (as ``watchfiles`` does) started it 50-100 ms after the commit, right
     before Cursor's next 100 ms flush: 3 of 80 commits met a read. A burst of writes costs at
-    most one read per ``step``.
+    most one read per ``step``; a rollback-journal database that keeps being written, at most one
+    per ``ROLLBACK_GAP_MS`` (``_split``): each read's publication and store write cost Cursor's
+    next commit disk and CPU time, and its four ``fsync``s per commit showed it in the p99.
     """
     del recursive  # folders only, as asked
     libc = _libc()
@@ -198,6 +241,9 @@ async def poll_watch(
         last_event = loop.time()
         woke = False
         delay = 0.0
+        rollback: set[str] = set()  # folders whose database showed a -journal
+        reported: dict[str, float] = {}  # rollback folder -> when it was last reported
+        fresh: dict[str, float] = {}  # rollback folder -> when its last events were read
         while not stop.is_set():
             if not pending and loop.time() - last_event >= IDLE_AFTER_S:
                 # Nothing for a while: stop ticking (0.4 % of a core at 20 Hz) and let the
@@ -214,18 +260,28 @@ async def poll_watch(
             changes = _drain(fd, folders)
             if watch_filter is not None:
                 changes = {(c, p) for c, p in changes if watch_filter(c, p)}
+            now = loop.time()
             if changes:
-                last_event = loop.time()
-                if not pending:
-                    since = last_event
+                last_event = now
+                touched = {os.path.dirname(p) for _c, p in changes}
+                rollback.update(os.path.dirname(p) for _c, p in changes if p.endswith(JOURNAL))
+                fresh.update(dict.fromkeys(touched & rollback, now))
             pending |= changes
             if not pending:
                 continue
-            left = since + debounce / 1000 - loop.time()
-            delay = min(_settling(pending), left)
+            ready, held, again = _split(pending, rollback, reported, fresh, now)
+            if not ready:
+                delay = min(step / 1000, again - now)  # read moments ago: wait for a commit
+                continue
+            if not since:
+                since = now  # from now on the ready changes wait for the commit's end
+            left = since + debounce / 1000 - now
+            delay = min(_settling(ready), left)
             if delay > 0:
                 continue  # Cursor is committing: read once it is done
-            out, pending = pending, set()
-            yield out
+            pending, since = held, 0.0
+            reported.update(dict.fromkeys({os.path.dirname(p) for _c, p in ready} & rollback, now))
+            delay = min(step / 1000, again - now) if held else 0.0
+            yield ready
     finally:
         os.close(fd)

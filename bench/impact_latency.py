@@ -1,0 +1,104 @@
+"""Capture latency while Cursor streams into one workspace: commit → XADD at a 10 Hz flush rhythm.
+
+``bench_live.py`` writes each workspace at most every 0.3 s; this writes one workspace every
+``--interval-ms`` (100 ms: VS Code's batching while an answer streams), where the quiet watch
+reads a rollback-journal database once per two commits. Latency is the stream entry's id (the
+XADD's millisecond) minus the commit's end, for every generation written.
+
+    .venv/bin/python bench/impact_latency.py --mode delete [--blueplane PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import bench.zero_impact as zi  # noqa: E402
+from tests.fixtures.cursor_db import (  # noqa: E402
+    GENERATIONS_KEY,
+    CursorDb,
+    UserDir,
+    make_generation,
+    now_ms,
+)
+
+from blueplane.broker import BundledRedis  # noqa: E402
+
+STREAM = "telemetry:events"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", default="delete", choices=("delete", "wal"))
+    ap.add_argument("--commits", type=int, default=150)
+    ap.add_argument("--interval-ms", type=float, default=100.0)
+    ap.add_argument("--blueplane", default=None, help="server command (default: this venv's)")
+    args = ap.parse_args(argv)
+    if args.blueplane:
+        zi.SERVER_CMD[:] = [args.blueplane]
+    commits: dict[str, float] = {}
+    found: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bp-latency-") as tmp:
+        work = Path(tmp)
+        bundled = BundledRedis(work / "redis")
+        url = bundled.start()
+        try:
+            user = UserDir(work / "Cursor" / "User")
+            user.workspace_storage.mkdir(parents=True)
+            user.global_storage.mkdir(parents=True)
+            folder = work / "proj"
+            folder.mkdir()
+            ws = user.add_workspace(str(folder), journal_mode=args.mode, with_db=False)  # type: ignore[arg-type]
+            proc = zi.start_server(work / "home", user.path, folder, url, None)
+            try:
+                db = CursorDb(ws.db_path, journal_mode=args.mode, tables=("ItemTable",))  # type: ignore[arg-type]
+                ring = db.generations()
+                start = time.monotonic()
+                for i in range(args.commits):
+                    g = make_generation(now_ms(), "composer", f"latency sample {i}")
+                    ring = [*ring, g][-100:]
+                    db.write_batch({GENERATIONS_KEY: ring})
+                    commits[g["generationUUID"]] = time.time() * 1000
+                    time.sleep(
+                        max(0.0, start + (i + 1) * args.interval_ms / 1000 - time.monotonic())
+                    )
+                db.close()
+                time.sleep(1.5)  # the last commit is read and published
+                client = redis.Redis.from_url(url)
+                for entry_id, fields in client.xrange(STREAM):
+                    xadd_ms = int(entry_id.split(b"-")[0])
+                    blob = b" ".join(v for v in fields.values() if isinstance(v, bytes))
+                    for gid, commit_ms in commits.items():
+                        if gid.encode() in blob:
+                            found.append(xadd_ms - commit_ms)
+                            break
+                client.close()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+        finally:
+            bundled.stop()
+    found.sort()
+    if not found:
+        print("no generation reached the stream")
+        return 1
+    print(
+        f"{args.mode}: {len(found)} of {len(commits)} generations on the stream; commit → XADD "
+        f"p50 {zi.percentile(found, 50):.0f} ms, p99 {zi.percentile(found, 99):.0f} ms, "
+        f"max {found[-1]:.0f} ms"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
