@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -26,9 +25,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import bench.zero_impact as zi  # noqa: E402
-from tests.fixtures.cursor_db import UserDir  # noqa: E402
-
-from blueplane.broker import BundledRedis  # noqa: E402
 
 TICK_MS = 10  # /proc/<pid>/stat counts CPU in 10 ms clock ticks (USER_HZ 100)
 
@@ -59,33 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.blueplane:
         zi.SERVER_CMD[:] = [args.blueplane]
-    with tempfile.TemporaryDirectory(prefix="bp-cost-") as tmp:
-        work = Path(tmp)
-        redis = BundledRedis(work / "redis")
-        url = redis.start()
-        try:
-            user = UserDir(work / "Cursor" / "User")
-            user.workspace_storage.mkdir(parents=True)
-            user.global_storage.mkdir(parents=True)
-            folder = work / "proj"
-            folder.mkdir()
-            ws = user.add_workspace(str(folder), journal_mode=args.mode, with_db=False)  # type: ignore[arg-type]
-            home = work / "home"
-            proc = zi.start_server(home, user.path, folder, url, None)
-            assert redis.process is not None
-            pids = {"server": proc.pid, "redis": redis.process.pid}
-            try:
-                before = {k: proc_counters(p) for k, p in pids.items()}
-                reads0 = monitor_reads(home)
-                report = zi.run_writer(ws.db_path, args.mode, args.duration, 100.0, work / "w")
-                time.sleep(2.5)  # the last commit is read and stored; status.json rewritten
-                after = {k: proc_counters(p) for k, p in pids.items()}
-                reads = monitor_reads(home) - reads0
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-        finally:
-            redis.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="bp-cost-") as tmp,
+        zi.one_workspace(Path(tmp), args.mode) as one,
+    ):
+        assert one.redis.process is not None
+        pids = {"server": one.proc.pid, "redis": one.redis.process.pid}
+        before = {k: proc_counters(p) for k, p in pids.items()}
+        reads0 = monitor_reads(one.home)
+        report = zi.run_writer(one.db_path, args.mode, args.duration, 100.0, one.work / "w")
+        time.sleep(2.5)  # the last commit is read and stored; status.json rewritten
+        after = {k: proc_counters(p) for k, p in pids.items()}
+        reads = monitor_reads(one.home) - reads0
     n = report["commits"]
     for name in pids:
         a, b = after[name], before[name]

@@ -11,7 +11,6 @@ XADD's millisecond) minus the commit's end, for every generation written.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 import time
@@ -27,12 +26,9 @@ import bench.zero_impact as zi  # noqa: E402
 from tests.fixtures.cursor_db import (  # noqa: E402
     GENERATIONS_KEY,
     CursorDb,
-    UserDir,
     make_generation,
     now_ms,
 )
-
-from blueplane.broker import BundledRedis  # noqa: E402
 
 STREAM = "telemetry:events"
 
@@ -48,46 +44,30 @@ def main(argv: list[str] | None = None) -> int:
         zi.SERVER_CMD[:] = [args.blueplane]
     commits: dict[str, float] = {}
     found: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bp-latency-") as tmp:
-        work = Path(tmp)
-        bundled = BundledRedis(work / "redis")
-        url = bundled.start()
-        try:
-            user = UserDir(work / "Cursor" / "User")
-            user.workspace_storage.mkdir(parents=True)
-            user.global_storage.mkdir(parents=True)
-            folder = work / "proj"
-            folder.mkdir()
-            ws = user.add_workspace(str(folder), journal_mode=args.mode, with_db=False)  # type: ignore[arg-type]
-            proc = zi.start_server(work / "home", user.path, folder, url, None)
-            try:
-                db = CursorDb(ws.db_path, journal_mode=args.mode, tables=("ItemTable",))  # type: ignore[arg-type]
-                ring = db.generations()
-                start = time.monotonic()
-                for i in range(args.commits):
-                    g = make_generation(now_ms(), "composer", f"latency sample {i}")
-                    ring = [*ring, g][-100:]
-                    db.write_batch({GENERATIONS_KEY: ring})
-                    commits[g["generationUUID"]] = time.time() * 1000
-                    time.sleep(
-                        max(0.0, start + (i + 1) * args.interval_ms / 1000 - time.monotonic())
-                    )
-                db.close()
-                time.sleep(1.5)  # the last commit is read and published
-                client = redis.Redis.from_url(url)
-                for entry_id, fields in client.xrange(STREAM):
-                    xadd_ms = int(entry_id.split(b"-")[0])
-                    blob = b" ".join(v for v in fields.values() if isinstance(v, bytes))
-                    for gid, commit_ms in commits.items():
-                        if gid.encode() in blob:
-                            found.append(xadd_ms - commit_ms)
-                            break
-                client.close()
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-        finally:
-            bundled.stop()
+    with (
+        tempfile.TemporaryDirectory(prefix="bp-latency-") as tmp,
+        zi.one_workspace(Path(tmp), args.mode) as one,
+    ):
+        db = CursorDb(one.db_path, journal_mode=args.mode, tables=("ItemTable",))  # type: ignore[arg-type]
+        ring = db.generations()
+        start = time.monotonic()
+        for i in range(args.commits):
+            g = make_generation(now_ms(), "composer", f"latency sample {i}")
+            ring = [*ring, g][-100:]
+            db.write_batch({GENERATIONS_KEY: ring})
+            commits[g["generationUUID"]] = time.time() * 1000
+            time.sleep(max(0.0, start + (i + 1) * args.interval_ms / 1000 - time.monotonic()))
+        db.close()
+        time.sleep(1.5)  # the last commit is read and published
+        client = redis.Redis.from_url(one.url)
+        for entry_id, fields in client.xrange(STREAM):
+            xadd_ms = int(entry_id.split(b"-")[0])
+            blob = b" ".join(v for v in fields.values() if isinstance(v, bytes))
+            for gid, commit_ms in commits.items():
+                if gid.encode() in blob:
+                    found.append(xadd_ms - commit_ms)
+                    break
+        client.close()
     found.sort()
     if not found:
         print("no generation reached the stream")

@@ -43,6 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +146,41 @@ def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile, as the writer computes it."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(pct / 100 * len(ordered))) - 1]
+
+
+@dataclass
+class OneWorkspace:
+    """A running server watching one workspace of a bundled Redis (the probes' set-up)."""
+
+    work: Path
+    db_path: Path
+    url: str
+    redis: BundledRedis
+    proc: subprocess.Popen[bytes]
+    home: Path
+
+
+@contextmanager
+def one_workspace(work: Path, mode: str) -> Iterator[OneWorkspace]:
+    """One workspace database in ``mode``, a bundled Redis and the server, stopped after."""
+    redis = BundledRedis(work / "redis")
+    url = redis.start()
+    try:
+        user = UserDir(work / "Cursor" / "User")
+        user.workspace_storage.mkdir(parents=True)
+        user.global_storage.mkdir(parents=True)
+        folder = work / "proj"
+        folder.mkdir()
+        ws = user.add_workspace(str(folder), journal_mode=mode, with_db=False)  # type: ignore[arg-type]
+        home = work / "home"
+        proc = start_server(home, user.path, folder, url, None)
+        try:
+            yield OneWorkspace(work, ws.db_path, url, redis, proc, home)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    finally:
+        redis.stop()
 
 
 def start_server(

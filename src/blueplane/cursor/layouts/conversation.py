@@ -255,11 +255,13 @@ def build_message(
     settled_by: str | None = None,
 ) -> MessagePayload:
     """A ``message`` payload from any era's bubble; absent fields stay absent."""
-    fields = message_fields(
+    wire = wire_message(
         bubble, bubble_id=bubble_id, composer_id=composer_id, ctx=ctx,
         source_layout=source_layout, position=position, settled_by=settled_by,
     )  # fmt: skip
-    return MessagePayload.model_validate(fields)
+    model = wire.model()
+    assert isinstance(model, MessagePayload)
+    return model
 
 
 def wire_message(
