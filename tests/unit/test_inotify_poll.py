@@ -21,6 +21,7 @@ from blueplane.cursor import inotify_poll
 from blueplane.cursor.change_watcher import _db_file
 from blueplane.cursor.database_monitor import CursorDatabaseMonitor
 from blueplane.publisher import Publisher
+from tests.conftest import async_wait_until
 from tests.fixtures.cursor_db import CursorDb
 from tests.unit.test_database_monitor import STREAM, Rig
 
@@ -274,10 +275,7 @@ async def _reports_while_writing(
         ends.append(time.monotonic())
         await asyncio.sleep(max(0.0, start + (i + 1) * interval_s - time.monotonic()))
     # The last commit is reported within the longest hold (plus a tick): wait on that report.
-    for _ in range(200):
-        if reports and reports[-1] >= ends[-1]:
-            break
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: bool(reports) and reports[-1] >= ends[-1], "the last report")
     stop.set()
     await asyncio.wait_for(task, 5)
     return ends, reports
