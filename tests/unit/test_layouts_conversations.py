@@ -586,16 +586,16 @@ def test_revision_memories_of_the_older_hash_form_send_nothing_again() -> None:
     version remembered is recognised, so an upgrade re-sends nothing, and is stored anew."""
     from blueplane.cursor.layouts.conversation import (
         Revisions,
-        build_message,
         legacy_payload_hash,
         payload_hash,
+        wire_message,
     )
 
     ctx = ReadContext(now_ms(), 0)
-    msg = build_message(
+    msg = wire_message(
         make_assistant_bubble("déjà vu → ✓"), bubble_id="b", composer_id="c",
         ctx=ctx, source_layout="disk_bubbles",
-    )  # fmt: skip
+    ).model()  # fmt: skip
     assert payload_hash(msg).startswith("v") and payload_hash(msg) != legacy_payload_hash(msg)
     revs = Revisions({"m:b": [legacy_payload_hash(msg), 3]})
     assert revs.stamp("m:b", msg) is None
@@ -608,7 +608,7 @@ def test_revision_memories_of_the_older_hash_form_send_nothing_again() -> None:
 def test_a_pending_bubble_remembered_with_the_older_hash_keeps_its_quiet_time(
     tmp_path: Path,
 ) -> None:
-    from blueplane.cursor.layouts.conversation import build_message, legacy_payload_hash
+    from blueplane.cursor.layouts.conversation import legacy_payload_hash, wire_message
 
     db = global_db(tmp_path, "wal", "text")
     bubble = make_assistant_bubble("streaming", omit=["timingInfo", "tokenCount"])
@@ -616,10 +616,10 @@ def test_a_pending_bubble_remembered_with_the_older_hash_keeps_its_quiet_time(
     key = f"bubbleId:c-1:{bubble['bubbleId']}"
     now = now_ms()
     ctx = ReadContext(now, 0)
-    msg = build_message(
+    msg = wire_message(
         json.loads(json.dumps(bubble)), bubble_id=bubble["bubbleId"], composer_id="c-1",
         ctx=ctx, source_layout="disk_bubbles",
-    )  # fmt: skip
+    ).model()  # fmt: skip
     since = now - SETTLE_QUIET_MS - 1
     wm: Watermark = {"rowid": 10**6, "pending": {key: [legacy_payload_hash(msg), since, 1]}}
     r = read(db, GlobalBubbles(), wm, ctx)

@@ -244,26 +244,6 @@ def assistant_settled(bubble: Mapping[str, Any]) -> bool:
     return bool(reported)
 
 
-def build_message(
-    bubble: Mapping[str, Any],
-    *,
-    bubble_id: str,
-    composer_id: str | None,
-    ctx: ReadContext,
-    source_layout: str,
-    position: int | None = None,
-    settled_by: str | None = None,
-) -> MessagePayload:
-    """A ``message`` payload from any era's bubble; absent fields stay absent."""
-    wire = wire_message(
-        bubble, bubble_id=bubble_id, composer_id=composer_id, ctx=ctx,
-        source_layout=source_layout, position=position, settled_by=settled_by,
-    )  # fmt: skip
-    model = wire.model()
-    assert isinstance(model, MessagePayload)
-    return model
-
-
 def wire_message(
     bubble: Mapping[str, Any],
     *,
@@ -274,7 +254,8 @@ def wire_message(
     position: int | None = None,
     settled_by: str | None = None,
 ) -> WirePayload:
-    """``build_message`` without the model (the layouts' bulk path; see ``WirePayload``)."""
+    """A ``message`` payload from any era's bubble, absent fields left out, as its JSON fields
+    (the layouts' bulk path; ``.model()`` gives the contract's ``MessagePayload``)."""
     fields = message_fields(
         bubble, bubble_id=bubble_id, composer_id=composer_id, ctx=ctx,
         source_layout=source_layout, position=position, settled_by=settled_by,
