@@ -271,7 +271,10 @@ def test_redis_stopped_hooks_answer_and_spool_replays_exactly_once(
         def reported() -> dict | None:
             st = json.loads((bp_env.home / "status.json").read_text())
             comp = st["components"].get("hook_spool", {})
-            return comp if comp.get("counters", {}).get("bad_hook_input") == 2 else None
+            counters = comp.get("counters", {})
+            # status.json is written on a tick: wait for the snapshot that counts both outcomes
+            done = counters.get("bad_hook_input") == 2 and "already_replayed" in counters
+            return comp if done else None
 
         comp = wait_until(reported, what="bad input recorded in status")
         assert comp["counters"]["replayed"] == len(events)
