@@ -291,3 +291,44 @@ async def test_the_safety_poll_checks_every_idle_workspace_in_one_round(
     finally:
         stop.set()
         await task
+
+
+async def test_a_wal_commit_read_before_its_sync_ended_is_read_once_visible(
+    tmp_path: Path, client
+) -> None:
+    """A WAL commit is visible only once the writer updates the wal-index header in ``-shm``,
+    after syncing the frames whose writes woke the read; ``-shm`` raises no file event. Here
+    the header is held back (the old one is put back over it) as a slow sync holds it: the
+    watch's read sees the old data, and once the header is the new one the commit must be read
+    at once, not at the 30 s safety poll (the flaky CI timeout of the pipeline test)."""
+    rig = Rig(tmp_path, client)  # file events on (inotify), poll_interval_seconds 30
+    ws = rig.project("w", journal_mode="wal")
+    ws.db.append_generations(1)
+    await rig.sessions.load()
+    mon, stop = rig.monitor, asyncio.Event()
+    task = asyncio.create_task(mon.run(stop))
+    shm = Path(str(ws.db.path) + "-shm")
+    try:
+        await rig.start(ws)
+
+        async def n_traces() -> int:
+            return len(await rig.traces())
+
+        await async_wait_until(lambda: _eq(n_traces(), 1), "the first generation")
+        await async_wait_until(lambda: mon.watcher.mode(ws.db.path.parent) == "events", "watch")
+        old = shm.read_bytes()[:96]  # both copies of the header
+        reads = mon.reads
+        ws.db.append_generations(1)
+        new = shm.read_bytes()[:96]
+        assert new != old
+        with shm.open("r+b", buffering=0) as fh:  # the sync is under way: not visible yet
+            fh.write(old)
+        await async_wait_until(lambda: mon.reads > reads, "the read the -wal's events woke")
+        await asyncio.sleep(0.3)  # it and any re-checks see the old header: nothing new
+        assert await n_traces() == 1
+        with shm.open("r+b", buffering=0) as fh:  # the sync ended: the commit is visible
+            fh.write(new)
+        await async_wait_until(lambda: _eq(n_traces(), 2), "the commit, once visible", 5.0)
+    finally:
+        stop.set()
+        await task

@@ -46,6 +46,9 @@ REDIS_RETRY_MIN_S = 0.5
 REDIS_RETRY_MAX_S = 10.0
 GLOBAL = "global"  # the target that reads every global database
 IDLE_OK = frozenset({"ok", "idle"})
+# While a database's -wal was written in the last WAL_SETTLE_WINDOW_S, its fingerprint is
+# checked again this often: a commit read before its sync ended is read once it is visible.
+WAL_RECHECK_S = 0.05
 
 
 def _next_tick(now: float, interval: float) -> float:
@@ -249,7 +252,7 @@ class CursorDatabaseMonitor:
         for key, target in self._targets.items():
             idle_due = target.task is None and not target.dirty and now >= target.due
             if idle_due and self._unchanged(key):
-                target.due = _next_tick(now, self._interval(key, target))
+                target.due = self._due(key, target, now)
                 continue
             if target.task is None and (target.dirty or now >= target.due):
                 target.dirty = False
@@ -345,7 +348,7 @@ class CursorDatabaseMonitor:
             if target is None or task is None or not task.done():
                 continue  # cancelled and dropped, or already collected
             target.task = None
-            target.due = _next_tick(now, self._interval(key, target))
+            target.due = self._due(key, target, now)
             if key == GLOBAL:
                 self._mapping_epoch += 1  # a global database may have appeared or gone
             exc = None if task.cancelled() else task.exception()
@@ -365,6 +368,26 @@ class CursorDatabaseMonitor:
                 wait_s = max(0.0, settle_ms / 1000 - self.poller.clock()) + 0.05
                 glob.due = min(glob.due, now + wait_s)
         return succeeded
+
+    def _due(self, key: str, target: _Target, now: float) -> float:
+        """When to look at ``key`` again: the next timed poll, or ``WAL_RECHECK_S`` from now
+        while a ``-wal`` it read was written moments ago (``Fingerprint.wal_settled``).
+
+        A WAL commit becomes visible only once its frames are synced, after the file events
+        that woke the read: under disk load the sync outlasted the watch's 20 ms settle, the
+        read saw the old data, and nothing else would have woken a read before the safety poll
+        (30 s). The checks are fingerprints (two ``stat`` calls and 48 bytes of ``-shm``).
+        """
+        due = _next_tick(now, self._interval(key, target))
+        if key == GLOBAL:
+            states = self.global_dbs.states()
+        else:
+            state = self._states.get(key)
+            states = [state] if state is not None else []
+        wall = time.time()  # mtimes are wall-clock times, whatever clock the monitor runs on
+        if any(s.fingerprint is not None and not s.fingerprint.wal_settled(wall) for s in states):
+            return min(due, now + WAL_RECHECK_S)
+        return due
 
     def _interval(self, key: str, target: _Target) -> float:
         """The safety-net poll for watched folders; a fast poll where events cannot work."""

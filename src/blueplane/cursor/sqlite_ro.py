@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,15 +50,33 @@ class QueryTimeout(CursorDbError):
     status = "timeout"
 
 
+# The wal-index header at the start of ``-shm`` (the first of its two 48-byte copies), in the
+# machine's byte order: page size at bytes 14-15, committed frame count at 16-19.
+WAL_INDEX_HEADER = 48
+WAL_HEADER = 32  # bytes before the first frame of -wal
+WAL_FRAME_HEADER = 24  # bytes before each frame's page
+# A ``-wal`` written this recently may hold a commit that is not visible yet (``wal_settled``).
+WAL_SETTLE_WINDOW_S = 2.0
+
+
 @dataclass(frozen=True)
 class Fingerprint:
-    """Size and mtime of the database and its ``-wal``: unchanged means nothing to read."""
+    """Size and mtime of the database and its ``-wal``, and the wal-index header in ``-shm``:
+    unchanged means nothing to read.
+
+    The header (its change counter and frame count) is what makes a WAL commit visible: the
+    writer writes the commit's frames to ``-wal`` (the file events and the size/mtime here),
+    syncs them, and only then updates the header, which no file event marks (``-shm`` is
+    written through ``mmap``). A read in between sees the old data; with the header in the
+    fingerprint, a check after the sync sees that the file changed and reads it again.
+    """
 
     inode: int
     size: int
     mtime_ns: int
     wal_size: int
     wal_mtime_ns: int
+    wal_index: bytes = b""
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -67,6 +86,24 @@ class Fingerprint:
             "wal_size": self.wal_size,
             "wal_mtime_ns": self.wal_mtime_ns,
         }
+
+    def wal_settled(self, now_s: float) -> bool:
+        """False when the ``-wal`` holds more frames than the header counts, and was written
+        in the last ``WAL_SETTLE_WINDOW_S``: a commit whose frames are written is not visible
+        yet (its sync is under way), so a read now missed it; check again shortly.
+
+        Frames past the count are also the old ones of a log restarted from its start after a
+        checkpoint: the window bounds how long those cause checks.
+        """
+        if self.wal_size < 0 or now_s - self.wal_mtime_ns / 1e9 >= WAL_SETTLE_WINDOW_S:
+            return True
+        if len(self.wal_index) < 20:
+            return False  # no header to compare with: look again while the window lasts
+        page = int.from_bytes(self.wal_index[14:16], sys.byteorder) or 65536
+        if page == 1:
+            page = 65536  # how the header spells 64 KiB
+        max_frame = int.from_bytes(self.wal_index[16:20], sys.byteorder)
+        return (self.wal_size - WAL_HEADER) // (page + WAL_FRAME_HEADER) <= max_frame
 
 
 class ChangedDuringRead(CursorDbError):
@@ -100,10 +137,20 @@ def fingerprint(path: Path) -> Fingerprint:
         raise DatabaseMissing(f"database file {path} does not exist") from exc
     try:
         wst = Path(str(path) + "-wal").stat()
-        wal_size, wal_mtime = wst.st_size, wst.st_mtime_ns
     except FileNotFoundError:
-        wal_size, wal_mtime = -1, -1
-    return Fingerprint(st.st_ino, st.st_size, st.st_mtime_ns, wal_size, wal_mtime)
+        return Fingerprint(st.st_ino, st.st_size, st.st_mtime_ns, -1, -1)
+    return Fingerprint(
+        st.st_ino, st.st_size, st.st_mtime_ns, wst.st_size, wst.st_mtime_ns, _wal_index(path)
+    )
+
+
+def _wal_index(path: Path) -> bytes:
+    """The wal-index header from ``-shm``: plain bytes read, no lock taken, nothing written."""
+    try:
+        with open(str(path) + "-shm", "rb", buffering=0) as fh:
+            return fh.read(WAL_INDEX_HEADER)
+    except OSError:
+        return b""  # no -shm (yet), or unreadable: size and mtime alone, as before
 
 
 def _classify(exc: sqlite3.Error, path: Path, timeout_s: float) -> CursorDbError:
