@@ -329,6 +329,7 @@ async def test_a_wal_commit_read_before_its_sync_ended_is_read_once_visible(
         with shm.open("r+b", buffering=0) as fh:  # the sync ended: the commit is visible
             fh.write(new)
         await async_wait_until(lambda: _eq(n_traces(), 2), "the commit, once visible", 5.0)
+        assert mon.poller.late_commits == 1
     finally:
         stop.set()
         await task

@@ -265,6 +265,7 @@ class CursorDatabaseMonitor:
         self.polls += 1
         c = self._component
         c.set_counter("reads", self.poller.reads)
+        c.set_counter("wal_late_commits", self.poller.late_commits)
         if self.watcher is not None:
             c.set_counter("change_batches", self.watcher.batches)
             info = self.watcher.describe()
