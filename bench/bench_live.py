@@ -695,6 +695,7 @@ def latency(
             "p99_ms": _finite(percentile(lat, 99)),
             "max_found_ms": max(found) if found else None,
             "min_found_ms": min(found) if found else None,
+            "slowest_ms": sorted(found)[-3:],
         }
     return out
 
@@ -823,6 +824,9 @@ def run_config(
         log(f"{name}: raw XADD {result['raw_xadd']}; latency ({setup.samples} samples each)")
         result["latency"] = latency(url, r, fixture, setup, timeout_s=max(5.0, poll_s + 5.0))
         log(f"{name}: latency {result['latency']}")
+        status = json.loads((home / "status.json").read_text(encoding="utf-8"))
+        result["monitor_counters"] = status["components"]["database_monitor"]["counters"]
+        log(f"{name}: database monitor counters {result['monitor_counters']}")
         result["settle_wait_s"] = wait_quiet(r, quiet_s=max(5.0, poll_s + 2.0), limit_s=120.0)
         log(f"{name}: idle window {setup.idle_s} s")
         result["idle"] = idle_cpu(server, r, setup.idle_s)

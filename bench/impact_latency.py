@@ -11,6 +11,7 @@ XADD's millisecond) minus the commit's end, for every generation written.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                     found.append(xadd_ms - commit_ms)
                     break
         client.close()
+        time.sleep(1.0)  # status.json is rewritten every 2 s: the last reads are counted
+        counters = json.loads((one.home / "status.json").read_text())["components"][
+            "database_monitor"
+        ]["counters"]
     found.sort()
     if not found:
         print("no generation reached the stream")
@@ -75,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.mode}: {len(found)} of {len(commits)} generations on the stream; commit → XADD "
         f"p50 {zi.percentile(found, 50):.0f} ms, p99 {zi.percentile(found, 99):.0f} ms, "
-        f"max {found[-1]:.0f} ms"
+        f"max {found[-1]:.0f} ms; slowest {[round(x) for x in found[-3:]]}; monitor reads "
+        f"{counters.get('reads')}, WAL commits found by their wal-index header only "
+        f"{counters.get('wal_late_commits', 'n/a')}"
     )
     return 0
 
