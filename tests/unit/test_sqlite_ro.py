@@ -20,6 +20,7 @@ from blueplane.cursor.sqlite_ro import (
     NotADatabase,
     QueryTimeout,
     ReadOnlyDatabase,
+    fingerprint,
 )
 from tests.fixtures.cursor_db import CursorDb, hold_lock, snapshot_files
 
@@ -210,3 +211,36 @@ def test_writes_through_the_connection_are_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"readonly|read-only|attempt to write|cannot change"):
         ro.read_sync(lambda c: c.execute("PRAGMA user_version = 7"))
     assert snapshot_files(tmp_path) == before
+
+
+def test_a_wal_commit_not_yet_visible_is_told_apart_from_a_restarted_log(tmp_path: Path) -> None:
+    """The fingerprint says a ``-wal`` holds a commit that is not visible yet (frames of this
+    log past the wal-index header's count: its sync under way) only then: not after a commit,
+    not for the leftover frames of a log restarted after a checkpoint."""
+    db = CursorDb(tmp_path / "state.vscdb", "wal")
+    shm = Path(str(db.path) + "-shm")
+    now = time.time()
+    for i in range(3):
+        db.put(f"k{i}", "x" * 6000)
+        fp = fingerprint(db.path)
+        assert not fp.wal_pending and fp.wal_settled(now)
+    with db._connection() as conn:  # the writer's own checkpoint, as Cursor's
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    db.put("k0", "y")  # the log restarts at its start: the later frames are the old ones
+    restarted = fingerprint(db.path)
+    assert restarted.wal_size > 32 + 4096 + 24  # frames past the count, left over
+    assert not restarted.wal_pending and restarted.wal_settled(time.time())
+    old = shm.read_bytes()[:96]
+    db.put("k1", "z" * 6000)
+    new = shm.read_bytes()[:96]
+    with shm.open("r+b", buffering=0) as fh:  # the header as it is until the sync ends
+        fh.write(old)
+    pending = fingerprint(db.path)
+    assert pending.wal_pending and not pending.wal_settled(time.time())
+    assert pending.wal_settled(time.time() + 5)  # bounded: not checked again forever
+    with shm.open("r+b", buffering=0) as fh:
+        fh.write(new)
+    visible = fingerprint(db.path)
+    assert not visible.wal_pending and visible != pending  # only the header differs
+    assert (visible.wal_size, visible.wal_mtime_ns) == (pending.wal_size, pending.wal_mtime_ns)
+    db.close()

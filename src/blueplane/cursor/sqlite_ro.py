@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
@@ -50,11 +50,12 @@ class QueryTimeout(CursorDbError):
     status = "timeout"
 
 
-# The wal-index header at the start of ``-shm`` (the first of its two 48-byte copies), in the
-# machine's byte order: page size at bytes 14-15, committed frame count at 16-19.
+# The wal-index header at the start of ``-shm``: two 48-byte copies, equal unless being
+# written, in the machine's byte order: page size at bytes 14-15 (1 for 64 KiB), committed
+# frame count at 16-19, the log's salt at 32-39 (as in the -wal header and in each frame's).
 WAL_INDEX_HEADER = 48
 WAL_HEADER = 32  # bytes before the first frame of -wal
-WAL_FRAME_HEADER = 24  # bytes before each frame's page
+WAL_FRAME_HEADER = 24  # bytes before each frame's page; its salt at 8-15
 # A ``-wal`` written this recently may hold a commit that is not visible yet (``wal_settled``).
 WAL_SETTLE_WINDOW_S = 2.0
 
@@ -69,6 +70,7 @@ class Fingerprint:
     syncs them, and only then updates the header, which no file event marks (``-shm`` is
     written through ``mmap``). A read in between sees the old data; with the header in the
     fingerprint, a check after the sync sees that the file changed and reads it again.
+    ``wal_pending``: the ``-wal`` held such frames, of this log, past the header's count.
     """
 
     inode: int
@@ -77,6 +79,7 @@ class Fingerprint:
     wal_size: int
     wal_mtime_ns: int
     wal_index: bytes = b""
+    wal_pending: bool = field(default=False, compare=False)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -88,22 +91,44 @@ class Fingerprint:
         }
 
     def wal_settled(self, now_s: float) -> bool:
-        """False when the ``-wal`` holds more frames than the header counts, and was written
-        in the last ``WAL_SETTLE_WINDOW_S``: a commit whose frames are written is not visible
-        yet (its sync is under way), so a read now missed it; check again shortly.
+        """False while a commit seen in ``-wal`` may not be visible yet (``wal_pending``) and
+        the ``-wal`` was written in the last ``WAL_SETTLE_WINDOW_S``: a read of this
+        fingerprint missed it, so it is checked again shortly. The window bounds the checks of
+        a transaction that wrote frames and never committed them."""
+        return not self.wal_pending or now_s - self.wal_mtime_ns / 1e9 >= WAL_SETTLE_WINDOW_S
 
-        Frames past the count are also the old ones of a log restarted from its start after a
-        checkpoint: the window bounds how long those cause checks.
-        """
-        if self.wal_size < 0 or now_s - self.wal_mtime_ns / 1e9 >= WAL_SETTLE_WINDOW_S:
-            return True
-        if len(self.wal_index) < 20:
-            return False  # no header to compare with: look again while the window lasts
-        page = int.from_bytes(self.wal_index[14:16], sys.byteorder) or 65536
-        if page == 1:
-            page = 65536  # how the header spells 64 KiB
-        max_frame = int.from_bytes(self.wal_index[16:20], sys.byteorder)
-        return (self.wal_size - WAL_HEADER) // (page + WAL_FRAME_HEADER) <= max_frame
+
+def _wal_state(path: Path, wal_size: int) -> tuple[bytes, bool]:
+    """The wal-index header, and whether ``-wal`` holds frames of this log past its count.
+
+    Plain reads of ``-shm`` and of one frame header of ``-wal``: no lock, nothing written.
+    Frames past the count that carry an older salt are left from before the log restarted
+    at its start (after a checkpoint): not a commit under way. A header being written (its
+    copies differ) or unreadable counts as pending: it is looked at again.
+    """
+    try:
+        with open(str(path) + "-shm", "rb", buffering=0) as fh:
+            both = fh.read(2 * WAL_INDEX_HEADER)
+    except OSError:
+        return b"", wal_size > WAL_HEADER
+    hdr = both[:WAL_INDEX_HEADER]
+    if len(both) < 2 * WAL_INDEX_HEADER or hdr != both[WAL_INDEX_HEADER:]:
+        return hdr, wal_size > WAL_HEADER
+    page = int.from_bytes(hdr[14:16], sys.byteorder)
+    page = 65536 if page == 1 else page
+    if page < 512:
+        return hdr, wal_size > WAL_HEADER  # not initialised yet
+    frame = WAL_FRAME_HEADER + page
+    max_frame = int.from_bytes(hdr[16:20], sys.byteorder)
+    if (wal_size - WAL_HEADER) // frame <= max_frame:
+        return hdr, False  # every frame in the file is counted: the commit is visible
+    try:
+        with open(str(path) + "-wal", "rb", buffering=0) as fh:
+            fh.seek(WAL_HEADER + max_frame * frame)
+            next_frame = fh.read(WAL_FRAME_HEADER)
+    except OSError:
+        return hdr, True
+    return hdr, next_frame[8:16] == hdr[32:40]
 
 
 class ChangedDuringRead(CursorDbError):
@@ -139,18 +164,10 @@ def fingerprint(path: Path) -> Fingerprint:
         wst = Path(str(path) + "-wal").stat()
     except FileNotFoundError:
         return Fingerprint(st.st_ino, st.st_size, st.st_mtime_ns, -1, -1)
+    index, pending = _wal_state(path, wst.st_size)
     return Fingerprint(
-        st.st_ino, st.st_size, st.st_mtime_ns, wst.st_size, wst.st_mtime_ns, _wal_index(path)
+        st.st_ino, st.st_size, st.st_mtime_ns, wst.st_size, wst.st_mtime_ns, index, pending
     )
-
-
-def _wal_index(path: Path) -> bytes:
-    """The wal-index header from ``-shm``: plain bytes read, no lock taken, nothing written."""
-    try:
-        with open(str(path) + "-shm", "rb", buffering=0) as fh:
-            return fh.read(WAL_INDEX_HEADER)
-    except OSError:
-        return b""  # no -shm (yet), or unreadable: size and mtime alone, as before
 
 
 def _classify(exc: sqlite3.Error, path: Path, timeout_s: float) -> CursorDbError:
