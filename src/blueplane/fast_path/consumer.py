@@ -261,6 +261,7 @@ class FastPathConsumer:
         self._stop = asyncio.Event()  # run() replaces it with the server's
         self._drained = False
         self._last_claim = 0.0
+        self._linger_until = 0.0  # no read before this (a trickle is gathered; see _step)
         self._pipelined = False
         self._inflight: asyncio.Future[None] | None = None
         self._inflight_on_exit: asyncio.Future[None] | None = None
@@ -353,7 +354,17 @@ class FastPathConsumer:
         if now - self._last_claim >= self.cfg.claim_idle_ms / 2000:
             self._last_claim = now
             handled += await self._claim_stale()
+        linger = self._linger_until - self.clock()
+        if linger > 0:
+            # A trickle: gather what comes meanwhile into one batch (``store_linger_ms``).
+            await self._flush()
+            await wait_any([self._stop], linger)
+            if self._stop.is_set():
+                return handled
+        count = self._catch_up_batch or self.cfg.batch_size
         n = await self._read(">", None if self._inflight is not None else block_ms)
+        if 0 < n < count and self.cfg.store_linger_ms and self._pipelined:  # run() only
+            self._linger_until = self.clock() + self.cfg.store_linger_ms / 1000
         if n == 0 and self._inflight is not None:
             await self._flush()  # caught up: finish the last batch before blocking
         return handled + n
@@ -502,6 +513,7 @@ class FastPathConsumer:
     ) -> None:
         if good:
             result = await self._store(good)
+            self.health.count("store_transactions")
             self.health.count("stored", result.inserted)
             self.health.count("duplicates_dropped", result.duplicates)
         async with self.redis.pipeline(transaction=True) as pipe:
