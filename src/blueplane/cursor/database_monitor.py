@@ -46,8 +46,9 @@ REDIS_RETRY_MIN_S = 0.5
 REDIS_RETRY_MAX_S = 10.0
 GLOBAL = "global"  # the target that reads every global database
 IDLE_OK = frozenset({"ok", "idle"})
-# While a database's -wal was written in the last WAL_SETTLE_WINDOW_S, its fingerprint is
-# checked again this often: a commit read before its sync ended is read once it is visible.
+# While a database's -wal holds a commit not yet visible (and was written in the last
+# WAL_SETTLE_WINDOW_S), its fingerprint is checked again this often: a commit a read missed
+# because its sync had not ended is read once it is visible.
 WAL_RECHECK_S = 0.05
 
 
@@ -372,12 +373,12 @@ class CursorDatabaseMonitor:
 
     def _due(self, key: str, target: _Target, now: float) -> float:
         """When to look at ``key`` again: the next timed poll, or ``WAL_RECHECK_S`` from now
-        while a ``-wal`` it read was written moments ago (``Fingerprint.wal_settled``).
+        while the ``-wal`` it last saw holds a commit not yet visible (``Fingerprint.wal_settled``).
 
         A WAL commit becomes visible only once its frames are synced, after the file events
         that woke the read: under disk load the sync outlasted the watch's 20 ms settle, the
         read saw the old data, and nothing else would have woken a read before the safety poll
-        (30 s). The checks are fingerprints (two ``stat`` calls and 48 bytes of ``-shm``).
+        (30 s). The checks are fingerprints (two ``stat`` calls, 96 bytes of ``-shm``).
         """
         due = _next_tick(now, self._interval(key, target))
         if key == GLOBAL:
