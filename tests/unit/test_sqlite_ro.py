@@ -8,6 +8,8 @@ left open after a read; nothing is created beside the database; locks are classi
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from blueplane.cursor.sqlite_ro import (
     QueryTimeout,
     ReadOnlyDatabase,
     fingerprint,
+    ro_uri,
 )
 from tests.fixtures.cursor_db import CursorDb, hold_lock, snapshot_files
 
@@ -244,3 +247,34 @@ def test_a_wal_commit_not_yet_visible_is_told_apart_from_a_restarted_log(tmp_pat
     assert not visible.wal_pending and visible != pending  # only the header differs
     assert (visible.wal_size, visible.wal_mtime_ns) == (pending.wal_size, pending.wal_mtime_ns)
     db.close()
+
+
+def test_reading_the_wal_index_keeps_a_running_reads_lock(tmp_path: Path) -> None:
+    """The fingerprint reads ``-shm`` while a read of the same database may run in another
+    thread (the global databases read workspace databases). Closing a descriptor of ``-shm``
+    would drop that read's lock: Cursor's writer could then truncate the log under it."""
+    db = CursorDb(tmp_path / "state.vscdb", "wal")
+    for i in range(3):
+        db.put(f"k{i}", "x" * 5000)
+    reader = sqlite3.connect(ro_uri(db.path), uri=True, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM ItemTable").fetchone()  # holds its read mark
+        db.put("k3", "y")
+        fingerprint(db.path)
+        fingerprint(db.path)
+        other = subprocess.run(  # Cursor's process: a checkpoint that empties the log
+            [sys.executable, "-c", CHECKPOINT_TRUNCATE, str(db.path)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        busy = int(other.stdout.split()[0])
+        assert busy == 1, other.stdout  # the read's lock held: the log could not be emptied
+    finally:
+        reader.close()
+        db.close()
+
+
+CHECKPOINT_TRUNCATE = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+    "print(*c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone())"
+)

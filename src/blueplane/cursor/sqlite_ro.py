@@ -12,6 +12,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,8 +108,7 @@ def _wal_state(path: Path, wal_size: int) -> tuple[bytes, bool]:
     copies differ) or unreadable counts as pending: it is looked at again.
     """
     try:
-        with open(str(path) + "-shm", "rb", buffering=0) as fh:
-            both = fh.read(2 * WAL_INDEX_HEADER)
+        both = _read_shm(str(path) + "-shm", 2 * WAL_INDEX_HEADER)
     except OSError:
         return b"", wal_size > WAL_HEADER
     hdr = both[:WAL_INDEX_HEADER]
@@ -129,6 +129,37 @@ def _wal_state(path: Path, wal_size: int) -> tuple[bytes, bool]:
     except OSError:
         return hdr, True
     return hdr, next_frame[8:16] == hdr[32:40]
+
+
+# ``-shm`` is read through descriptors kept open, one per file: closing *any* descriptor of a
+# file drops every POSIX lock this process holds on it, among them the read-mark lock of a read
+# of that database running in another thread (the global databases' membership reads do), and
+# Cursor's writer could then restart its log under that read (SQLite's "How To Corrupt" 2.2).
+# Windows locks belong to a handle, so there a plain open and close is safe.
+_SHM_FDS: dict[str, tuple[int, int]] = {}  # path -> (descriptor, inode)
+_SHM_FDS_MAX = 1024  # beyond this many files, no header (size and mtime only)
+_SHM_LOCK = threading.Lock()
+
+
+def _read_shm(shm: str, n: int) -> bytes:
+    """The first ``n`` bytes of ``shm``, through its kept descriptor (see ``_SHM_FDS``)."""
+    if not hasattr(os, "pread"):
+        with open(shm, "rb", buffering=0) as fh:
+            return fh.read(n)
+    with _SHM_LOCK:
+        ino = os.stat(shm).st_ino
+        kept = _SHM_FDS.get(shm)
+        if kept is None or kept[1] != ino:
+            if kept is None and len(_SHM_FDS) >= _SHM_FDS_MAX:
+                raise OSError(f"{_SHM_FDS_MAX} -shm files open already")
+            fd = os.open(shm, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            ino = os.fstat(fd).st_ino
+            if kept is not None:
+                # Replaced: Cursor removed the old one as the last connection, so no read of
+                # ours holds a lock on it any more.
+                os.close(kept[0])
+            _SHM_FDS[shm] = kept = (fd, ino)
+        return os.pread(kept[0], n, 0)
 
 
 class ChangedDuringRead(CursorDbError):
