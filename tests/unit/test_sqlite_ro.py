@@ -278,3 +278,57 @@ CHECKPOINT_TRUNCATE = (
     "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
     "print(*c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone())"
 )
+
+
+def test_a_second_read_of_a_file_waits_and_keeps_the_first_reads_lock(tmp_path: Path) -> None:
+    """Two reads of one rollback-journal database in this process (a workspace's read and the
+    global databases' membership read): the second one's header peek would close a descriptor
+    of the file and drop the first one's SHARED lock, letting Cursor commit under that read.
+    The second waits for the first instead, and Cursor's writer stays locked out meanwhile."""
+    db = CursorDb(tmp_path / "state.vscdb", "delete")
+    db.put("k", "v")
+    inside, go, second_done = threading.Event(), threading.Event(), threading.Event()
+
+    def first(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT count(*) FROM ItemTable").fetchone()
+        inside.set()
+        go.wait(10)
+
+    reads = [
+        threading.Thread(target=ReadOnlyDatabase(db.path, 5.0).read_sync, args=(first,)),
+        threading.Thread(
+            target=lambda: (
+                ReadOnlyDatabase(db.path, 5.0).read_sync(lambda c: None),
+                second_done.set(),
+            )
+        ),
+    ]
+    reads[0].start()
+    try:
+        assert inside.wait(5)
+        reads[1].start()
+        writer = subprocess.run(  # Cursor, with no busy wait at all
+            [sys.executable, "-c", TRY_COMMIT, str(db.path)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert writer.stdout.strip() == "locked", writer.stdout
+        assert not second_done.is_set()
+    finally:
+        go.set()
+        for t in reads:
+            t.join(10)
+    assert second_done.is_set()  # and then it ran
+    db.close()
+
+
+TRY_COMMIT = """
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+try:
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("INSERT INTO ItemTable VALUES ('w', 'x')")
+    c.execute("COMMIT")
+    print("committed")
+except sqlite3.OperationalError:
+    print("locked")
+"""

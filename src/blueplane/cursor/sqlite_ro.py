@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +109,7 @@ def _wal_state(path: Path, wal_size: int) -> tuple[bytes, bool]:
     copies differ) or unreadable counts as pending: it is looked at again.
     """
     try:
-        both = _read_shm(str(path) + "-shm", 2 * WAL_INDEX_HEADER)
+        both = _read_kept(str(path) + "-shm", 2 * WAL_INDEX_HEADER)
     except OSError:
         return b"", wal_size > WAL_HEADER
     hdr = both[:WAL_INDEX_HEADER]
@@ -131,35 +132,64 @@ def _wal_state(path: Path, wal_size: int) -> tuple[bytes, bool]:
     return hdr, next_frame[8:16] == hdr[32:40]
 
 
-# ``-shm`` is read through descriptors kept open, one per file: closing *any* descriptor of a
-# file drops every POSIX lock this process holds on it, among them the read-mark lock of a read
-# of that database running in another thread (the global databases' membership reads do), and
-# Cursor's writer could then restart its log under that read (SQLite's "How To Corrupt" 2.2).
-# Windows locks belong to a handle, so there a plain open and close is safe.
-_SHM_FDS: dict[str, tuple[int, int]] = {}  # path -> (descriptor, inode)
-_SHM_FDS_MAX = 1024  # beyond this many files, no header (size and mtime only)
-_SHM_LOCK = threading.Lock()
+# Closing *any* descriptor of a file drops every POSIX lock this process holds on it, among
+# them the locks of a read of that database running in another thread (the global databases
+# read workspace databases for their membership): Cursor's writer could then commit, or
+# restart its log, under that read (SQLite's "How To Corrupt", 2.2). So ``-shm`` is read
+# through descriptors kept open, one per file (``_read_kept``), and the reads of one database
+# file (its header peeked at, then the connection) never overlap in this process
+# (``_path_lock``). Windows locks belong to a handle: there a plain open and close is safe.
+_KEPT_FDS: dict[str, tuple[int, int]] = {}  # path -> (descriptor, inode)
+_KEPT_FDS_MAX = 256  # more -shm files than this: the ones gone are closed, else no header
+_KEPT_LOCK = threading.Lock()
+_PATH_LOCKS: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
 
 
-def _read_shm(shm: str, n: int) -> bytes:
-    """The first ``n`` bytes of ``shm``, through its kept descriptor (see ``_SHM_FDS``)."""
+def _path_lock(path: Path) -> threading.Lock:
+    with _KEPT_LOCK:
+        lock = _PATH_LOCKS.get(str(path))
+        if lock is None:
+            lock = _PATH_LOCKS[str(path)] = threading.Lock()
+        return lock
+
+
+def _read_kept(path: str, n: int) -> bytes:
+    """The first ``n`` bytes of ``path`` through its kept descriptor (see ``_KEPT_FDS``);
+    OSError when it cannot be read that way."""
     if not hasattr(os, "pread"):
-        with open(shm, "rb", buffering=0) as fh:
+        with open(path, "rb", buffering=0) as fh:
             return fh.read(n)
-    with _SHM_LOCK:
-        ino = os.stat(shm).st_ino
-        kept = _SHM_FDS.get(shm)
-        if kept is None or kept[1] != ino:
-            if kept is None and len(_SHM_FDS) >= _SHM_FDS_MAX:
-                raise OSError(f"{_SHM_FDS_MAX} -shm files open already")
-            fd = os.open(shm, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            ino = os.fstat(fd).st_ino
-            if kept is not None:
-                # Replaced: Cursor removed the old one as the last connection, so no read of
-                # ours holds a lock on it any more.
-                os.close(kept[0])
-            _SHM_FDS[shm] = kept = (fd, ino)
+    with _KEPT_LOCK:
+        kept = _KEPT_FDS.get(path)
+        try:
+            ino = os.stat(path).st_ino
+        except FileNotFoundError:
+            if kept is not None:  # gone (Cursor's last connection removed it): nothing of
+                os.close(_KEPT_FDS.pop(path)[0])  # ours can hold a lock on it any more
+            raise
+        if kept is not None and kept[1] != ino:
+            os.close(_KEPT_FDS.pop(path)[0])  # replaced: the same
+            kept = None
+        if kept is None:
+            if len(_KEPT_FDS) >= _KEPT_FDS_MAX:
+                _close_gone()
+                if len(_KEPT_FDS) >= _KEPT_FDS_MAX:
+                    raise OSError(f"{_KEPT_FDS_MAX} -shm files open already")
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            _KEPT_FDS[path] = kept = (fd, os.fstat(fd).st_ino)
         return os.pread(kept[0], n, 0)
+
+
+def _close_gone() -> None:
+    """Close the kept descriptors of files removed or replaced since (under ``_KEPT_LOCK``)."""
+    for path, (fd, ino) in list(_KEPT_FDS.items()):
+        try:
+            same = os.stat(path).st_ino == ino
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            del _KEPT_FDS[path]
 
 
 class ChangedDuringRead(CursorDbError):
@@ -226,7 +256,12 @@ class ReadOnlyDatabase:
         return fingerprint(self.path)
 
     def read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` inside one read transaction that cannot outlive ``timeout_s``."""
+        """Run ``fn`` inside one read transaction that cannot outlive ``timeout_s``; reads of
+        one file in this process one at a time (see ``_path_lock``)."""
+        with _path_lock(self.path):
+            return self._read_sync(fn)
+
+    def _read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if not self.path.exists():
             raise DatabaseMissing(f"database file {self.path} does not exist")
         # A WAL database that nobody has open has no -wal file; even a read-only open would
