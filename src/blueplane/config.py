@@ -125,13 +125,6 @@ class FastPathConfig(_Section):
     # wait for it, so it sets only the idle round-trips. At most 9 s: a longer block would run
     # into the Redis client's 10 s socket timeout and read as Redis being away.
     block_ms: int = Field(5000, ge=1, le=MAX_BLOCK_MS)
-    # While entries trickle in (a read that came back short of batch_size, Cursor streaming),
-    # the next read waits until this long after it: the entries of that spell are stored in one
-    # transaction instead of one each. Every transaction rewrites the same index and table pages
-    # (~95 KiB of store WAL per captured Cursor commit at a read per commit), written back while
-    # Cursor's commits wait on their fsyncs. Delays what the store shows by up to this much;
-    # the stream (commit → XADD) is not delayed. 0: store each read at once.
-    store_linger_ms: int = Field(1000, ge=0, le=10_000)
     # Entries kept on the stream once acknowledged; never trims an entry some consumer group
     # has not acknowledged or the session monitor has not read. Applies with enabled: false too.
     max_stream_length: int = Field(100_000, ge=100)

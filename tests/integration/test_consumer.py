@@ -440,36 +440,3 @@ async def test_a_long_idle_block_neither_delays_an_entry_nor_the_stop(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     assert stored_ids(store) == ["while-blocked"]
-
-
-@pytest.mark.parametrize("linger_ms", [0, 400])
-async def test_a_trickle_is_stored_in_one_transaction_per_linger_exactly_once(
-    aclient: aioredis.Redis, redis_client: sync_redis.Redis, store: TraceStore, linger_ms: int
-) -> None:
-    """Entries that trickle in (Cursor streaming: a publication every 100-200 ms) are gathered
-    for ``store_linger_ms`` into one store transaction: each transaction rewrites the same
-    pages, written back while Cursor's commits wait on their fsyncs. The first entry after a
-    quiet spell is stored at once; every entry once, and every one acknowledged."""
-    consumer = make_consumer(aclient, store, store_linger_ms=linger_ms)
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        redis_client.xadd(STREAM, trace_fields("first"))
-        await async_wait_until(lambda: stored_ids(store) == ["first"], "the first entry at once")
-        ids = [f"t-{i}" for i in range(16)]
-        for gid in ids:  # 16 entries over ~0.8 s
-            redis_client.xadd(STREAM, trace_fields(gid))
-            await asyncio.sleep(0.05)
-        await async_wait_until(lambda: len(stored_ids(store)) == 17, "every entry stored")
-        assert sorted(stored_ids(store)) == sorted(["first", *ids])
-        transactions = consumer.health.counters["store_transactions"]
-        if linger_ms:
-            assert transactions <= 5, transactions
-        else:
-            assert transactions >= 10, transactions  # the test can fail: one per read
-        await async_wait_until(
-            lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 0, "all acknowledged"
-        )
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)

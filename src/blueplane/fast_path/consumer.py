@@ -261,7 +261,6 @@ class FastPathConsumer:
         self._stop = asyncio.Event()  # run() replaces it with the server's
         self._drained = False
         self._last_claim = 0.0
-        self._linger_until = 0.0  # no read before this (a trickle is gathered; see _step)
         self._pipelined = False
         self._inflight: asyncio.Future[None] | None = None
         self._inflight_on_exit: asyncio.Future[None] | None = None
@@ -354,33 +353,10 @@ class FastPathConsumer:
         if now - self._last_claim >= self.cfg.claim_idle_ms / 2000:
             self._last_claim = now
             handled += await self._claim_stale()
-        linger = self._linger_until - self.clock()
-        if linger > 0:
-            # A trickle: gather what comes meanwhile into one batch (``store_linger_ms``).
-            await self._flush()
-            await wait_any([self._stop], linger)
-            if self._stop.is_set():
-                return handled
-            await self._next_publication()
-        count = self._catch_up_batch or self.cfg.batch_size
         n = await self._read(">", None if self._inflight is not None else block_ms)
-        if 0 < n < count and self.cfg.store_linger_ms and self._pipelined:  # run() only
-            self._linger_until = self.clock() + self.cfg.store_linger_ms / 1000
         if n == 0 and self._inflight is not None:
             await self._flush()  # caught up: finish the last batch before blocking
         return handled + n
-
-    async def _next_publication(self) -> None:
-        """After a linger, wait (at most ``store_linger_ms`` more) for the next entry to come.
-
-        The monitor reads a database right after Cursor's commit and publishes at once, so an
-        entry arrives in the quiet gap before Cursor's next commit: the store's transaction,
-        started then, is written there too. Started right at the linger's end it fell at any
-        moment of Cursor's cycle (zero_impact, rollback journal: the writer's p99 was higher
-        than with main's build, which stores at once, in 5 of 5 pairs).
-        """
-        read = self.redis.xread({self.stream: "$"}, count=1, block=max(1, self.cfg.store_linger_ms))
-        await or_stop(read, self._stop)
 
     async def _yield_to_catch_up(self) -> None:
         """While this process's publisher catches up (a first sync), do not read.
@@ -526,7 +502,6 @@ class FastPathConsumer:
     ) -> None:
         if good:
             result = await self._store(good)
-            self.health.count("store_transactions")
             self.health.count("stored", result.inserted)
             self.health.count("duplicates_dropped", result.duplicates)
         async with self.redis.pipeline(transaction=True) as pipe:
