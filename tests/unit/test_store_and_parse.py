@@ -61,8 +61,24 @@ def test_parse_trace_entry() -> None:
     ],
 )  # fmt: skip
 def test_malformed_entries_say_why(fields: dict, reason: str) -> None:
-    with pytest.raises(MalformedEntry, match=reason.replace("(", r"\(")):
-        parse_entry("1-0", fields)
+    for given in (fields, _raw(fields)):  # as a dict and as XREADGROUP's raw reply
+        with pytest.raises(MalformedEntry, match=reason.replace("(", r"\(")):
+            parse_entry("1-0", given)
+
+
+def _raw(fields: dict) -> list:
+    """The fields as XREADGROUP's raw reply gives them (field, value, field, value…)."""
+    return [x for kv in fields.items() for x in kv]
+
+
+def test_the_raw_reply_parses_as_its_dict() -> None:
+    """The consumer hands parse_entry the raw reply of an entry (no dict built first)."""
+    for fields in (trace_fields(), trace_fields(event_id=None, revision=4, item_id="i")):
+        assert parse_entry("3-1", _raw(fields)) == parse_entry("3-1", fields)
+    text = {k.decode(): v.decode() for k, v in trace_fields().items()}  # text clients
+    assert parse_entry("3-1", _raw(text)) == parse_entry("3-1", trace_fields())
+    with pytest.raises(MalformedEntry, match="not pairs"):
+        parse_entry("3-1", [*_raw(trace_fields()), b"dangling"])
 
 
 def test_parse_entry_fills_every_field() -> None:
