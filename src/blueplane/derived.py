@@ -194,9 +194,11 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def stage_row(ev: StoredEvent, dialect: Dialect = SQLITE) -> tuple[Any, ...]:
-    """What the derived tables need of one event, from its parsed payload and metadata."""
-    return _stage(ev.event_id, ev.trace_type, ev.payload, ev.metadata, dialect)
+def stage_row(ev: StoredEvent, dialect: Dialect = SQLITE, null: Any = None) -> tuple[Any, ...]:
+    """What the derived tables need of one event, from its parsed payload and metadata.
+
+    ``null``: what stands for SQL NULL in the row (``store.NULL`` for SQLite's writer)."""
+    return _stage(ev.event_id, ev.trace_type, ev.payload, ev.metadata, dialect, null)
 
 
 def _stage(
@@ -205,6 +207,7 @@ def _stage(
     p: dict[str, Any],
     m: dict[str, Any],
     dialect: Dialect = SQLITE,
+    null: Any = None,
 ) -> tuple[Any, ...]:
     conv = p.get("composer_id") or m.get("conversation_id") or p.get("conversation_id")
     # Search answers conversations: text of no conversation (a generation's description, a
@@ -217,10 +220,13 @@ def _stage(
     )
     model = p.get("model") or p.get("model_name") or ""
     turn = 1 if trace_type == "message" and p.get("role") == "assistant" else 0
+    tokens_in = _int(p.get("input_tokens"))
+    tokens_out = _int(p.get("output_tokens"))
     return (
-        event_id, dialect.search_text(" ".join(parts)) if parts else None,
-        conv if isinstance(conv, str) else None, model if isinstance(model, str) else "",
-        turn, _int(p.get("input_tokens")), _int(p.get("output_tokens")),
+        event_id, dialect.search_text(" ".join(parts)) if parts else null,
+        conv if isinstance(conv, str) else null, model if isinstance(model, str) else "",
+        turn, tokens_in if tokens_in is not None else null,
+        tokens_out if tokens_out is not None else null,
     )  # fmt: skip
 
 
