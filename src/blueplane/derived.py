@@ -128,7 +128,7 @@ def apply_statements(dialect: Dialect, rows: str, join: str | None = None) -> li
     parts["prev_in"], parts["prev_out"] = prev("input_tokens"), prev("output_tokens")
     batch = _ACTIVITY_ROWS.format(**parts)
     if dialect.name == "sqlite":
-        # summed by hour once (``_SQLITE_HOURS``); ``sqlite_sums`` adds them to both tables
+        # summed by hour once (``_SQLITE_HOURS``); ``_sqlite_sums`` adds them to both tables
         out.append(
             f"INSERT INTO {_HOURS} SELECT (t / 3600000) * 3600000 AS h, w, tt, m, COUNT(*),"
             f" SUM(turn), SUM(i), SUM(o) FROM ({batch}) AS batch GROUP BY h, w, tt, m"
@@ -150,7 +150,7 @@ _PG_STORED_ORDER = (
 )
 
 
-def sqlite_sums() -> list[str]:
+def _sqlite_sums() -> list[str]:
     """SQLite: the batch's hours (``apply_statements``) added to the hourly and the daily
     activity, then emptied (no parameters)."""
     source = (
@@ -186,7 +186,7 @@ def derived_ddl(dialect: Dialect) -> list[str]:
 
 
 _SQLITE_APPLY = apply_statements(SQLITE, "e.rowid > ? AND e.rowid <= ?")
-_SQLITE_SUMS = sqlite_sums()
+_SQLITE_SUMS = _sqlite_sums()
 _TEXT_FIELDS = ("text", "prompt_text", "description", "prompt", "name")
 
 
