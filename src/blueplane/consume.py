@@ -27,7 +27,7 @@ from blueplane.events import iso_now
 from blueplane.fast_path.consumer import FastPathConsumer
 from blueplane.fast_path.trimmer import StreamTrimmer
 from blueplane.health import Health
-from blueplane.server import GIL_SWITCH_INTERVAL_S, STATUS_EVERY_S, STOP_GRACE_S
+from blueplane.server import GIL_SWITCH_INTERVAL_S, STATUS_EVERY_S, STOP_GRACE_S, tune_gc
 from blueplane.store import TraceStore
 from blueplane.stores import open_store_showing
 from blueplane.supervisor import supervise
@@ -141,6 +141,7 @@ class ConsumeServer:
 
 async def consume(settings: Settings) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    tune_gc()
     server = ConsumeServer(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

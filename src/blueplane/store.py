@@ -200,6 +200,14 @@ CHECKPOINT_FORCE_PAGES = 4 * CHECKPOINT_PAGES
 CHECKPOINT_LOG_EVERY_S = 60.0
 
 
+# What PreparedBatch binds for SQL NULL: a NaN, which SQLite binds as NULL
+# (``sqlite3_bind_double``: "NaN is converted to NULL"). Why not None: Python's sqlite3 (3.11)
+# binds an int, float or str as is but looks up an adapter for anything else, None included
+# (~250 ns a parameter, in the writer thread and holding the GIL; a batch has several per
+# event). Only in the parameters PreparedBatch builds: the one-row paths bind None.
+NULL = float("nan")
+
+
 def _values(rows: int, cols: int) -> str:
     one = "(" + ",".join("?" * cols) + ")"
     return ",".join([one] * rows)
@@ -254,7 +262,7 @@ def _params(rows: Sequence[tuple[Any, ...]], lead: int, padding: int) -> list[An
     params: list[Any] = [None] * lead
     params.extend(chain.from_iterable(rows))
     if padding:
-        params.extend([None] * padding)
+        params.extend([NULL] * padding)
     return params
 
 
@@ -301,10 +309,10 @@ class PreparedBatch(list[StoredEvent]):
                 places.append(None)
         self.generations = len(gens)
         self.sources = _chunked(
-            trace_sources.rows(gens, 0, 0), _sources_set, _SOURCE_COLS, 2, max_params
+            trace_sources.rows(gens, 0, 0, NULL), _sources_set, _SOURCE_COLS, 2, max_params
         )
         self.stage = _chunked(
-            [stage_row(ev) for ev in self], _stage_set, STAGE_COLUMNS, 0, max_params
+            [stage_row(ev, SQLITE, NULL) for ev in self], _stage_set, STAGE_COLUMNS, 0, max_params
         )
         self.single: list[tuple[StoredEvent, int | None]] = []
         # Rows that may see each other (the same event id or trace revision twice) are rare:
@@ -322,6 +330,8 @@ class PreparedBatch(list[StoredEvent]):
                     continue
             payload = ev.payload_json
             metadata = ev.metadata_json
+            machine = ev.machine_id
+            user = ev.user_name
             rows.append(
                 (
                     ev.event_id, ev.stream_id, ev.event_type, ev.hook_type, ev.platform,
@@ -330,12 +340,14 @@ class PreparedBatch(list[StoredEvent]):
                     payload if payload is not None else dumps(ev.payload, ensure_ascii=False),
                     metadata if metadata is not None
                     else dumps(ev.metadata, ensure_ascii=False),
-                    ev.machine_id, ev.user_name,
+                    # NULL for None where it is common (see NULL)
+                    machine if machine is not None else NULL,
+                    user if user is not None else NULL,
                     # dedupable(ev), then the source and place of a keyed generation
                     1 if ev.event_type == "database_trace" and ev.session_id and ev.item_key
-                    else None,
-                    (ev.source or trace_sources.UNKNOWN_SOURCE) if gen is not None else None,
-                    gen,
+                    else NULL,
+                    (ev.source or trace_sources.UNKNOWN_SOURCE) if gen is not None else NULL,
+                    gen if gen is not None else NULL,
                 )
             )  # fmt: skip
         self.inserts = _chunked(rows, _events_set, _EV_SET_COLS, 3, max_params)

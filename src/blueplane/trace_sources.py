@@ -96,8 +96,10 @@ def _str(value: Any) -> str | None:
 
 
 def rows(
-    events: Iterable[StoredEvent], received_at_ms: int, seq_base: int
+    events: Iterable[StoredEvent], received_at_ms: int, seq_base: int, null: Any = None
 ) -> list[tuple[Any, ...]]:
+    """The table's rows of keyed generations; ``null`` stands for SQL NULL in the facts a
+    report may lack (``store.NULL`` for SQLite's writer)."""
     out = []
     base = seq_base
     for i, ev in enumerate(events):
@@ -106,7 +108,9 @@ def rows(
         out.append(
             (
                 ev.workspace_hash, ev.generation_id, src, base + i, ev.event_id, ev.stream_id,
-                ev.session_id, received_at_ms, ev.timestamp_ms, gen_ms, gtype, description,
+                ev.session_id, received_at_ms, ev.timestamp_ms,
+                gen_ms if gen_ms is not None else null, gtype if gtype is not None else null,
+                description if description is not None else null,
             )
         )  # fmt: skip
     return out

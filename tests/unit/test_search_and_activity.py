@@ -76,7 +76,8 @@ def test_a_failed_batch_leaves_no_index_or_count_behind(tmp_path: Path) -> None:
     assert search_conversation_ids(store, "never") == []
     assert search_conversation_ids(store, "first") == ["c"]
     # The rollback emptied the stage too: the retried batch is counted once, nothing else.
-    assert store.conn.execute("SELECT count(*) FROM derived_stage").fetchone()[0] == 0
+    for temporary in ("derived_stage", "derived_hours"):
+        assert store.conn.execute(f"SELECT count(*) FROM {temporary}").fetchone()[0] == 0
     store.conn.execute(f"PRAGMA max_page_count = {pages * 100}")
     store.write_batch(big, 0)
     assert totals(store) == (39, 39, 5 * 39, 5 * 39)
@@ -128,3 +129,30 @@ def test_overview_totals_per_workspace_and_model(tmp_path: Path) -> None:
         assert all(f["workspace_hash"] == ws for f in queries.feed(conn, ws, 5))
     with queries.StoreReader(tmp_path / "none.db").connect() as conn:
         assert queries.overview(conn, None).empty and queries.feed(conn, None) == []
+
+
+def test_one_batch_over_many_hours_and_days_is_counted_in_each(tmp_path: Path) -> None:
+    """A batch's activity is summed by hour once, then added to both tables: each hour and
+    each day holds what a count over its stored traces gives."""
+    store = TraceStore(tmp_path / "t.db")
+    batches, expected = generate(600, workspaces=3, turns=3, end_ms=END_MS, span_days=4)
+    events = [ev for batch in batches for ev in batch]
+    half = len(events) // 2
+    store.write_batch(events[:half], 0)
+    store.write_batch(events[half:], 0)  # adds to the hours and days the first one made
+    assert totals(store) == (expected.traces, expected.turns, expected.input_tokens,
+                             expected.output_tokens)  # fmt: skip
+    for table, col, bucket in (("activity_hourly", "hour_ms", 3_600_000),
+                               ("activity_daily", "day_ms", 86_400_000)):  # fmt: skip
+        counted = store.conn.execute(
+            f"SELECT (coalesce(timestamp_ms, received_at_ms) / {bucket}) * {bucket} AS b,"
+            " coalesce(workspace_hash, ''), coalesce(trace_type, ''), count(*) FROM events"
+            " WHERE event_type = 'database_trace' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        kept = store.conn.execute(
+            f"SELECT {col}, workspace_hash, trace_type, SUM(traces) FROM {table}"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        assert kept == counted and len({r[0] for r in kept}) > 3
+    assert store.conn.execute("SELECT count(*) FROM derived_hours").fetchone()[0] == 0
+    store.close()

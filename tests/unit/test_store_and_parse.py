@@ -61,8 +61,24 @@ def test_parse_trace_entry() -> None:
     ],
 )  # fmt: skip
 def test_malformed_entries_say_why(fields: dict, reason: str) -> None:
-    with pytest.raises(MalformedEntry, match=reason.replace("(", r"\(")):
-        parse_entry("1-0", fields)
+    for given in (fields, _raw(fields)):  # as a dict and as XREADGROUP's raw reply
+        with pytest.raises(MalformedEntry, match=reason.replace("(", r"\(")):
+            parse_entry("1-0", given)
+
+
+def _raw(fields: dict) -> list:
+    """The fields as XREADGROUP's raw reply gives them (field, value, field, value…)."""
+    return [x for kv in fields.items() for x in kv]
+
+
+def test_the_raw_reply_parses_as_its_dict() -> None:
+    """The consumer hands parse_entry the raw reply of an entry (no dict built first)."""
+    for fields in (trace_fields(), trace_fields(event_id=None, revision=4, item_id="i")):
+        assert parse_entry("3-1", _raw(fields)) == parse_entry("3-1", fields)
+    text = {k.decode(): v.decode() for k, v in trace_fields().items()}  # text clients
+    assert parse_entry("3-1", _raw(text)) == parse_entry("3-1", trace_fields())
+    with pytest.raises(MalformedEntry, match="not pairs"):
+        parse_entry("3-1", [*_raw(trace_fields()), b"dangling"])
 
 
 def test_parse_entry_fills_every_field() -> None:
@@ -221,7 +237,25 @@ def test_chunked_statements() -> None:
     assert [size for size, _ in plan(2000, 999)] == [256] * 7 + [128, 64, 16]
     padded = _chunked(rows[:7], lambda size: size, 2, 3, 999)
     assert [size for size, _ in padded] == [8]
-    assert padded[0][1][3:] == [v for r in rows[:7] for v in r] + [None, None]
+    # the padding row is NULLs (store.NULL: a NaN, which SQLite binds as NULL)
+    assert padded[0][1][3:] == [v for r in rows[:7] for v in r] + [store_module.NULL] * 2
+
+
+def test_null_binds_as_sql_null(tmp_path: Path) -> None:
+    """What PreparedBatch binds for None (``store.NULL``) is stored as NULL, never as a
+    number: a batch's events, stage and sources hold NULL where the event has nothing."""
+    conn = sqlite3.connect(tmp_path / "n.db")
+    row = conn.execute("SELECT ? IS NULL, typeof(?)", (store_module.NULL,) * 2).fetchone()
+    assert row == (1, "null")
+    store = TraceStore(tmp_path / "t.db")
+    store.write_batch([parse_entry("1-0", trace_fields("g1"))], 3600)  # no machine, no user
+    assert store.conn.execute(
+        "SELECT typeof(machine_id), typeof(user_name) FROM events"
+    ).fetchone() == ("null", "null")
+    assert store.conn.execute(
+        "SELECT typeof(generation_ms), typeof(generation_type), typeof(description)"
+        " FROM trace_sources"
+    ).fetchone() == ("null", "null", "null")
 
 
 def test_traces_filters(tmp_path: Path) -> None:

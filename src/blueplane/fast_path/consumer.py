@@ -69,18 +69,33 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _decode_all(fields: dict[Any, Any]) -> dict[str, str]:
-    """All fields as text; the fast path (bytes from Redis) is one comprehension."""
+def _decode_all(fields: dict[Any, Any] | list[Any]) -> dict[str, str]:
+    """All fields as text; the fast path (bytes from Redis) is one comprehension.
+
+    ``fields``: a dict, or XREADGROUP's raw reply of one entry (field, value, field, value…),
+    decoded straight into one dict of text (no dict of bytes first: 20 k entries/s)."""
     try:
-        try:
-            return {k.decode(): v.decode() for k, v in fields.items()}
-        except AttributeError:  # text (decode_responses clients, tests)
-            return {
-                (k.decode() if isinstance(k, bytes) else str(k)): (
-                    v.decode() if isinstance(v, bytes) else str(v)
-                )
-                for k, v in fields.items()
-            }
+        if type(fields) is list:
+            if len(fields) % 2:
+                raise MalformedEntry(f"entry has {len(fields)} field names and values, not pairs")
+            it = iter(fields)
+            try:
+                return {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
+            except AttributeError:  # text (decode_responses clients)
+                it = iter(fields)
+                fields = dict(zip(it, it, strict=True))
+        else:
+            try:
+                return {k.decode(): v.decode() for k, v in fields.items()}
+            except AttributeError:
+                pass
+        # text (decode_responses clients, tests)
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in fields.items()
+        }
     except UnicodeDecodeError as exc:
         raise MalformedEntry(f"field is not UTF-8: {exc}") from exc
 
@@ -105,14 +120,21 @@ def _json_object(name: str, text: str) -> dict[str, Any]:
     return value
 
 
-def parse_entry(stream_id: str, fields: dict[Any, Any]) -> StoredEvent:
+def parse_entry(stream_id: str, fields: dict[Any, Any] | list[Any]) -> StoredEvent:
     """One stream entry to a StoredEvent; MalformedEntry says precisely what is wrong.
+
+    ``fields``: the entry's fields as a dict, or as XREADGROUP's raw reply gives them (a
+    list: field, value, field, value…).
 
     One pass over the fields, JSON parsed once; the JSON text is kept so the store writes it
     as is (this runs for every event: at 20 k events/s, per-entry work is the budget, hence
     the plain code: no helper call or keyword argument that is not needed).
     """
-    size = sum(map(len, fields)) + sum(map(len, fields.values()))
+    size = (
+        sum(map(len, fields))
+        if type(fields) is list
+        else sum(map(len, fields)) + sum(map(len, fields.values()))
+    )
     if size > MAX_ENTRY_BYTES:
         raise MalformedEntry(f"entry is {size} bytes, over the {MAX_ENTRY_BYTES} byte limit")
     data = _decode_all(fields)
@@ -481,9 +503,8 @@ class FastPathConsumer:
             ids.append(raw_id)
             if not fields:
                 continue  # entry deleted from the stream while pending: just acknowledge
-            if type(fields) is list:  # XREADGROUP's raw reply: field, value, field, value…
-                pairs = iter(fields)
-                fields = dict(zip(pairs, pairs, strict=True))
+            # ``fields``: XREADGROUP's raw reply (field, value, …; parse_entry reads it as is),
+            # or a dict (XAUTOCLAIM)
             sid = _text(raw_id)
             if too_many and sid in too_many:
                 reason = f"delivered more than {self.cfg.max_deliveries} times without being stored"
@@ -615,8 +636,11 @@ def _cut(fields: dict[str, str]) -> bool:
     return any(len(v) >= DEAD_LETTER_FIELD_CAP for v in fields.values())
 
 
-def _copy(fields: dict[Any, Any]) -> dict[str, str]:
+def _copy(fields: dict[Any, Any] | list[Any]) -> dict[str, str]:
     """The dead letter's copy of an entry: text, each value capped."""
+    if type(fields) is list:  # raw reply: field, value, … (an odd last name gets "")
+        it = iter([*fields, b""] if len(fields) % 2 else fields)
+        fields = dict(zip(it, it, strict=True))
     return {_text(k): _text(v)[:DEAD_LETTER_FIELD_CAP] for k, v in fields.items()}
 
 
