@@ -296,6 +296,8 @@ class _PgTx:
         in a pipeline."""
         rows = [tuple(r) for r in rows]
         m = _INSERT_VALUES.match(sql)
+        if m is None and len(rows) >= 2 and self._update_setwise(sql, rows):
+            return
         if m is None or len(rows) < 2:
             with self.raw.cursor() as cur:
                 cur.executemany(POSTGRES.sql(sql), rows)  # type: ignore[arg-type]
@@ -312,6 +314,89 @@ class _PgTx:
             head = f"INSERT INTO {table} {cols or ''} SELECT {select} FROM {twin} "
             cur.execute(POSTGRES.sql(head + tail))  # type: ignore[arg-type]
             cur.execute(f"DELETE FROM {twin}")  # type: ignore[arg-type]
+
+    def _update_setwise(self, sql: str, rows: list[tuple[Any, ...]]) -> bool:
+        """An ``UPDATE t SET … WHERE k1 = ? AND k2 = ? [AND …]`` for many rows as few
+        statements: the rows' parameters as arrays, ``unnest``-ed into ``v``, each ``?`` its
+        column (``UPDATE … FROM``). Each statement applies the rows of distinct keys (the
+        ``k = ?`` conjuncts): an UPDATE of one key touches only that key's rows, so this is
+        the row-by-row sequence; a key named again waits for the next statement, in order.
+        False (nothing done) for a shape this does not handle: the caller goes row by row.
+        (Row by row, the conversation index's updates were ~20 % of a batch's time.)"""
+        m = _UPDATE_WHERE.match(sql)
+        if m is None or _SUBQUERY.search(sql):
+            return False
+        params = sql.count("?")
+        if params == 0 or any(len(r) != params for r in rows):
+            return False
+        # which parameters are key columns (``col = ?`` conjuncts of the WHERE)
+        before_where = sql[: m.start("where")].count("?")
+        keys: list[int] = []
+        pos = before_where
+        for conj in re.split(r"\s+AND\s+", m.group("where"), flags=re.IGNORECASE):
+            if _KEY_CONJ.match(conj):
+                keys.append(pos)
+            pos += conj.count("?")
+        if not keys:
+            return False
+        types: list[str | None] = []
+        for col in zip(*rows, strict=True):
+            t = _array_type(col)
+            if t == "":
+                return False
+            types.append(t)
+        # the placeholders, in order: an array column, or NULL where every row has None
+        names = iter(f"v.p{i}" if t else "NULL" for i, t in enumerate(types))
+        body = _PLACEHOLDER.sub(lambda x: x.group(0) if x.group(0) == "%%" else next(names),
+                                POSTGRES.sql(sql))  # fmt: skip
+        cols = [i for i, t in enumerate(types) if t]
+        unnest = (f" FROM unnest({', '.join(f'%s::{types[i]}[]' for i in cols)})"
+                  f" AS v({', '.join(f'p{i}' for i in cols)})")  # fmt: skip
+        where = re.search(r"\bWHERE\b", body, re.IGNORECASE)
+        assert where is not None
+        statement = body[: where.start()] + unnest + " " + body[where.start() :]
+        # rounds: the n-th row of each key in the n-th statement
+        rounds: list[list[tuple[Any, ...]]] = []
+        seen: dict[tuple[Any, ...], int] = {}
+        for r in rows:
+            k = tuple(r[i] for i in keys)
+            n = seen.get(k, 0)
+            seen[k] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(r)
+        with self.raw.cursor() as cur:
+            for batch in rounds:
+                arrays = [[r[i] for r in batch] for i in cols]
+                cur.execute(statement, arrays)  # type: ignore[arg-type]
+        return True
+
+
+def _array_type(values: Sequence[Any]) -> str | None:
+    """The PostgreSQL array type of one parameter's values: None when every value is None
+    (the placeholder becomes ``NULL``), "" when they mix types this does not handle."""
+    kinds = {type(v) for v in values if v is not None}
+    if not kinds:
+        return None
+    if kinds == {str}:
+        return "text"
+    if kinds <= {int} or kinds == {bool, int}:
+        return "int8"
+    if kinds == {bool}:
+        return "bool"
+    if kinds <= {int, float}:
+        return "float8"
+    return ""
+
+
+# ``UPDATE t SET … WHERE …``, one WHERE (no subquery: ``_SUBQUERY``)
+_UPDATE_WHERE = re.compile(
+    r"\s*UPDATE\s+\w+\s+SET\s+(?:(?!\bWHERE\b).)*\bWHERE\s+(?P<where>(?:(?!\bWHERE\b).)*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_SUBQUERY = re.compile(r"\bSELECT\b|\bFROM\b|\bRETURNING\b", re.IGNORECASE)
+_KEY_CONJ = re.compile(r"^\s*\w+\s*=\s*\?\s*$")
+_PLACEHOLDER = re.compile(r"%%|%s")
 
 
 class _PgConn:
