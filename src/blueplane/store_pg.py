@@ -350,7 +350,7 @@ class _PgTx:
         body = _PLACEHOLDER.sub(lambda x: x.group(0) if x.group(0) == "%%" else next(names),
                                 POSTGRES.sql(sql))  # fmt: skip
         cols = [i for i, t in enumerate(types) if t]
-        unnest = (f" FROM unnest({', '.join(f'%s::{types[i]}[]' for i in cols)})"
+        unnest = (f" FROM unnest({', '.join(f'%b::{types[i]}[]' for i in cols)})"
                   f" AS v({', '.join(f'p{i}' for i in cols)})")  # fmt: skip
         where = re.search(r"\bWHERE\b", body, re.IGNORECASE)
         assert where is not None
