@@ -58,6 +58,11 @@ from blueplane.urls import describe_pg, mask_url
 
 log = logging.getLogger("blueplane.store")
 
+# Room in each page of ``conv_turns`` for the new versions of its rows: each turn is updated
+# after its insert (its time span, model, token counts: ``conversation_index``), and an update
+# that finds room on its page and changes no indexed column is HOT (no new index entries).
+# Applies to the pages written from then on.
+_STORAGE = ("ALTER TABLE conv_turns SET (fillfactor = 50)",)
 # pg_advisory_xact_lock keys (any constants unique to Blueplane)
 _MIGRATE_LOCK = 0x626C7565_0001
 _WRITE_LOCK = 0x626C7565_0002
@@ -484,6 +489,8 @@ class PgTraceStore(TraceStore):
                             )
                         )
             for stmt in schema_ddl(POSTGRES):
+                raw.execute(stmt)  # type: ignore[arg-type]
+            for stmt in _STORAGE:
                 raw.execute(stmt)  # type: ignore[arg-type]
             raw.execute(
                 "INSERT INTO store_meta VALUES ('schema_version', %s)"
