@@ -1,12 +1,12 @@
 """The PostgreSQL store: the same tables and queries as the SQLite one, for a team's central host.
 
-Selected by ``store.url: postgresql://…``. Writes are batched: one transaction per batch, the
-rows ``COPY``-ed into a temporary table and inserted with one ``INSERT … SELECT … ON CONFLICT
-(event_id) DO NOTHING``; then, under a transaction-scoped advisory lock, the rows the SQLite
-writer's dedup rule would not have stored (a trace revision already stored within the window
-under another event id, also within the batch) are deleted before anyone can see them. So
-several ``blueplane consume`` processes dedup exactly as one SQLite writer does, while the
-``COPY`` and the insert (most of the work) run in parallel.
+Selected by ``store.url: postgresql://…``. Writes are batched: one transaction per batch, what the
+statements need of the rows ``COPY``-ed into a temporary table, and the rows not stored yet
+``COPY``-ed straight into ``events``; then, under a transaction-scoped advisory lock, the rows the
+SQLite writer's dedup rule would not have stored (a trace revision already stored within the window
+under another event id, also within the batch) are deleted before anyone can see them. So several
+``blueplane consume`` processes dedup exactly as one SQLite writer does, while the ``COPY`` into
+``events`` (most of the work) runs in parallel.
 
 In the same transaction and under the same lock, the writer also keeps what SQLite's keeps:
 ``trace_sources`` (and its NOT_FIRST rule, ordered by a seq read from the database's clock
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import psycopg
+import psycopg.errors
 
 from blueplane import conversation_index, derived, trace_sources
 from blueplane.store import (
@@ -67,6 +68,8 @@ _STORAGE = ("ALTER TABLE conv_turns SET (fillfactor = 50)",)
 _MIGRATE_LOCK = 0x626C7565_0001
 _WRITE_LOCK = 0x626C7565_0002
 CONNECT_TIMEOUT_S = 5
+# Attempts of a batch whose events another writer stored meanwhile (``write_batch``)
+_DUPLICATE_RETRIES = 5
 
 _COLS = EVENTS.column_names
 _SRC_COLS = TRACE_SOURCES.column_names
@@ -79,12 +82,19 @@ _SRC_COLS = TRACE_SOURCES.column_names
 # of it (``derived.stage_row``): the stage is this table, so the derived statements look
 # nothing up in ``events``.
 _STAGE_COLS = ("text", "conversation_id", "model", "turn", "input_tokens", "output_tokens")
+# The events columns the write's statements read of the batch (not the payloads: the rows
+# themselves are copied straight into ``events``, ``_COPY_EVENTS``).
+_SLIM = ("event_id", "stream_id", "event_type", "trace_type", "session_id", "workspace_hash",
+         "generation_id", "item_key", "revision", "timestamp_ms")  # fmt: skip
+_SLIM_POS = [_COLS.index(c) for c in _SLIM]
 _BATCH_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_batch ("
-    + ", ".join(POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in EVENTS.columns)
+    + ", ".join(
+        POSTGRES.column_ddl(c).replace(" NOT NULL", "") for c in EVENTS.columns if c.name in _SLIM
+    )
     + ", seq INTEGER, dedup BOOLEAN, later BOOLEAN, src TEXT, src_pos INTEGER, text TEXT,"
-    " conversation_id TEXT, model TEXT, turn INTEGER, input_tokens BIGINT, output_tokens BIGINT)"
-    " ON COMMIT DELETE ROWS"
+    " conversation_id TEXT, model TEXT, turn INTEGER, input_tokens BIGINT, output_tokens BIGINT,"
+    " received_at_ms BIGINT) ON COMMIT DELETE ROWS"
 )
 _SOURCES_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS _bp_sources ("
@@ -96,14 +106,16 @@ _SOURCES_DDL = (
 # received_at_ms is copied last: the write's own time, appended to the prepared row at the write
 _COPY_COLS = [c for c in _COLS if c != "received_at_ms"]
 _COPY = (
-    f"COPY _bp_batch ({', '.join(_COPY_COLS)}, seq, dedup, later, src, src_pos,"
+    f"COPY _bp_batch ({', '.join(_SLIM)}, seq, dedup, later, src, src_pos,"
     f" {', '.join(_STAGE_COLS)}, received_at_ms) FROM STDIN (FORMAT BINARY)"
 )
 _PG_TYPES = {"TEXT": "text", "BIGINT": "int8", "INTEGER": "int4", "BOOLEAN": "bool"}
-_COPY_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns
-               if c.name != "received_at_ms"] + [
+_COPY_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns if c.name in _SLIM] + [
     "int4", "bool", "bool", "text", "int4", "text", "text", "text", "int4", "int8", "int8", "int8",
 ]  # fmt: skip
+_COPY_EVENTS = f"COPY events ({', '.join(_COPY_COLS)}, received_at_ms) FROM STDIN (FORMAT BINARY)"
+_EVENTS_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in EVENTS.columns
+                 if c.name != "received_at_ms"] + ["int8"]  # fmt: skip
 _SRC_COPY_COLS = [c for c in _SRC_COLS if c != "received_at_ms"] + ["received_at_ms"]
 _SOURCES_TYPES = [_PG_TYPES[POSTGRES.types[c.type]] for c in TRACE_SOURCES.columns
                   if c.name != "received_at_ms"] + ["int8"]  # fmt: skip
@@ -116,12 +128,14 @@ ON CONFLICT DO NOTHING
 """
 # Two steps, so that writers on several hosts insert in parallel and hold the write lock only
 # for the decisions:
-# 1. before the lock, every row of the batch is inserted (``ON CONFLICT (event_id) DO NOTHING``;
-#    in event id order, so two writers never wait on each other's rows in a cycle). The rows stay
-#    invisible to every other writer and reader until the commit. Which rows this write inserted
-#    is told by their ``xmin``, this transaction's id (``events`` rows are never updated, and the
-#    write takes no savepoint): no table of the inserted ids to fill and probe (~10 % of the
-#    insert's time).
+# 1. before the lock, every row of the batch not already stored is copied into ``events`` (in event
+#    id order, so two writers never wait on each other's rows in a cycle; one that another writer
+#    stored meanwhile fails the COPY, and ``write_batch`` writes the batch again: no ``ON
+#    CONFLICT``, whose speculative insertion costs each row a probe and a WAL record more, and no
+#    second copy of the wide rows in a temporary table). The rows stay invisible to every other
+#    writer and reader until the commit. Which rows this write inserted is told by their ``xmin``,
+#    this transaction's id (``events`` rows are never updated, and the write takes no savepoint): no
+#    table of the inserted ids to fill and probe (~10 % of the insert's time).
 # 2. under the lock, the rows the SQLite writer's rules would not have stored are deleted:
 #    within the batch the first row of a trace revision wins (decided in Python: ``later``);
 #    against the table, a row of the same revision stored within the window under another event
@@ -132,15 +146,13 @@ ON CONFLICT DO NOTHING
 #    (``trace_sources.NOT_FIRST``, applied like SQLite's: to the rows that dedup).
 # Each statement of step 2 reads a snapshot taken after the lock was granted, so it sees every
 # batch committed before it, exactly as when the whole move ran under the lock.
-# The rows are copied in event id order, and a scan of the freshly filled temporary table reads
-# them in that order: so two writers insert their common rows in the same order and never wait
-# on each other's in a cycle (no sort of the wide rows in the database).
-_INSERT = f"""
-INSERT INTO events ({", ".join(_COLS)})
-SELECT {", ".join(_COLS)} FROM _bp_batch
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
-"""
+# The rows are copied in event id order: so two writers insert their common rows in the same
+# order and never wait on each other's in a cycle.
+# The batch's events already stored (a redelivery): the others are copied into ``events``.
+_STORED = (
+    "SELECT b.event_id FROM _bp_batch b"
+    " WHERE EXISTS (SELECT 1 FROM events e WHERE e.event_id = b.event_id)"
+)
 # ``%(xid)s``: this transaction's id (``_LOCK_AND_SEQ``); a row whose xmin it is was inserted by
 # this write. (An xmin equal to it on an older row needs 2^32 transactions since that row was
 # written, far outside any dedup window.)
@@ -242,6 +254,7 @@ class _PgBatch(list[StoredEvent]):
         # Every row, with what the search index and the activity tables need of it (the words of
         # every text: Python's share of the cost).
         rows: list[tuple[Any, ...]] = []
+        events_rows: list[tuple[Any, ...]] = []
         revisions: set[tuple[Any, ...]] = set()
         pos = 0
         for seq, ev in enumerate(unique.values()):
@@ -257,10 +270,13 @@ class _PgBatch(list[StoredEvent]):
                 pos += 1
             stage = derived.stage_row(ev, POSTGRES)
             row = event_row(ev, 0)
-            rows.append((*row[:_ROW_RECEIVED], *row[_ROW_RECEIVED + 1 :], seq, dedup, later,
-                         *src, *stage[1:]))  # fmt: skip
-        rows.sort(key=lambda r: r[0])  # event id order: see _INSERT
+            rows.append((*(row[i] for i in _SLIM_POS), seq, dedup, later, *src, *stage[1:]))
+            events_rows.append((*row[:_ROW_RECEIVED], *row[_ROW_RECEIVED + 1 :]))
+        # event id order: see _STORED
+        rows.sort(key=lambda r: r[0])
+        events_rows.sort(key=lambda r: r[0])
         self.rows = rows
+        self.events_rows = events_rows
 
 
 class _Cursor:
@@ -613,13 +629,31 @@ class PgTraceStore(TraceStore):
 
     def write_batch(self, events: Sequence[StoredEvent], dedup_window_s: float) -> WriteResult:
         """One transaction (``events`` may be a ``_PgBatch``: ``prepare``): COPY the batch into
-        the temp tables and insert every row (``_INSERT``); under the write lock, the sources of
-        the generations (``trace_sources``), the rows SQLite's dedup and NOT_FIRST rules drop
-        deleted (``_DROP_LOSERS``), the derived tables and the conversation tables
-        (``conversation_index``) of the rows kept.
+        the temp tables, and its events not stored yet (``_STORED``) straight into ``events``;
+        under the write lock, the sources of the generations (``trace_sources``), the rows
+        SQLite's dedup and NOT_FIRST rules drop deleted (``_DROP_LOSERS``), the derived tables
+        and the conversation tables (``conversation_index``) of the rows kept.
+
+        An event another writer stored meanwhile (the same entry claimed by two consumers, or
+        the redelivery of an entry whose write was still committing) makes the COPY fail on
+        ``events``' primary key: the batch is rolled back and written again, which then finds
+        it stored (so a redelivery is never stored twice).
 
         Raises ``psycopg.Error`` with nothing written (the batch is rolled back)."""
         batch = events if isinstance(events, _PgBatch) else _PgBatch(events)
+        for attempt in range(_DUPLICATE_RETRIES):
+            try:
+                return self._write(batch, events, dedup_window_s)
+            except psycopg.errors.UniqueViolation as exc:
+                if attempt == _DUPLICATE_RETRIES - 1:
+                    raise
+                log.info("an event of the batch was stored by another writer meanwhile (%s):"
+                         " writing the batch again", str(exc).splitlines()[0])  # fmt: skip
+        raise AssertionError("unreachable")
+
+    def _write(
+        self, batch: _PgBatch, events: Sequence[StoredEvent], dedup_window_s: float
+    ) -> WriteResult:
         rows, source_rows = batch.rows, batch.source_rows
         now_ms = int(time.time() * 1000)
         since_ms = now_ms - int(dedup_window_s * 1000)
@@ -640,8 +674,14 @@ class PgTraceStore(TraceStore):
                             for row in source_rows:
                                 copy.write_row(row + received)
                     cur.execute(_PLAN_LOCAL)  # type: ignore[arg-type]
-                    cur.execute(_INSERT)  # type: ignore[arg-type]
-                    held = {r[0] for r in cur.fetchall()}
+                    cur.execute(_STORED)  # type: ignore[arg-type]
+                    stored = {r[0] for r in cur.fetchall()}
+                    with cur.copy(_COPY_EVENTS) as copy:  # type: ignore[arg-type]
+                        copy.set_types(_EVENTS_TYPES)
+                        for row in batch.events_rows:
+                            if row[0] not in stored:
+                                copy.write_row(row + received)
+                    held = set(batch.unique_ids).difference(stored)
                     # the lock, then the database's clock (evaluated once the lock is granted)
                     cur.execute(_LOCK_AND_SEQ, (_WRITE_LOCK,))  # type: ignore[arg-type]
                     _, clock, xid = cur.fetchone()  # type: ignore[misc]
