@@ -62,8 +62,12 @@ log = logging.getLogger("blueplane.store")
 # Room in each page of ``conv_turns`` for the new versions of its rows: each turn is updated
 # after its insert (its time span, model, token counts: ``conversation_index``), and an update
 # that finds room on its page and changes no indexed column is HOT (no new index entries).
-# Applies to the pages written from then on.
-_STORAGE = ("ALTER TABLE conv_turns SET (fillfactor = 50)",)
+# Applies to the pages written from then on. And an index the schema does not keep on
+# PostgreSQL (``Index.dialects``) is dropped from a store made before.
+_STORAGE = (
+    "ALTER TABLE conv_turns SET (fillfactor = 50)",
+    *(f"DROP INDEX IF EXISTS {i.name}" for i in EVENTS.indexes if "postgres" not in i.dialects),
+)
 # pg_advisory_xact_lock keys (any constants unique to Blueplane)
 _MIGRATE_LOCK = 0x626C7565_0001
 _WRITE_LOCK = 0x626C7565_0002
