@@ -34,6 +34,14 @@ put on the stream, and every generation the writers wrote, is in PostgreSQL exac
 
     .venv/bin/python bench/bench_team.py            # ~6-8 min
     .venv/bin/python bench/bench_team.py --quick    # 10 producers, short phases
+    .venv/bin/python bench/bench_team.py --drain-only [--blueplane PATH]   # ~1.5 min
+
+``--drain-only`` measures the consumers and PostgreSQL alone (the 50 producers take a core of
+the 2 while they run): the producers' initial sync, 3 times the size of phase 1's (210 k
+entries: generations, prompts, chat bubbles), is published once and cached as a Redis ``DUMP``
+(``--stream-cache``); each run restores it and drains it with 3, then 1 ``consume``
+(``--drains``) into an emptied store: events/s and CPU µs per event of the consumers and of
+their PostgreSQL backends, and the exact count. Writes ``bench/results/team-drain.json``.
 
 Writes ``bench/results/team.json`` (``team-quick.json``) and prints a summary.
 """
