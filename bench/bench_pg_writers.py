@@ -31,6 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("BLUEPLANE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("BLUEPLANE_BENCH_REDIS", "redis://127.0.0.1:6379/0")  # --stream-cache
 T0 = 1_766_691_308_000
 
 
@@ -63,11 +64,38 @@ def make_events(k: int, procs: int, total: int) -> list[Any]:
     return out
 
 
+def cached_events(k: int, opts: argparse.Namespace) -> list[Any]:
+    """Process ``k``'s share of the producers' stream (``bench_team.py --drain-only``'s cache):
+    every ``procs``-th batch, as the group hands them out."""
+    import redis
+
+    from blueplane.fast_path.consumer import parse_entry
+
+    r = redis.Redis.from_url(REDIS)
+    key = f"bp-bench-pg-writers-{os.getpid()}"
+    r.restore(key, 0, opts.stream_cache.read_bytes(), replace=True)
+    try:
+        entries = r.xrange(key)
+    finally:
+        r.delete(key)
+    out = [parse_entry(i.decode(), f) for i, f in entries[: opts.events or None]]
+    b = opts.batch
+    return [ev for n in range(k * b, len(out), opts.procs * b) for ev in out[n : n + b]]
+
+
 def _profile(prof: dict[str, float]) -> None:
     """Sum the time of each statement, COPY and COMMIT into ``prof``."""
     import psycopg
 
     execute, commit, copy = psycopg.Cursor.execute, psycopg.Connection.commit, psycopg.Cursor.copy
+    executemany = psycopg.Cursor.executemany
+
+    def timed_executemany(self: Any, query: Any, *a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return executemany(self, query, *a, **kw)
+        finally:
+            prof["(many) " + " ".join(str(query).split())[:63]] += time.perf_counter() - t
 
     def timed_execute(self: Any, query: Any, *a: Any, **kw: Any) -> Any:
         t = time.perf_counter()
@@ -93,6 +121,7 @@ def _profile(prof: dict[str, float]) -> None:
     psycopg.Cursor.execute = timed_execute  # type: ignore[method-assign]
     psycopg.Connection.commit = timed_commit  # type: ignore[method-assign]
     psycopg.Cursor.copy = timed_copy  # type: ignore[method-assign]
+    psycopg.Cursor.executemany = timed_executemany  # type: ignore[method-assign]
 
 
 def _backend_cpu_s(pid: int) -> float:
@@ -103,7 +132,10 @@ def _backend_cpu_s(pid: int) -> float:
 def worker(k: int, opts: argparse.Namespace, url: str, ready: Any, go: Any, out: Any) -> None:
     from blueplane.stores import open_store
 
-    events = make_events(k, opts.procs, opts.events)
+    if opts.stream_cache is not None:
+        events = cached_events(k, opts)
+    else:
+        events = make_events(k, opts.procs, opts.events)
     store = open_store(url)
     prof: dict[str, float] = collections.defaultdict(float)
     if opts.profile:
@@ -137,6 +169,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=120_000)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--stream-cache", type=Path, default=None,
+                    help="the producers' stream (bench_team.py --drain-only's cache) instead of"
+                    " the mix; --events 0: all of it")  # fmt: skip
     ap.add_argument("--blueplane", type=Path, default=None,
                     help="another build's blueplane command: write with its package")  # fmt: skip
     opts = ap.parse_args()
@@ -176,7 +211,7 @@ def main() -> None:
         summed: collections.Counter[str] = collections.Counter()
         for r in results:
             summed.update(r["profile"])
-        for what, s in summed.most_common(15):
+        for what, s in summed.most_common(40):
             print(f"{s:8.2f} s  {what}", file=sys.stderr)
     backend_cpu = sum(r["backend_cpu_s"] for r in results)
     print(json.dumps({

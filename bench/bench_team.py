@@ -34,6 +34,14 @@ put on the stream, and every generation the writers wrote, is in PostgreSQL exac
 
     .venv/bin/python bench/bench_team.py            # ~6-8 min
     .venv/bin/python bench/bench_team.py --quick    # 10 producers, short phases
+    .venv/bin/python bench/bench_team.py --drain-only [--blueplane PATH]   # ~1.5 min
+
+``--drain-only`` measures the consumers and PostgreSQL alone (the 50 producers take a core of
+the 2 while they run): the producers' initial sync, 3 times the size of phase 1's (210 k
+entries: generations, prompts, chat bubbles), is published once and cached as a Redis ``DUMP``
+(``--stream-cache``); each run restores it and drains it with 3, then 1 ``consume``
+(``--drains``) into an emptied store: events/s and CPU µs per event of the consumers and of
+their PostgreSQL backends, and the exact count. Writes ``bench/results/team-drain.json``.
 
 Writes ``bench/results/team.json`` (``team-quick.json``) and prints a summary.
 """
@@ -41,6 +49,7 @@ Writes ``bench/results/team.json`` (``team-quick.json``) and prints a summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -102,6 +111,9 @@ class Setup:
 
 FULL = Setup(50, 2, 100, 100, 10, 100, 5000, 40.0, 12000, 25.0)
 QUICK = Setup(10, 2, 50, 50, 4, 50, 1000, 10.0, 3000, 10.0)
+# --drain-only: the producers' initial sync, 3 times FULL's (the same mix of generations,
+# prompts and bubbles: 50 × (6 × 200 + 30 × 100) = 210 k entries), published once and cached.
+DRAIN = Setup(50, 6, 100, 100, 30, 100, 0, 0.0, 0, 0.0)
 
 
 def log(msg: str) -> None:
@@ -529,6 +541,17 @@ def main(argv: list[str] | None = None) -> int:
         help="profile each consumer during the 3-consumer drain (py-spy, into DIR)",
     )
     ap.add_argument(
+        "--drain-only",
+        action="store_true",
+        help="the consumers' capacity alone: a stream of producer-shaped entries (the producers'"
+        " initial sync, cached in --stream-cache) drained into PostgreSQL by --drains consumers,"
+        " with no producer running",
+    )
+    ap.add_argument("--drains", default="3,1",
+                    help="--drain-only: the consumer counts of the drains, in order")  # fmt: skip
+    ap.add_argument("--stream-cache", type=Path, default=Path("/tmp/bp-bench-team-stream.dump"),
+                    help="--drain-only: the stream (Redis DUMP), made once")  # fmt: skip
+    ap.add_argument(
         "--output",
         type=Path,
         default=None,
@@ -536,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     opts = ap.parse_args(argv)
     Proc.binary = opts.blueplane.resolve() if opts.blueplane.exists() else opts.blueplane
+    if opts.drain_only:
+        return drain_only(opts)
     s = QUICK if opts.quick else FULL
     root = Path(tempfile.mkdtemp(prefix="bp-bench-team-"))
     result: dict[str, Any] = {
@@ -764,6 +789,135 @@ def main(argv: list[str] | None = None) -> int:
     result["load_avg_at_end"] = os.getloadavg()
     out = opts.output or ROOT / "bench" / "results" / (
         "team-quick.json" if opts.quick else "team.json")  # fmt: skip
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def make_stream(root: Path, r: redis.Redis, redis_url: str, cache: Path) -> None:
+    """The producers' initial sync (``DRAIN``), published with no consumer running, saved to
+    ``cache`` (Redis ``DUMP`` of the stream, no group): made once, restored by later runs."""
+    s = DRAIN
+    log(f"building {s.producers} fake Cursor folders under {root} (once: {cache})")
+    producers = [make_producer(root, i, s) for i in range(s.producers)]
+    expected = s.producers * (s.workspaces * (s.ring + s.prompts) + s.composers * s.bubbles)
+    try:
+        for p in producers:
+            p.proc = Proc(["run"], producer_env(p, redis_url), p.home / "run.log").start()
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() - stable_since < 10 or last < expected:
+            n = int(r.xlen(STREAM)) if r.exists(STREAM) else 0
+            if n != last:
+                last, stable_since = n, time.monotonic()
+            if time.monotonic() - stable_since > 120:
+                raise RuntimeError(f"the producers published {n} of {expected} entries")
+            time.sleep(1)
+    finally:
+        for p in producers:
+            if p.proc is not None:
+                p.proc.stop()
+    for g in r.xinfo_groups(STREAM):
+        r.xgroup_destroy(STREAM, g["name"])
+    dump = r.dump(STREAM)
+    assert isinstance(dump, bytes)
+    cache.write_bytes(dump)
+    log(f"{last} entries published and saved to {cache}")
+
+
+def drain_only(opts: argparse.Namespace) -> int:
+    """The consumers' capacity without producers on the cores: the cached stream of producer
+    entries drained into PostgreSQL by 3 (then 1, ``--drains``) ``blueplane consume``. The
+    consumers start on a group set to the stream's end and are idle when the CPU meter starts
+    (their start-up is not counted); the group is then rewound to ``0``. Events/s = rows over
+    the span of their ``received_at_ms``; CPU per stored event of the consumers and of their
+    PostgreSQL backends; every trace of the stream stored exactly once."""
+    root = Path(tempfile.mkdtemp(prefix="bp-bench-team-drain-"))
+    result: dict[str, Any] = {
+        "blueplane": str(Proc.binary), "mode": "drain-only", "machine": machine(),
+        "started_at": time.strftime("%FT%TZ", time.gmtime()), "drains": [],
+    }  # fmt: skip
+    db_name = f"bp_bench_team_{os.getpid()}"
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{db_name}"')  # type: ignore[arg-type]
+    pg_url = f"{PG_SERVER}/{db_name}"
+    rs = BundledRedis(root / "redis", binary=Path(shutil.which("redis-server") or "redis-server"))
+    redis_url = rs.start()
+    r = redis.Redis.from_url(redis_url, socket_timeout=30)
+    consumers: dict[str, Proc] = {}
+    try:
+        if not opts.stream_cache.exists():
+            make_stream(root, r, redis_url, opts.stream_cache)
+        else:
+            r.restore(STREAM, 0, opts.stream_cache.read_bytes(), replace=True)
+        n_stream = int(r.xlen(STREAM))
+        on_stream = stream_trace_ids(r)
+        result["stream_entries"] = n_stream
+        meter = CpuMeter(lambda: {
+            "consumers": [c.pid for c in consumers.values()],
+            "redis": [rs.process.pid] if rs.process is not None else [],
+            "bench": [os.getpid()],
+        }, f"{PG_SERVER}/postgres", db_name)  # fmt: skip
+        for n in [int(x) for x in opts.drains.split(",")]:
+            for proc in consumers.values():
+                proc.stop()
+            consumers.clear()
+            if pg_one(pg_url, "SELECT to_regclass('events')")[0] is not None:
+                empty_store(pg_url)
+            with contextlib.suppress(redis.ResponseError):
+                r.xgroup_destroy(STREAM, GROUP)
+            r.xgroup_create(STREAM, GROUP, id="$")
+            for k in range(n):
+                name = f"central-{k + 1}"
+                env = consumer_env(root, name, redis_url, pg_url)
+                env["BLUEPLANE_FAST_PATH__BLOCK_MS"] = "200"  # the rewind is seen at once
+                consumers[name] = Proc(["consume"], env, root / f"consume-{name}.log").start()
+            wait_for(lambda: all(_state(root / "central" / f"consume-{c}.json") == "running"
+                                 for c in consumers), f"{n} consumers running", 60)  # fmt: skip
+            time.sleep(1)
+            cpu0 = meter.snapshot()
+            spies = start_py_spy(opts.py_spy / f"drain-{n}", consumers) if opts.py_spy else []
+            d0 = time.time()
+            r.xgroup_setid(STREAM, GROUP, "0", entries_read=0)
+            wait_for(lambda: stored_count(pg_url) >= n_stream - 1000, "the drain", 900)
+            d1 = wait_drained(pg_url, r, 120)
+            cpu1 = meter.snapshot()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                spy.wait(timeout=60)
+            first, last_ms, rows = pg_one(pg_url, "SELECT min(received_at_ms),"
+                                          " max(received_at_ms), count(*) FROM events")  # fmt: skip
+            span_s = max(0.001, (last_ms - first) / 1000)
+            with psycopg.connect(pg_url) as c:
+                stored = {row[0] for row in c.execute(
+                    "SELECT event_id FROM events WHERE event_type='database_trace'")}  # fmt: skip
+                traces = c.execute("SELECT count(*) FROM events WHERE"
+                                   " event_type='database_trace'").fetchone()[0]  # type: ignore[index]  # fmt: skip
+            cpu = CpuMeter.delta(cpu0, cpu1, rows)
+            drain = {
+                "consumers": n, "events_stored": rows, "span_s": round(span_s, 2),
+                "events_per_s_into_pg": round(rows / span_s),
+                "wall_s": round(d1 - d0, 1),
+                "consumer_us_per_event": cpu["consumers"].get("us_per_event"),
+                "pg_us_per_event": cpu["postgres_ours"].get("us_per_event"),
+                "cpu": cpu,
+                "count": {"stream_traces": len(on_stream), "stored_traces": traces,
+                          "lost": len(on_stream - stored), "duplicated": traces - len(stored)},
+            }  # fmt: skip
+            result["drains"].append(drain)
+            log(f"drain with {n}: {json.dumps({k: v for k, v in drain.items() if k != 'cpu'})}")
+    finally:
+        for proc in consumers.values():
+            proc.stop()
+        rs.stop()
+        try:
+            with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            log(f"could not drop {db_name}: {exc}")
+        shutil.rmtree(root, ignore_errors=True)
+    result["load_avg_at_end"] = os.getloadavg()
+    out = opts.output or ROOT / "bench" / "results" / "team-drain.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0

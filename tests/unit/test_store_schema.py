@@ -22,7 +22,10 @@ def test_one_query_text_serves_both_dialects() -> None:
 
 def test_both_ddls_come_from_the_one_definition() -> None:
     lite, pg = schema_ddl(SQLITE), schema_ddl(POSTGRES)
-    assert len(lite) == len(pg) == sum(1 + len(t.indexes) for t in TABLES)
+    assert len(lite) == sum(1 + len(t.indexes) for t in TABLES)
+    # an index no query reads is not kept on PostgreSQL
+    assert len(pg) == len(lite) - 1
+    assert not any("events_by_machine" in stmt for stmt in pg)
     assert "revision INTEGER NOT NULL DEFAULT 0" in lite[0]
     assert "revision BIGINT NOT NULL DEFAULT 0" in pg[0]
 
