@@ -777,18 +777,26 @@ def main(argv: list[str] | None = None) -> int:
         for p in producers:
             if p.proc is not None:
                 p.proc.stop()
-        for proc in consumers.values():
-            proc.stop()
-        rs.stop()
-        try:
-            with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')  # type: ignore[arg-type]
-        except psycopg.Error as exc:
-            log(f"could not drop {db_name}: {exc}")
-        shutil.rmtree(root, ignore_errors=True)
+        tear_down(consumers, rs, db_name, root)
+    return write_result(result, opts.output or ROOT / "bench" / "results" / (
+        "team-quick.json" if opts.quick else "team.json"))  # fmt: skip
+
+
+def tear_down(consumers: dict[str, Proc], rs: BundledRedis, db_name: str, root: Path) -> None:
+    """Stop the consumers and the bench's Redis, drop its database, remove its folder."""
+    for proc in consumers.values():
+        proc.stop()
+    rs.stop()
+    try:
+        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        log(f"could not drop {db_name}: {exc}")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def write_result(result: dict[str, Any], out: Path) -> int:
     result["load_avg_at_end"] = os.getloadavg()
-    out = opts.output or ROOT / "bench" / "results" / (
-        "team-quick.json" if opts.quick else "team.json")  # fmt: skip
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
@@ -907,20 +915,8 @@ def drain_only(opts: argparse.Namespace) -> int:
             result["drains"].append(drain)
             log(f"drain with {n}: {json.dumps({k: v for k, v in drain.items() if k != 'cpu'})}")
     finally:
-        for proc in consumers.values():
-            proc.stop()
-        rs.stop()
-        try:
-            with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')  # type: ignore[arg-type]
-        except psycopg.Error as exc:
-            log(f"could not drop {db_name}: {exc}")
-        shutil.rmtree(root, ignore_errors=True)
-    result["load_avg_at_end"] = os.getloadavg()
-    out = opts.output or ROOT / "bench" / "results" / "team-drain.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return 0
+        tear_down(consumers, rs, db_name, root)
+    return write_result(result, opts.output or ROOT / "bench" / "results" / "team-drain.json")
 
 
 def start_py_spy(out_dir: Path, consumers: dict[str, Proc]) -> list[subprocess.Popen[bytes]]:
