@@ -324,7 +324,9 @@ async def test_a_wal_commit_read_before_its_sync_ended_is_read_once_visible(
         with shm.open("r+b", buffering=0) as fh:  # the sync is under way: not visible yet
             fh.write(old)
         await async_wait_until(lambda: mon.reads > reads, "the read the -wal's events woke")
-        await asyncio.sleep(0.3)  # it and any re-checks see the old header: nothing new
+        checks = mon.checks
+        # The read and the re-checks after it (every 50 ms) see the old header: nothing new.
+        await async_wait_until(lambda: mon.checks >= checks + 3, "three re-checks")
         assert await n_traces() == 1
         with shm.open("r+b", buffering=0) as fh:  # the sync ended: the commit is visible
             fh.write(new)
