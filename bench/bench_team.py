@@ -569,13 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "started_at": time.strftime("%FT%TZ", time.gmtime()),
     }
-    db_name = f"bp_bench_team_{os.getpid()}"
-    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{db_name}"')  # type: ignore[arg-type]
-    pg_url = f"{PG_SERVER}/{db_name}"
-    rs = BundledRedis(root / "redis", binary=Path(shutil.which("redis-server") or "redis-server"))
-    redis_url = rs.start()
-    r = redis.Redis.from_url(redis_url, socket_timeout=30)
+    db_name, pg_url, rs, redis_url, r = set_up(root)
     producers: list[Producer] = []
     consumers: dict[str, Proc] = {}
     sampler = LagSampler(redis_url)
@@ -782,6 +776,18 @@ def main(argv: list[str] | None = None) -> int:
         "team-quick.json" if opts.quick else "team.json"))  # fmt: skip
 
 
+def set_up(root: Path) -> tuple[str, str, BundledRedis, str, redis.Redis]:
+    """A database of its own in the machine's PostgreSQL and a Redis of its own under ``root``:
+    the database's name and URL, the Redis server, its URL and a client (``tear_down`` undoes)."""
+    db_name = f"bp_bench_team_{os.getpid()}"
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{db_name}"')  # type: ignore[arg-type]
+    rs = BundledRedis(root / "redis", binary=Path(shutil.which("redis-server") or "redis-server"))
+    redis_url = rs.start()
+    return db_name, f"{PG_SERVER}/{db_name}", rs, redis_url, redis.Redis.from_url(
+        redis_url, socket_timeout=30)  # fmt: skip
+
+
 def tear_down(consumers: dict[str, Proc], rs: BundledRedis, db_name: str, root: Path) -> None:
     """Stop the consumers and the bench's Redis, drop its database, remove its folder."""
     for proc in consumers.values():
@@ -844,13 +850,7 @@ def drain_only(opts: argparse.Namespace) -> int:
         "blueplane": str(Proc.binary), "mode": "drain-only", "machine": machine(),
         "started_at": time.strftime("%FT%TZ", time.gmtime()), "drains": [],
     }  # fmt: skip
-    db_name = f"bp_bench_team_{os.getpid()}"
-    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{db_name}"')  # type: ignore[arg-type]
-    pg_url = f"{PG_SERVER}/{db_name}"
-    rs = BundledRedis(root / "redis", binary=Path(shutil.which("redis-server") or "redis-server"))
-    redis_url = rs.start()
-    r = redis.Redis.from_url(redis_url, socket_timeout=30)
+    db_name, pg_url, rs, redis_url, r = set_up(root)
     consumers: dict[str, Proc] = {}
     try:
         if not opts.stream_cache.exists():

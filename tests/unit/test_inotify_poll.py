@@ -155,11 +155,7 @@ async def test_nothing_is_reported_while_a_rollback_transaction_is_under_way(
     journal = tmp_path / "state.vscdb-journal"
     journal.write_bytes(b"rollback journal")
     (tmp_path / "state.vscdb").write_bytes(b"pages being written")
-    for _ in range(500):
-        if drains.calls >= 5:
-            break
-        await asyncio.sleep(0.01)
-    assert drains.calls >= 5  # looked again and again
+    await async_wait_until(lambda: drains.calls >= 5, "five looks")  # again and again
     assert not first.done()
     journal.unlink()  # the commit is over
     batch = await asyncio.wait_for(first, 5)

@@ -6,13 +6,13 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from blueplane.instance_lock import Holder, InstanceLock, InstanceLocked, pid_alive
 from blueplane.keys import lock_key
+from tests.conftest import async_wait_until, wait_until
 
 
 def _alive(_pid: int) -> bool:
@@ -81,8 +81,7 @@ async def test_refresh_keeps_it_and_a_lost_lock_stops_the_holder(client, tmp_pat
     task = asyncio.create_task(lock.run(stop, lost.append))
     t0 = asyncio.get_running_loop().time()
     # 30 refreshes 50 ms apart outlast the 1 s TTL: only the refreshes keep it
-    while refreshes < 30:
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: refreshes >= 30, "30 refreshes")
     assert asyncio.get_running_loop().time() - t0 > lock.ttl_ms / 1000
     assert Holder.decode(await client.get(lock_key(tmp_path))) == lock.me
     thief = Holder(7, "elsewhere", "now", "t")
@@ -109,14 +108,9 @@ def test_pid_alive_sees_a_killed_unreaped_process_as_gone() -> None:
         assert pid_alive(proc.pid)
         proc.kill()
         if Path("/proc").is_dir():  # zombie until reaped: not running
-            wait_for(lambda: not pid_alive(proc.pid))
+            wait_until(lambda: not pid_alive(proc.pid), what='the process gone')
     finally:
         proc.wait()
     assert not pid_alive(proc.pid)
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

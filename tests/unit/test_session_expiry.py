@@ -19,6 +19,7 @@ from blueplane.cursor.session_monitor import SessionMonitor
 from blueplane.events import SessionEvent, parse_iso_ms, workspace_hash
 from blueplane.health import Health
 from blueplane.keys import ACTIVITY_KEY, SESSIONS_KEY
+from tests.conftest import async_wait_until
 
 STREAM = "telemetry:events"
 H = 3600.0
@@ -176,13 +177,6 @@ async def test_stale_session_file_is_ignored_until_written_again(client, tmp_pat
     assert [s.session_id for s in m.active_sessions()] == ["file-1"]
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_running_monitor_expires_after_a_start_grace(client, tmp_path: Path) -> None:
     """``run`` checks expiry by itself, first after a grace in which activity still counts."""
     clock = Clock()
@@ -200,7 +194,9 @@ async def test_running_monitor_expires_after_a_start_grace(client, tmp_path: Pat
     try:
         # The database monitor's first poll sees a change, inside the grace.
         m.touch(workspace_hash("/w/used"))
-        await wait_for(lambda: counters(m).get("expiry_checks", 0) >= 1)
+        await async_wait_until(
+            lambda: counters(m).get("expiry_checks", 0) >= 1, "expiry_checks >= 1"
+        )
         assert [s.session_id for s in m.active_sessions()] == ["used"]
         assert counters(m)["sessions_expired"] == 1
     finally:
@@ -219,12 +215,18 @@ async def test_waking_from_sleep_gives_the_same_grace(client, tmp_path: Path) ->
     stop = asyncio.Event()
     task = asyncio.create_task(m.run(stop))
     try:
-        await wait_for(lambda: counters(m).get("expiry_checks", 0) >= 2)
+        await async_wait_until(
+            lambda: counters(m).get("expiry_checks", 0) >= 2, "expiry_checks >= 2"
+        )
         assert len(m.active_sessions()) == 2
         clock.now += 13 * H  # the laptop slept 13 h
-        await wait_for(lambda: counters(m).get("clock_jumps", 0) >= 1)  # it saw the jump
+        await async_wait_until(
+            lambda: counters(m).get("clock_jumps", 0) >= 1, "clock_jumps >= 1"
+        )  # it saw the jump
         m.touch(workspace_hash("/w/used"))
-        await wait_for(lambda: counters(m).get("sessions_expired", 0) >= 1)
+        await async_wait_until(
+            lambda: counters(m).get("sessions_expired", 0) >= 1, "sessions_expired >= 1"
+        )
         assert [s.session_id for s in m.active_sessions()] == ["used"]
     finally:
         stop.set()

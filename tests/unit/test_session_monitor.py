@@ -146,13 +146,6 @@ async def test_position_advances_over_trace_only_pages(client, tmp_path: Path) -
     assert health.component("session_monitor").counters["entries_parsed"] == 1
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_running_monitor_finds_a_session_amid_a_stream_of_traces(
     client, tmp_path: Path
 ) -> None:
@@ -164,13 +157,18 @@ async def test_running_monitor_finds_a_session_amid_a_stream_of_traces(
     task = asyncio.create_task(m.run(stop))
     try:
         counters = health.component("session_monitor").counters
-        await wait_for(lambda: counters.get("scan_calls", 0) >= 1)
+        await async_wait_until(lambda: counters.get("scan_calls", 0) >= 1, "scan_calls >= 1")
         await add_traces(client, 3000, size=100)
         await send(client, "session_start", "/w/live", "live")
         await add_traces(client, 3000, size=100)
-        await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["live"])
+        await async_wait_until(
+            lambda: [s.session_id for s in m.active_sessions()] == ["live"],
+            "active sessions == [live]",
+        )
         assert m.changed.is_set()
-        await wait_for(lambda: counters.get("entries_examined") == 6001)
+        await async_wait_until(
+            lambda: counters.get("entries_examined") == 6001, "entries_examined == 6001"
+        )
         assert counters["entries_parsed"] == 1
     finally:
         stop.set()
@@ -188,12 +186,15 @@ async def test_a_stream_key_of_the_wrong_type_is_reported_and_survived(
     task = asyncio.create_task(m.run(stop))
     try:
         comp = health.component("session_monitor")
-        await wait_for(lambda: comp.status == "redis_error")
+        await async_wait_until(lambda: comp.status == "redis_error", "comp.status == redis_error")
         assert "WRONGTYPE" in (comp.last_error or "")
         await client.delete(STREAM)
         await send(client, "session_start", "/w/a", "after")
-        await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["after"])
-        await wait_for(lambda: comp.status == "ok")
+        await async_wait_until(
+            lambda: [s.session_id for s in m.active_sessions()] == ["after"],
+            "active sessions == [after]",
+        )
+        await async_wait_until(lambda: comp.status == "ok", "comp.status == ok")
         assert sum("reading telemetry:events failed" in r.message for r in caplog.records) == 1
     finally:
         stop.set()
@@ -223,7 +224,10 @@ async def test_a_long_idle_block_neither_delays_a_session_nor_the_stop(
         await async_wait_until(blocked, "the monitor blocks on the stream")
         started = asyncio.get_running_loop().time()
         await send(client, "session_start", "/w/prompt", "prompt")
-        await wait_for(lambda: [s.session_id for s in m.active_sessions()] == ["prompt"])
+        await async_wait_until(
+            lambda: [s.session_id for s in m.active_sessions()] == ["prompt"],
+            "active sessions == [prompt]",
+        )
         assert asyncio.get_running_loop().time() - started < 5.0  # not at the block's end
         await async_wait_until(blocked, "blocked again")  # caught up, on the next entry
         stopping = asyncio.get_running_loop().time()
