@@ -108,9 +108,7 @@ def test_pid_alive_sees_a_killed_unreaped_process_as_gone() -> None:
         assert pid_alive(proc.pid)
         proc.kill()
         if Path("/proc").is_dir():  # zombie until reaped: not running
-            wait_until(lambda: not pid_alive(proc.pid), what='the process gone')
+            wait_until(lambda: not pid_alive(proc.pid), what="the process gone")
     finally:
         proc.wait()
     assert not pid_alive(proc.pid)
-
-
